@@ -13,6 +13,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,8 @@ from ettin.io import atomic_dir, atomic_write_json
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
+
+    from ettin.data.sources import SourceSpec
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 OLMO_TOKENIZER_NAME = "allenai_gpt-neox-olmo-dolma-v1_5.json"
@@ -264,6 +267,63 @@ def train_tokenizer(
     assert got == {k: expected[k] for k in got}, (got, expected)
     assert tok.get_vocab_size(with_added_tokens=True) == total
     return _save(tok, out_dir, overwrite=overwrite, model_max_length=model_max_length)
+
+
+# ----------------------------------------------------------------------------------------- corpora
+
+_SOURCE_RE = re.compile(r"^(?:[A-Za-z0-9_.-]+=)?(?:text|jsonl|parquet|hf|builtin):")
+
+
+def resolve_corpus(
+    specs: Iterable[str | os.PathLike], *, text_field: str = "text", on_error: str = "fail"
+) -> list["SourceSpec"]:
+    """Turn corpus arguments into data sources, checking every one before anything is read or written.
+
+    An argument is a path (a .txt/.md/.rst file, a .jsonl file, or a folder of text files), the name
+    of a built-in corpus (`wiki`, `shakespeare`, `pydoc`), or a source as `ettin data` writes it
+    (`jsonl:PATH#FIELD`, `parquet:PATH`, ...). Reading is `ettin.data.sources`', so the tokenizer
+    sees the very documents that data preparation will.
+    """
+    from ettin.data.sources import BUILTINS, TEXT_SUFFIXES, SourceSpec, parse_source, source_files
+
+    specs = list(specs)
+    if not specs:
+        raise EttinError("no corpus given", fix=f"pass --corpus PATH (a file, a folder, or one of: {', '.join(BUILTINS)})")
+    out = []
+    for spec in specs:
+        text, path = str(spec), Path(spec)
+        if path.exists():
+            name = path.name.lower()
+            if path.is_dir() or name.endswith(TEXT_SUFFIXES):
+                kind = "text"
+            elif name.endswith((".jsonl", ".jsonl.gz")):
+                kind = "jsonl"
+            else:
+                raise EttinError(
+                    f"unsupported file type '{path.suffix}'",
+                    path=path,
+                    fix=f"use {', '.join(TEXT_SUFFIXES)} or .jsonl files, or a folder of them",
+                )
+            source = SourceSpec(kind=kind, path=text, field=text_field, on_error=on_error)
+        elif text in BUILTINS or _SOURCE_RE.match(text):
+            source = parse_source(text, field=text_field, on_error=on_error)
+        else:
+            raise EttinError(
+                "no such file or folder",
+                path=path,
+                fix=f"give a .txt/.md/.rst/.jsonl file, a folder, or a built-in corpus ({', '.join(BUILTINS)})",
+            )
+        source_files(source)  # a missing package or an empty folder fails here
+        out.append(source)
+    return out
+
+
+def corpus_texts(specs: Iterable[str | os.PathLike], *, text_field: str = "text", on_error: str = "fail") -> Iterator[str]:
+    """All documents of the given corpora, in argument order; everything is validated before the first."""
+    from ettin.data.sources import iter_texts
+
+    for source in resolve_corpus(specs, text_field=text_field, on_error=on_error):
+        yield from iter_texts(source)
 
 
 # ----------------------------------------------------------------------------------------- use
