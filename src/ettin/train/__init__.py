@@ -1,0 +1,1 @@
+"""Training: recipe -> paired models -> tagged checkpoints. See docs/training.md."""

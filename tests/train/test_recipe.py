@@ -1,0 +1,154 @@
+"""Recipe validation, overrides and diffs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ettin.errors import EttinError
+from ettin.recipe import (
+    apply_overrides,
+    diff_recipes,
+    format_count,
+    load_recipe,
+    parse_count,
+    parse_override,
+    recipe_from_dict,
+)
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def minimal(**top) -> dict:
+    raw = {"model": {"size": "tiny"}, "phases": [{"name": "pretrain", "tokens": 1000, "seq_len": 64, "batch_size": 4}]}
+    raw.update(top)
+    return raw
+
+
+def error_of(raw, path="recipes/x.yaml") -> str:
+    with pytest.raises(EttinError) as info:
+        recipe_from_dict(raw, path)
+    return str(info.value)
+
+
+def test_minimal_recipe_fills_defaults():
+    r = recipe_from_dict(minimal())
+    assert r.seed == 21 and r.optimizer.betas == (0.9, 0.98) and r.optimizer.eps == 1e-6
+    assert r.phases[0].tag_prefix == "step"
+    assert r.archs() == ("encoder", "decoder")
+
+
+def test_unknown_schedule_names_file_field_and_choices():
+    raw = minimal()
+    raw["phases"].append({"name": "extension", "tokens": 10, "seq_len": 64, "batch_size": 4, "lr": {"schedule": "cosine"}})
+    msg = error_of(raw, "recipes/demo.yaml")
+    assert msg.startswith("recipes/demo.yaml: field 'phases.1.lr.schedule': unknown schedule 'cosine'")
+    assert "1-sqrt" in msg and "linear" in msg
+
+
+def test_unknown_key_is_rejected_with_suggestion():
+    msg = error_of(minimal(micro_batchsize=3))
+    assert "field 'micro_batchsize': unknown key" in msg and "micro_batch_size" in msg
+
+
+def test_wrong_type_is_rejected():
+    assert "field 'seed': must be an integer, got str 'abc'" in error_of(minimal(seed="abc"))
+    assert "field 'checkpoint.export_hf': must be true or false" in error_of(minimal(checkpoint={"export_hf": "yes"}))
+    assert "field 'optimizer.betas': must be a list of 2 values" in error_of(minimal(optimizer={"betas": [0.9]}))
+
+
+def test_out_of_range_values_are_rejected():
+    raw = minimal()
+    raw["phases"][0]["mask_rate"] = 1.5
+    assert "field 'phases.0.mask_rate': 1.5 is above the maximum" in error_of(raw)
+    assert "field 'optimizer.betas.1'" in error_of(minimal(optimizer={"betas": [0.9, 1.0]}))
+    assert "field 'micro_batch_size'" in error_of(minimal(micro_batch_size=0))
+
+
+def test_sequence_length_beyond_model_limit_is_rejected():
+    raw = minimal(model={"size": "tiny", "max_position_embeddings": 32})
+    msg = error_of(raw)
+    assert "field 'phases.0.seq_len'" in msg and "beyond the model's limit of 32" in msg
+
+
+def test_cross_field_checks():
+    raw = minimal()
+    raw["phases"][0]["lr"] = {"schedule": "1-sqrt"}
+    assert "field 'phases.0.lr.end'" in error_of(raw)
+    raw["phases"][0]["lr"] = {"warmup_tokens": 2000}
+    assert "field 'phases.0.lr.warmup_tokens'" in error_of(raw)
+    assert "field 'model.size': unknown size 'huge'" in error_of(minimal(model={"size": "huge"}))
+    assert "field 'phases': no phases" in error_of({"model": {"size": "tiny"}})
+    raw = minimal()
+    raw["phases"].append(dict(raw["phases"][0]))
+    assert "field 'phases.1.tag'" in error_of(raw)
+
+
+@pytest.mark.parametrize(
+    "text,value",
+    [(200000, 200000), ("1.7T", 1_700_000_000_000), ("250B", 250 * 10**9), ("8.5B", 8_500_000_000),
+     ("1.7e12", 1_700_000_000_000), ("4_000", 4000), (3e9, 3_000_000_000), ("125k", 125_000)],
+)
+def test_parse_count(text, value):
+    assert parse_count(text) == value
+
+
+@pytest.mark.parametrize("bad", ["1.5", "lots", -3, True, 2.5])
+def test_parse_count_rejects(bad):
+    with pytest.raises(ValueError):
+        parse_count(bad)
+
+
+def test_format_count_round_trips():
+    for n in (1_700_000_000_000, 8_500_000_000, 250_000, 77):
+        assert parse_count(format_count(n)) == n
+
+
+def test_override_parsing_reads_yaml_values():
+    assert parse_override("phases.0.tokens=200000") == (["phases", "0", "tokens"], 200000)
+    assert parse_override("precision=fp32") == (["precision"], "fp32")
+    assert parse_override("optimizer.betas=[0.9, 0.95]") == (["optimizer", "betas"], [0.9, 0.95])
+    with pytest.raises(EttinError, match="has no '='"):
+        parse_override("seed")
+
+
+def test_overrides_apply_and_are_validated():
+    raw = apply_overrides(minimal(), ["phases.0.tokens=5000", "seed=7", "checkpoint.keep_last=2"])
+    r = recipe_from_dict(raw)
+    assert (r.phases[0].tokens, r.seed, r.checkpoint.keep_last) == (5000, 7, 2)
+    with pytest.raises(EttinError, match="no item 3 in a list of 1"):
+        apply_overrides(minimal(), ["phases.3.tokens=5"])
+    raw = apply_overrides(minimal(), ["phases.0.lr.schedule=cosine"])
+    assert "field 'phases.0.lr.schedule': unknown schedule 'cosine'" in error_of(raw)
+
+
+def test_load_recipe_from_file_with_overrides(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(minimal()))
+    r = load_recipe(path, ["phases.0.tokens=1.5K"])
+    assert r.phases[0].tokens == 1500
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(EttinError, match="is not valid YAML at line"):
+        load_recipe(path)
+    with pytest.raises(EttinError, match="no such recipe file"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_effective_recipe_round_trips_through_yaml():
+    r = recipe_from_dict(minimal())
+    again = recipe_from_dict(yaml.safe_load(r.to_yaml()))
+    assert again == r and diff_recipes(r, again) == []
+
+
+def test_diff_names_changed_fields():
+    a = recipe_from_dict(minimal())
+    b = recipe_from_dict(apply_overrides(minimal(), ["phases.0.tokens=2000", "seed=3"]))
+    lines = diff_recipes(a, b)
+    assert "seed: 21 -> 3" in lines and "phases.0.tokens: 1000 -> 2000" in lines and len(lines) == 2
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in RECIPES.glob("*.yaml")) if RECIPES.is_dir() else [])
+def test_shipped_recipes_validate(name):
+    load_recipe(RECIPES / name)
