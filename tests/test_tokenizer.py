@@ -141,6 +141,13 @@ def test_fingerprint_equal_for_independent_builds(tmp_path, modernbert, modernbe
     assert T.tokenizer_fingerprint(modernbert_tokenizer_dir) == T.tokenizer_fingerprint(modernbert)
 
 
+def test_training_is_reproducible(tmp_path, small_tokenizer_dir):
+    from conftest import SMALL_VOCAB_SIZE, shakespeare_slice
+
+    again = T.train_tokenizer(shakespeare_slice(), SMALL_VOCAB_SIZE, tmp_path / "again")
+    assert (again / "tokenizer.json").read_bytes() == (small_tokenizer_dir / "tokenizer.json").read_bytes()
+
+
 def test_fingerprint_differs_for_a_different_vocabulary(tmp_path, small, small_tokenizer_dir):
     from conftest import shakespeare_slice
 

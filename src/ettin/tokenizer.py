@@ -184,24 +184,20 @@ def build_modernbert_tokenizer(
 
 
 class _TextFeed:
-    """Feeds texts to the Rust trainer, keeping an exception raised while reading instead of letting
-    it cross the Rust boundary (where it would lose its type), and counting what was fed."""
+    """Feeds texts to the Rust trainer and counts them, so an empty corpus is told apart from a small one.
+    (An exception raised while reading reaches the caller with its type intact.)"""
 
     def __init__(self, texts: Iterable[str]):
         self.texts = texts
-        self.error: BaseException | None = None
         self.chars = 0
 
     def __iter__(self) -> Iterator[str]:
-        try:
-            for text in self.texts:
-                if not isinstance(text, str):
-                    raise EttinError(f"corpus yielded {type(text).__name__}, expected str")
-                if text.strip():
-                    self.chars += len(text)
-                    yield text
-        except BaseException as exc:  # noqa: BLE001 - re-raised by train_tokenizer
-            self.error = exc
+        for text in self.texts:
+            if not isinstance(text, str):
+                raise EttinError(f"corpus yielded {type(text).__name__}, expected str")
+            if text.strip():
+                self.chars += len(text)
+                yield text
 
 
 def train_tokenizer(
@@ -251,8 +247,6 @@ def train_tokenizer(
     )
     feed = _TextFeed(texts)
     tok.train_from_iterator(feed, trainer=trainer)
-    if feed.error is not None:
-        raise feed.error
     if feed.chars == 0:
         raise EttinError("the corpus is empty (no non-blank text)", fix="give a corpus with text in it")
     learned = tok.get_vocab_size(with_added_tokens=True)
