@@ -1,0 +1,253 @@
+"""Checkpoints as tagged revisions.
+
+Layout under one model's run directory (RUN/encoder or RUN/decoder):
+
+    checkpoints/<tag>/        full training state, enough to continue bit for bit
+        model.safetensors     weights (the tied vocabulary projection stored once, as the embedding)
+        optimizer.pt          optimizer state keyed by parameter name (tensors and numbers only;
+                              read back with torch.load(weights_only=True))
+        rng.safetensors       torch RNG states (CPU, and CUDA where used), one set per process
+        trainer_state.json    step, tokens, phase, data-stream position, python/numpy RNG, recipe hash
+    hf/<tag>/                 weights-only Hugging Face export of the same step (+ ettin_checkpoint.json)
+
+A tag is the phase's prefix and the optimizer steps taken within that phase: step{N} in pretraining,
+ext{N} in extension, decay{N} in decay. Every directory is built under a temporary name and renamed
+into place when complete, so a crash, a full disk or a failed write leaves the previous checkpoints as
+they were. Retention deletes old full states (never the newest) but keeps every tag's HF export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ettin.errors import EttinError
+from ettin.io import atomic_dir
+
+STATE_DIR = "checkpoints"
+HF_DIR = "hf"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+RNG_FILE = "rng.safetensors"
+STATE_FILE = "trainer_state.json"
+TAG_FILE = "ettin_checkpoint.json"
+TIED_KEY = "decoder.weight"
+EMBEDDING_KEY = "model.embeddings.tok_embeddings.weight"
+_TAG_RE = re.compile(r"^[A-Za-z][A-Za-z_-]*[0-9]+$")
+
+
+def make_tag(prefix: str, phase_step: int) -> str:
+    return f"{prefix}{phase_step}"
+
+
+# ----------------------------------------------------------------------------------------- writing
+
+
+def _weights_for_file(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses shared storage; the tied projection is restored from the embedding on load."""
+    out = {}
+    for k, v in state_dict.items():
+        if k == TIED_KEY:
+            continue
+        out[k] = v.detach().to("cpu").contiguous()
+    return out
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file(_weights_for_file(state_dict), str(path), metadata={"format": "pt", "ettin": "1"})
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    sd = load_file(str(path))
+    if EMBEDDING_KEY in sd and TIED_KEY not in sd:
+        sd[TIED_KEY] = sd[EMBEDDING_KEY]
+    return sd
+
+
+def write_checkpoint(
+    arch_dir: Path,
+    tag: str,
+    *,
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    trainer_state: dict[str, Any],
+    rng_tensors: dict[str, torch.Tensor],
+) -> Path:
+    """Write one full state atomically; on any failure nothing appears under the tag's name."""
+    target = Path(arch_dir) / STATE_DIR / tag
+    with atomic_dir(target, overwrite=True) as tmp:
+        save_weights(model_state, tmp / MODEL_FILE)
+        torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in rng_tensors.items()}, str(tmp / RNG_FILE))
+        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1) + "\n", encoding="utf-8")
+    return target
+
+
+def write_hf_export(arch_dir: Path, tag: str, model, info: dict[str, Any], tokenizer=None) -> Path:
+    """The weights-only Hugging Face directory for a tag (what `ettin.load(..., revision=tag)` opens)."""
+    from ettin import hf
+
+    target = Path(arch_dir) / HF_DIR / tag
+    with atomic_dir(target, overwrite=True) as tmp:
+        hf.save_pretrained(model, tmp, tokenizer=tokenizer)
+        (tmp / TAG_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    return target
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class FullState:
+    path: Path
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    trainer: dict[str, Any]
+    rng: dict[str, torch.Tensor]
+
+
+def read_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
+    path = Path(ckpt_dir) / STATE_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EttinError(f"cannot read the checkpoint's training state: {exc}", path=path,
+                         fix="pick another checkpoint (`ettin checkpoints RUN`)") from None
+
+
+def load_checkpoint(ckpt_dir: Path) -> FullState:
+    from safetensors.torch import load_file
+
+    ckpt_dir = Path(ckpt_dir)
+    missing = [n for n in (MODEL_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE) if not (ckpt_dir / n).is_file()]
+    if missing:
+        raise EttinError(f"incomplete checkpoint (missing {', '.join(missing)})", path=ckpt_dir,
+                         fix="resume from another tag (`ettin checkpoints RUN`)")
+    return FullState(
+        path=ckpt_dir,
+        model=load_weights(ckpt_dir / MODEL_FILE),
+        optimizer=torch.load(ckpt_dir / OPTIMIZER_FILE, map_location="cpu", weights_only=True),
+        trainer=read_trainer_state(ckpt_dir),
+        rng=load_file(str(ckpt_dir / RNG_FILE)),
+    )
+
+
+@dataclass
+class TagInfo:
+    tag: str
+    step: int  # global optimizer step
+    tokens: int  # global tokens seen
+    phase: int
+    phase_name: str
+    phase_step: int
+    full_state: bool
+    hf: bool
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _tag_record(d: Path, name: str) -> dict | None:
+    try:
+        return json.loads((d / name).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def list_tags(arch_dir: str | os.PathLike) -> list[TagInfo]:
+    """Every tag of a model's run, oldest first, with where its files are."""
+    arch_dir = Path(arch_dir)
+    found: dict[str, TagInfo] = {}
+    for sub, name, is_state in ((HF_DIR, TAG_FILE, False), (STATE_DIR, STATE_FILE, True)):
+        root = arch_dir / sub
+        if not root.is_dir():
+            continue
+        for d in root.iterdir():
+            if not d.is_dir() or not _TAG_RE.match(d.name):
+                continue
+            rec = _tag_record(d, name)
+            if rec is None:
+                continue
+            info = found.get(d.name) or TagInfo(
+                tag=d.name, step=int(rec["step"]), tokens=int(rec["tokens"]), phase=int(rec["phase"]),
+                phase_name=str(rec.get("phase_name", "")), phase_step=int(rec["phase_step"]), full_state=False, hf=False,
+            )
+            if is_state:
+                info.full_state = True
+            else:
+                info.hf = (d / "config.json").is_file()
+            found[d.name] = info
+    return sorted(found.values(), key=lambda t: (t.step, t.tag))
+
+
+def latest_full_state(arch_dir: str | os.PathLike) -> Path | None:
+    states = [t for t in list_tags(arch_dir) if t.full_state]
+    return Path(arch_dir) / STATE_DIR / states[-1].tag if states else None
+
+
+def _available(arch_dir: Path) -> str:
+    tags = [t.tag for t in list_tags(arch_dir) if t.hf]
+    if not tags:
+        return "this run has no exported checkpoints yet"
+    shown = tags if len(tags) <= 12 else tags[:4] + ["..."] + tags[-7:]
+    return f"available: {', '.join(shown)} ({len(tags)} tags; `ettin checkpoints RUN` lists them)"
+
+
+def is_run_model_dir(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return (path / HF_DIR).is_dir() or (path / STATE_DIR).is_dir()
+
+
+def resolve_revision(run_model_dir: str | os.PathLike, tag: str | None = None) -> Path:
+    """The HF directory of a tag (the latest tag when None). A pure lookup: nothing is written."""
+    run_model_dir = Path(run_model_dir)
+    if not is_run_model_dir(run_model_dir):
+        hint = ""
+        if (run_model_dir / "encoder").is_dir() or (run_model_dir / "decoder").is_dir():
+            hint = f"; give the model's folder, e.g. {run_model_dir / 'encoder'}"
+        raise EttinError(f"is not a model's training run (no {HF_DIR}/ or {STATE_DIR}/){hint}", path=run_model_dir)
+    exported = [t for t in list_tags(run_model_dir) if t.hf]
+    if tag is None:
+        if not exported:
+            raise EttinError("has no exported checkpoints yet", path=run_model_dir,
+                             fix="train until the first checkpoint interval, or pass a tag")
+        return run_model_dir / HF_DIR / exported[-1].tag
+    if any(t.tag == tag for t in exported):
+        return run_model_dir / HF_DIR / tag
+    raise EttinError(f"no revision '{tag}'", path=run_model_dir, fix=_available(run_model_dir))
+
+
+def apply_retention(arch_dir: str | os.PathLike, keep_last: int | None) -> list[str]:
+    """Delete all but the newest `keep_last` full states; HF exports stay. Returns the tags removed."""
+    if keep_last is None:
+        return []
+    states = [t for t in list_tags(arch_dir) if t.full_state]
+    removed = []
+    for t in states[: max(0, len(states) - keep_last)]:
+        shutil.rmtree(Path(arch_dir) / STATE_DIR / t.tag, ignore_errors=True)
+        removed.append(t.tag)
+    return removed
+
+
+def drop_tags_after(arch_dir: str | os.PathLike, step: int) -> list[str]:
+    """On resume: tags written after the state being resumed from belong to the abandoned future."""
+    removed = []
+    for t in list_tags(arch_dir):
+        if t.step > step:
+            for sub in (STATE_DIR, HF_DIR):
+                shutil.rmtree(Path(arch_dir) / sub / t.tag, ignore_errors=True)
+            removed.append(t.tag)
+    return removed
