@@ -130,15 +130,6 @@ class RopeSection:
 
 
 @dataclass
-class DataSection:
-    """Where a phase's tokens come from: a prepared data directory and the share of each source."""
-
-    dir: str = ""
-    mixture: dict[str, float] = field(default_factory=dict)
-    sources: list[str] = field(default_factory=list)
-
-
-@dataclass
 class Phase:
     name: str = "pretrain"
     tag: str | None = None  # revision-tag prefix; default from the name (pretrain -> step, extension -> ext, decay -> decay)
@@ -149,11 +140,17 @@ class Phase:
     mask_rate: float = field(default=0.3, metadata={"gt": 0.0, "max": 1.0})
     lr: LRSection = field(default_factory=LRSection)
     rope: RopeSection = field(default_factory=RopeSection)
-    data: DataSection = field(default_factory=DataSection)
+    # The data pipeline's spec (ettin.data.mixture.DataSpec): dir, mixture, min_tokens, backfill.
+    data: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tag_prefix(self) -> str:
         return self.tag or PHASE_TAGS.get(self.name, self.name)
+
+    def data_spec(self):
+        from ettin.data.mixture import DataSpec
+
+        return DataSpec.from_dict(self.data)
 
 
 @dataclass
@@ -187,6 +184,25 @@ class InitSection:
 
 
 @dataclass
+class PrepareTokenizerSection:
+    corpus: list[str] = field(default_factory=list)
+    vocab_size: int = field(default=4096, metadata={"min": 1})
+
+
+@dataclass
+class PrepareSection:
+    """How `ettin train` may build what the recipe needs when it is missing (the demo uses this).
+
+    `tokenizer`: train the recipe's tokenizer on these corpora if its folder does not exist.
+    `sources`: prepare these sources into each phase's data dir (idempotent: prepared ones are checked).
+    Without it, a missing tokenizer or prepared source stops the run with the command that makes it.
+    """
+
+    tokenizer: PrepareTokenizerSection | None = None
+    sources: list[str] = field(default_factory=list)
+
+
+@dataclass
 class DistributedSection:
     strategy: Literal["auto", "ddp", "fsdp"] = field(default="auto", metadata={"choices_name": "strategy"})
     fsdp_min_params: int = field(default=300_000_000, metadata={"count": True})  # auto: FSDP2 from this size up
@@ -198,6 +214,8 @@ class Recipe:
     arch: Literal["pair", "encoder", "decoder"] = field(default="pair", metadata={"choices_name": "arch"})
     model: ModelSection = field(default_factory=ModelSection)
     tokenizer: str = ""
+    data_dir: str = ""  # default data.dir of every phase that names none
+    prepare: PrepareSection = field(default_factory=PrepareSection)
     seed: int = 21
     precision: Literal["fp32", "bf16"] = field(default="bf16", metadata={"choices_name": "precision"})
     micro_batch_size: int = field(default=96, metadata={"min": 1})
@@ -278,6 +296,8 @@ def _describe(value: Any) -> str:
 
 
 def _convert(value: Any, tp: Any, where: str, meta: dict) -> Any:
+    if tp is Any:
+        return value
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -423,13 +443,26 @@ def _check_recipe(r: Recipe) -> None:
         if p.batch_warmup_tokens > p.tokens:
             raise _Invalid(f"{where}.batch_warmup_tokens",
                            f"batch-size warmup of {p.batch_warmup_tokens} tokens is longer than the phase ({p.tokens})")
-        if sum(p.data.mixture.values()) <= 0 and p.data.mixture:
-            raise _Invalid(f"{where}.data.mixture", "shares add up to zero")
-        for name, share in p.data.mixture.items():
-            if share < 0:
-                raise _Invalid(f"{where}.data.mixture.{name}", f"share {share} is negative")
+        p.data = _normalise_data(p.data, r.data_dir, f"{where}.data")
     if r.init.revision and not r.init.path:
         raise _Invalid("init.revision", "a revision without init.path", "set init.path (or --init) to a run's model dir")
+
+
+def _normalise_data(data: dict, data_dir: str, where: str) -> dict:
+    from ettin.data.mixture import DataSpec
+
+    data = dict(data)
+    if not data.get("dir") and data_dir:
+        data["dir"] = data_dir
+    try:
+        spec = DataSpec.from_dict(data, where=where)
+    except EttinError as exc:
+        field = exc.field or where
+        message = str(exc).removeprefix(f"field '{exc.field}': ") if exc.field else str(exc)
+        if exc.fix:
+            message = message.removesuffix(f" ({exc.fix})")
+        raise _Invalid(field, message, exc.fix) from None
+    return spec.to_dict()
 
 
 def recipe_from_dict(raw: Any, path: str | os.PathLike | None = None) -> Recipe:

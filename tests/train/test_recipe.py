@@ -22,7 +22,11 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 def minimal(**top) -> dict:
-    raw = {"model": {"size": "tiny"}, "phases": [{"name": "pretrain", "tokens": 1000, "seq_len": 64, "batch_size": 4}]}
+    raw = {
+        "model": {"size": "tiny"},
+        "data_dir": "data/here",
+        "phases": [{"name": "pretrain", "tokens": 1000, "seq_len": 64, "batch_size": 4, "data": {"mixture": {"wiki": 1}}}],
+    }
     raw.update(top)
     return raw
 
@@ -42,7 +46,8 @@ def test_minimal_recipe_fills_defaults():
 
 def test_unknown_schedule_names_file_field_and_choices():
     raw = minimal()
-    raw["phases"].append({"name": "extension", "tokens": 10, "seq_len": 64, "batch_size": 4, "lr": {"schedule": "cosine"}})
+    raw["phases"].append({"name": "extension", "tokens": 10, "seq_len": 64, "batch_size": 4, "lr": {"schedule": "cosine"},
+                          "data": {"mixture": {"wiki": 1}}})
     msg = error_of(raw, "recipes/demo.yaml")
     assert msg.startswith("recipes/demo.yaml: field 'phases.1.lr.schedule': unknown schedule 'cosine'")
     assert "1-sqrt" in msg and "linear" in msg
@@ -84,6 +89,16 @@ def test_cross_field_checks():
     raw = minimal()
     raw["phases"].append(dict(raw["phases"][0]))
     assert "field 'phases.1.tag'" in error_of(raw)
+
+
+def test_data_spec_is_checked_and_inherits_data_dir():
+    r = recipe_from_dict(minimal())
+    assert r.phases[0].data == {"dir": "data/here", "mixture": [{"source": "wiki", "weight": 1.0}]}
+    raw = minimal()
+    raw["phases"][0]["data"] = {"mixture": [{"source": "wiki", "weight": 1, "share": 2}]}
+    assert "recipes/x.yaml: field 'phases.0.data.mixture[0]': unknown key(s) ['share']" in error_of(raw)
+    raw = minimal(data_dir="")
+    assert "field 'phases.0.data.dir': missing the prepared-data folder" in error_of(raw)
 
 
 @pytest.mark.parametrize(
