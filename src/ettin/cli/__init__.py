@@ -37,9 +37,24 @@ def _register_all() -> None:
 _register_all()
 
 
+def _usage_error_types() -> tuple[type, ...]:
+    """Click's exception classes, both the standalone package's and the copy typer>=0.29 vendors."""
+    import click
+
+    types = [click.exceptions.ClickException, click.exceptions.Abort]
+    try:
+        from typer._click.exceptions import ClickException
+        from typer.exceptions import Abort
+
+        types += [ClickException, Abort]
+    except ImportError:
+        pass
+    return tuple(types)
+
+
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except EttinError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
@@ -48,12 +63,16 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:  # click's own usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+    except Exception as exc:  # usage errors come through here in non-standalone mode
+        if not isinstance(exc, _usage_error_types()):
+            raise
+        if not hasattr(exc, "show"):  # Abort
+            print("aborted", file=sys.stderr)
             sys.exit(1)
-        raise
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None and type(exc).__name__ != "NoArgsIsHelpError":
+            print(f"error: {exc.format_message().rstrip('.')} (see `{ctx.command_path} --help`)", file=sys.stderr)
+        else:
+            exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
