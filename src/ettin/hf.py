@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ettin.config import (
     MODERNBERT_SPECIAL_IDS,
     MODERNBERT_VOCAB_SIZE,
+    SIZES,
     ModelConfig,
     config_for_size,
     special_ids_for,
@@ -125,14 +126,8 @@ def config_to_hf(config: ModelConfig, *, dtype: str = "float32") -> dict[str, An
         "global_rope_theta": float(config.global_rope_theta),
         "local_rope_theta": float(config.local_rope_theta),
         "local_attention": config.local_attention,
+        "global_attn_every_n_layers": config.global_attn_every_n_layers,
     }
-    if config.layer_types == ModelConfig(
-        num_hidden_layers=config.num_hidden_layers,
-        global_attn_every_n_layers=config.global_attn_every_n_layers,
-        hidden_size=config.hidden_size,
-        num_attention_heads=config.num_attention_heads,
-    ).layer_types:
-        d["global_attn_every_n_layers"] = config.global_attn_every_n_layers
     if arch == "encoder":
         d |= {"classifier_pooling": "cls", "sparse_prediction": False, "sparse_pred_ignore_index": -100,
               "deterministic_flash_attn": False}
@@ -453,7 +448,7 @@ def _tokenizer_files(tok_dir: Path) -> list[Path]:
 # ----------------------------------------------------------------------------------------- writing
 
 
-def _dtype_name(model: "EttinModel") -> str:
+def _model_dtype(model: "EttinModel") -> str:
     import torch
 
     dtypes = {p.dtype for p in model.parameters()}
@@ -497,7 +492,7 @@ def save_pretrained(model: "EttinModel", out_dir: str | os.PathLike, tokenizer: 
             raise EttinError("is not a tokenizer directory (no tokenizer.json)", path=tok_dir,
                              fix="give the folder written by `ettin tokenizer ...` or a model folder with a tokenizer")
         check_tokenizer(tok_dir, config)
-    dtype = _dtype_name(model)
+    dtype = _model_dtype(model)
     tensors = state_dict_to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()}, config.arch, config)
     with atomic_dir(out_dir, overwrite=replace) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
@@ -520,14 +515,17 @@ def save_pretrained(model: "EttinModel", out_dir: str | os.PathLike, tokenizer: 
 
 
 def _is_run_dir(path: Path) -> bool:
-    return (path / "checkpoints").is_dir() or (path / "hf").is_dir()
+    """A training run's model folder (or a run holding one per arch), rather than a model folder."""
+    if (path / "config.json").is_file():
+        return False
+    return any((path / sub).is_dir() for sub in ("checkpoints", "hf", "encoder", "decoder"))
 
 
 def resolve(path: str | os.PathLike, revision: str | None = None) -> Path:
     """The local model folder `path` (and `revision`) stand for: a model folder, a training run's
     checkpoint (through ettin.train.checkpoint), or a hub repository downloaded for users with network."""
     p = Path(path).expanduser()
-    if p.is_dir() and _is_run_dir(p) and not (p / "config.json").is_file():
+    if p.is_dir() and _is_run_dir(p):
         try:
             from ettin.train.checkpoint import resolve_revision
         except ImportError:
@@ -588,15 +586,21 @@ def _config_json(model_dir: Path) -> dict:
     return d
 
 
-def _to_dtype(dtype) -> "torch.dtype | None":
-    import torch
+def _dtype_name(dtype, model_dir: Path) -> Any:
+    """None -> float32 (what training and CPU inference want); "auto" -> the dtype the folder records.
 
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    name = DTYPES.get(str(dtype).lower())
+    Checked before any weights are read, and without importing torch for a name."""
+    if dtype is not None and not isinstance(dtype, str):
+        return dtype  # a torch.dtype
+    if dtype is None:
+        return "float32"
+    if dtype.lower() == "auto":
+        d = _config_json(model_dir)
+        dtype = str(d.get("dtype") or d.get("torch_dtype") or "float32")
+    name = DTYPES.get(dtype.lower())
     if name is None:
-        raise EttinError(f"unknown dtype '{dtype}'", field="dtype", fix="use float32, bfloat16 or float16")
-    return getattr(torch, name)
+        raise EttinError(f"unknown dtype '{dtype}'", field="dtype", fix="use float32, bfloat16, float16 or auto")
+    return name
 
 
 def _build(config: ModelConfig, *, init: bool = False) -> "EttinModel":
@@ -607,8 +611,8 @@ def _build(config: ModelConfig, *, init: bool = False) -> "EttinModel":
 
 def load_dir(model_dir: Path, *, arch: str | None = None, dtype=None) -> "EttinModel":
     """Build an EttinModel from a local modernbert / modernbert-decoder folder."""
-    torch_dtype = _to_dtype(dtype)
     config = read_config(model_dir, arch=arch)
+    dtype = _dtype_name(dtype, model_dir)
     model_type = _config_json(model_dir)["model_type"]
     if (model_dir / "tokenizer.json").is_file():
         _check_vocab_fits(model_dir, config)
@@ -646,8 +650,7 @@ def load_dir(model_dir: Path, *, arch: str | None = None, dtype=None) -> "EttinM
             )
     model.load_state_dict(sd, strict=False)
     _tie(model)
-    if torch_dtype is not None:
-        model.to(torch_dtype)
+    model.to(getattr(__import__("torch"), dtype) if isinstance(dtype, str) else dtype)
     model.eval()
     return model
 
@@ -666,7 +669,8 @@ def load(path: str | os.PathLike, revision: str | None = None, *, arch: str | No
     or, for users with network, a hub repository id.
 
     `arch` reads the weights as the other arch (encoder <-> decoder: the start of cross-objective
-    training); `dtype` casts after loading (default: float32, as stored by ettin).
+    training). `dtype`: None loads float32 whatever the file holds (what training and CPU inference
+    want), "auto" keeps the dtype recorded in config.json, or name one (float32, bfloat16, float16).
     """
     if arch is not None and arch not in MODEL_TYPES:
         raise EttinError(f"unknown arch '{arch}'", field="arch", fix="use 'encoder' or 'decoder'")
@@ -720,12 +724,12 @@ def init_model(size: str, arch: str, out: str | os.PathLike, *, vocab_size: int 
     With a tokenizer the vocabulary and special ids come from it; without one they are ModernBERT's,
     or for a small vocabulary `special_ids_for(vocab_size)`, and config.json records them.
     """
-    import torch
-
     out = Path(out)
     if arch not in MODEL_TYPES:
         raise EttinError(f"unknown arch '{arch}'", field="arch", fix="use 'encoder' or 'decoder'")
     _prepare_out(out, overwrite)
+    if size not in SIZES:
+        config_for_size(size)  # raises the unknown-size error before anything slow
     ids: dict[str, int] = {}
     if tokenizer is not None:
         tok_dir = Path(tokenizer)
@@ -739,6 +743,8 @@ def init_model(size: str, arch: str, out: str | os.PathLike, *, vocab_size: int 
     config = config_for_size(size, arch, vocab_size, **ids)
     if tokenizer is not None:
         check_tokenizer(Path(tokenizer), config)
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _build(config, init=True)
