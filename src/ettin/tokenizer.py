@@ -342,8 +342,9 @@ def load_tokenizer(path: str | os.PathLike) -> "PreTrainedTokenizerFast":
 
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise EttinError(f"cannot be loaded as a tokenizer: {exc}".splitlines()[0], path=path) from exc
+    except Exception as exc:  # the tokenizers library raises bare Exception for bad bytes or a bad schema
+        raise EttinError(f"cannot be loaded as a tokenizer: {exc}".splitlines()[0], path=path,
+                         fix="the files are damaged or not a tokenizer; build the tokenizer again") from None
 
 
 def special_token_ids(tokenizer: "PreTrainedTokenizerBase") -> dict[str, int | None]:
