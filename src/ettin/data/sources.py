@@ -350,12 +350,12 @@ def _jsonl_documents(spec: SourceSpec, report: SourceReport) -> Iterator[Documen
                 elif not isinstance(obj[spec.field], str):
                     problem = f"'{spec.field}' is not a string"
             if problem is not None:
-                bad_refs.append(f"{i} ({problem})")
                 if spec.on_error == "skip":
                     report.bad_lines += 1
                     if len(report.bad_line_refs) < _MAX_LISTED:
                         report.bad_line_refs.append(f"{rel}:{i}")
                     continue
+                bad_refs.append(f"{i} ({problem})")
                 if len(bad_refs) >= _MAX_LISTED:
                     break
                 continue

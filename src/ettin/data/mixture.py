@@ -1,0 +1,156 @@
+"""A phase's data spec: which prepared sources, in what shares, chunked how.
+
+Recipes write it as
+
+    data:
+      dir: runs/data/demo
+      mixture:
+        - {source: wiki, weight: 0.7}
+        - {source: shakespeare, weight: 0.3}
+      min_tokens: 16        # optional; default min(128, seq_len // 8)
+      backfill: true        # optional
+
+or with token budgets (`{source: wiki, tokens: 2M}`): the budgets set the shares and say how many
+tokens of each source the phase is meant to see; a budget larger than the source repeats it. Shares
+are shares of tokens, as in the Ettin mixture tables. `mixture: {wiki: 0.7, shakespeare: 0.3}` is
+accepted as a short form of weights.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ettin.errors import EttinError
+
+_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+
+
+def parse_count(value, *, field: str) -> int:
+    """An integer, or a string like "2M", "1.5B", "250k"."""
+    if isinstance(value, bool):
+        raise EttinError(f"expected a number of tokens, got {value!r}", field=field)
+    if isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmbgt]?)\s*", str(value).lower())
+        if not m:
+            raise EttinError(f"cannot read {value!r} as a number of tokens", field=field, fix="write e.g. 2000000 or 2M")
+        number = float(m.group(1)) * _SUFFIX[m.group(2)]
+    if number <= 0 or number != int(number):
+        raise EttinError(f"expected a positive whole number of tokens, got {value!r}", field=field)
+    return int(number)
+
+
+@dataclass(frozen=True)
+class MixtureEntry:
+    source: str
+    weight: float | None = None
+    tokens: int | None = None
+
+    def to_dict(self) -> dict:
+        d: dict = {"source": self.source}
+        if self.weight is not None:
+            d["weight"] = self.weight
+        if self.tokens is not None:
+            d["tokens"] = self.tokens
+        return d
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dir: str
+    mixture: tuple[MixtureEntry, ...]
+    min_tokens: int | None = None
+    backfill: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mixture", tuple(self.mixture))
+        if not self.mixture:
+            raise EttinError("the mixture names no source", field="data.mixture", fix="add e.g. {source: wiki, weight: 1}")
+        names = [e.source for e in self.mixture]
+        if len(set(names)) != len(names):
+            raise EttinError(f"a source appears twice in the mixture ({', '.join(names)})", field="data.mixture")
+        kinds = {("weight" if e.weight is not None else "tokens") for e in self.mixture}
+        for i, e in enumerate(self.mixture):
+            if (e.weight is None) == (e.tokens is None):
+                raise EttinError(
+                    f"source '{e.source}' needs exactly one of weight or tokens", field=f"data.mixture[{i}]"
+                )
+            if e.weight is not None and not e.weight > 0:
+                raise EttinError(f"weight {e.weight} is not positive", field=f"data.mixture[{i}].weight")
+        if len(kinds) > 1:
+            raise EttinError(
+                "the mixture mixes weights and token budgets", field="data.mixture", fix="give all weights or all budgets"
+            )
+        if self.min_tokens is not None and self.min_tokens < 1:
+            raise EttinError(f"min_tokens {self.min_tokens} is not positive", field="data.min_tokens")
+
+    @property
+    def sources(self) -> list[str]:
+        return [e.source for e in self.mixture]
+
+    @property
+    def budgets(self) -> dict[str, int] | None:
+        if self.mixture[0].tokens is None:
+            return None
+        return {e.source: int(e.tokens) for e in self.mixture}
+
+    def shares(self) -> list[float]:
+        raw = [float(e.weight if e.weight is not None else e.tokens) for e in self.mixture]
+        total = sum(raw)
+        return [r / total for r in raw]
+
+    def to_dict(self) -> dict:
+        d: dict = {"dir": self.dir, "mixture": [e.to_dict() for e in self.mixture]}
+        if self.min_tokens is not None:
+            d["min_tokens"] = self.min_tokens
+        if not self.backfill:
+            d["backfill"] = False
+        return d
+
+    @classmethod
+    def from_dict(cls, d, *, where: str = "data") -> "DataSpec":
+        if isinstance(d, DataSpec):
+            return d
+        if not isinstance(d, dict):
+            raise EttinError(f"expected a mapping, got {type(d).__name__}", field=where)
+        known = {"dir", "mixture", "min_tokens", "backfill"}
+        extra = sorted(set(d) - known)
+        if extra:
+            raise EttinError(f"unknown key(s) {extra}", field=where, fix=f"known keys: {', '.join(sorted(known))}")
+        if not d.get("dir"):
+            raise EttinError("missing the prepared-data folder", field=f"{where}.dir", fix="set dir: to the --out of `ettin data prepare`")
+        raw = d.get("mixture")
+        if isinstance(raw, dict):
+            raw = [{"source": k, "weight": v} for k, v in raw.items()]
+        if not isinstance(raw, list) or not raw:
+            raise EttinError("expected a list of {source, weight | tokens}", field=f"{where}.mixture")
+        entries = []
+        for i, item in enumerate(raw):
+            f = f"{where}.mixture[{i}]"
+            if isinstance(item, str):
+                item = {"source": item, "weight": 1.0}
+            if not isinstance(item, dict):
+                raise EttinError(f"expected a mapping, got {type(item).__name__}", field=f)
+            extra = sorted(set(item) - {"source", "weight", "tokens"})
+            if extra:
+                raise EttinError(f"unknown key(s) {extra}", field=f, fix="known keys: source, weight, tokens")
+            if not isinstance(item.get("source"), str) or not item["source"]:
+                raise EttinError("missing the source name", field=f"{f}.source")
+            weight = item.get("weight")
+            if weight is not None:
+                if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                    raise EttinError(f"expected a number, got {weight!r}", field=f"{f}.weight")
+                weight = float(weight)
+            tokens = item.get("tokens")
+            if tokens is not None:
+                tokens = parse_count(tokens, field=f"{f}.tokens")
+            entries.append(MixtureEntry(item["source"], weight, tokens))
+        min_tokens = d.get("min_tokens")
+        if min_tokens is not None and (isinstance(min_tokens, bool) or not isinstance(min_tokens, int)):
+            raise EttinError(f"expected a whole number, got {min_tokens!r}", field=f"{where}.min_tokens")
+        backfill = d.get("backfill", True)
+        if not isinstance(backfill, bool):
+            raise EttinError(f"expected true or false, got {backfill!r}", field=f"{where}.backfill")
+        return cls(str(d["dir"]), tuple(entries), min_tokens, backfill)
