@@ -1,0 +1,156 @@
+"""The lm-evaluation-harness adapter (`--model ettin`) against lm-eval's own `hf` model.
+
+A tiny random decoder exported as a Hugging Face folder is scored by both on the same requests:
+log-likelihoods must agree to 1e-4 and is_greedy exactly. Encoders have no `hf` counterpart, so
+their pseudo-log-likelihood and mask filling are checked against the model called directly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("lm_eval")
+pytest.importorskip("accelerate")
+
+from lm_eval.api.instance import Instance  # noqa: E402
+
+from ettin import hf  # noqa: E402
+from ettin.config import config_for_size  # noqa: E402
+from ettin.eval.lm_eval_model import EttinLM, write_local_tasks  # noqa: E402
+from ettin.model import EttinModel  # noqa: E402
+
+PARITY_ITEMS = 20  # ARC-Easy questions (about 80 requests)
+TOL = 1e-4
+
+
+def _export(arch: str, tokenizer_dir, out_dir, seed: int = 0):
+    torch.manual_seed(seed)
+    model = EttinModel(config_for_size("tiny", arch=arch, vocab_size=1024))
+    hf.save_pretrained(model, out_dir, tokenizer=tokenizer_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def decoder_dir(small_tokenizer_dir, tmp_path_factory):
+    return _export("decoder", small_tokenizer_dir, tmp_path_factory.mktemp("lm_eval") / "decoder")
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(small_tokenizer_dir, tmp_path_factory):
+    return _export("encoder", small_tokenizer_dir, tmp_path_factory.mktemp("lm_eval") / "encoder", seed=1)
+
+
+@pytest.fixture(scope="module")
+def arc_requests():
+    from ettin.eval.tasks import get_task
+
+    items = get_task("arc_easy").load()[:PARITY_ITEMS]
+    return [Instance("loglikelihood", {}, r, idx=i) for it in items for i, r in enumerate(it.requests)]
+
+
+def _hflm(path, **kw):
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=str(path), device="cpu", batch_size=16, **kw)
+
+
+def test_ettin_is_registered_next_to_the_builtin_models():
+    from lm_eval.api.registry import get_model
+
+    assert get_model("ettin") is EttinLM
+    # registering ours must not hide lm-eval's lazily registered models
+    assert get_model("hf").__name__ == "HFLM"
+
+
+def test_decoder_loglikelihoods_match_lm_eval_hf(decoder_dir, arc_requests):
+    ours = EttinLM(pretrained=str(decoder_dir), device="cpu").loglikelihood(arc_requests)
+    # add_bos_token=True: lm-eval's hf model then puts [CLS] before each text and nothing after it,
+    # which is what ettin does by default (the paper's "BOS added").
+    theirs = _hflm(decoder_dir, add_bos_token=True).loglikelihood(arc_requests)
+    diffs = [abs(a[0] - b[0]) for a, b in zip(ours, theirs)]
+    print(f"\n{len(diffs)} requests, max |loglik diff| = {max(diffs):.2e}")
+    assert max(diffs) <= TOL
+    assert [a[1] for a in ours] == [b[1] for b in theirs]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "exported decoders carry the tokenizer's encoder template `[CLS] $A [SEP]`; lm-eval's hf model "
+    "then ends every context with [SEP] and cuts the continuation one token late. Passes once the "
+    "decoder export writes a `[CLS] $A` template (see docs/evaluation.md, Harnesses)."))
+def test_lm_eval_hf_default_tokenization_matches_ettin(decoder_dir, arc_requests):
+    ours = EttinLM(pretrained=str(decoder_dir), device="cpu").loglikelihood(arc_requests[:8])
+    theirs = _hflm(decoder_dir).loglikelihood(arc_requests[:8])
+    assert max(abs(a[0] - b[0]) for a, b in zip(ours, theirs)) <= TOL
+
+
+def test_decoder_rolling_and_generation_match_lm_eval_hf(decoder_dir):
+    texts = ["To be, or not to be, that is the question.", "Now is the winter of our discontent"]
+    rolling = [Instance("loglikelihood_rolling", {}, (t,), idx=0) for t in texts]
+    gen = [Instance("generate_until", {}, (t, {"until": ["\n"], "max_gen_toks": 6, "do_sample": False}), idx=0)
+           for t in texts]
+    ours_lm = EttinLM(pretrained=str(decoder_dir), device="cpu")
+    hf_lm = _hflm(decoder_dir, add_bos_token=True)
+    ours, theirs = ours_lm.loglikelihood_rolling(rolling), hf_lm.loglikelihood_rolling(rolling)
+    assert max(abs(a - b) for a, b in zip(ours, theirs)) <= TOL
+    assert ours_lm.generate_until(gen) == hf_lm.generate_until(gen)
+
+
+def test_encoder_pseudo_loglikelihood_is_the_masked_scores(encoder_dir):
+    lm = EttinLM(pretrained=str(encoder_dir), device="cpu")
+    context, continuation = "Question: What is the sun?\nAnswer:", " a star"
+    [(score, greedy)] = lm.loglikelihood([Instance("loglikelihood", {}, (context, continuation), idx=0)])
+
+    tok, cfg = lm.tokenizer, lm.config
+    whole = tok.encode(context + continuation, add_special_tokens=False)
+    cont = whole[len(tok.encode(context, add_special_tokens=False)):]
+    seq = [cfg.cls_token_id] + whole + [cfg.sep_token_id]
+    expected, all_argmax = 0.0, True
+    for p in range(len(seq) - 1 - len(cont), len(seq) - 1):
+        masked = torch.tensor([seq])
+        masked[0, p] = cfg.mask_token_id
+        with torch.no_grad():
+            logp = lm.model(masked).logits[0, p].float().log_softmax(-1)
+        expected += float(logp[seq[p]])
+        all_argmax &= int(logp.argmax()) == seq[p]
+    assert score == pytest.approx(expected, abs=TOL)
+    assert greedy == all_argmax
+
+
+def test_encoder_generation_fills_masks_one_at_a_time(encoder_dir):
+    lm = EttinLM(pretrained=str(encoder_dir), device="cpu", mask_slots=3)
+    context = "Question: Who wrote Hamlet?\nAnswer:"
+    [text] = lm.generate_until([Instance("generate_until", {}, (context, {"until": ["\n"], "max_gen_toks": 5}), idx=0)])
+
+    tok, cfg = lm.tokenizer, lm.config
+    ids = tok.encode(context, add_special_tokens=False)
+    filled = []
+    for _ in range(5):
+        seq = torch.tensor([[cfg.cls_token_id] + ids + filled + [cfg.mask_token_id] * 3 + [cfg.sep_token_id]])
+        with torch.no_grad():
+            token = int(lm.model(seq).logits[0, 1 + len(ids) + len(filled)].argmax())
+        if token == cfg.sep_token_id:
+            break
+        filled.append(token)
+    expected = tok.decode(filled, skip_special_tokens=True).split("\n")[0]
+    assert text == expected
+
+
+def test_local_tasks_run_under_ettin_and_lm_eval_hf(decoder_dir, encoder_dir, tmp_path):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    tasks = TaskManager(include_path=str(write_local_tasks(tmp_path / "tasks")))
+    runs = {
+        "ettin-decoder": ("ettin", decoder_dir),
+        "ettin-encoder": ("ettin", encoder_dir),
+        "hf-decoder": ("hf", decoder_dir),
+    }
+    for label, (model, path) in runs.items():
+        out = lm_eval.simple_evaluate(
+            model=model, model_args=f"pretrained={path}", tasks=["ettin_arc_easy", "ettin_lambada"],
+            task_manager=tasks, limit=2, device="cpu", batch_size=8,
+        )
+        res = out["results"]
+        assert 0.0 <= res["ettin_arc_easy"]["acc,none"] <= 1.0, label
+        assert res["ettin_lambada"]["acc,none"] in (0.0, 0.5, 1.0), label
