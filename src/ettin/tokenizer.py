@@ -341,10 +341,10 @@ def load_tokenizer(path: str | os.PathLike) -> "PreTrainedTokenizerFast":
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # the tokenizers library raises bare Exception for bad bytes or a bad schema
         raise EttinError(f"cannot be loaded as a tokenizer: {exc}".splitlines()[0], path=path,
-                         fix="the files are damaged or not a tokenizer; build the tokenizer again") from None
+                         fix="its files are damaged, not a tokenizer, or need custom code, which ettin never runs") from None
 
 
 def special_token_ids(tokenizer: "PreTrainedTokenizerBase") -> dict[str, int | None]:
