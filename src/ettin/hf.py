@@ -739,6 +739,11 @@ def init_model(size: str, arch: str, out: str | os.PathLike, *, vocab_size: int 
         ids = {k: v for k, v in special_token_ids(tok).items() if v is not None}
         if vocab_size is None:
             vocab_size = round_vocab_size(len(tok))
+        elif vocab_size < len(tok):
+            raise EttinError(
+                f"the tokenizer has {len(tok)} tokens but vocab_size is {vocab_size}", path=tok_dir,
+                field="vocab_size", fix=f"leave vocab_size out (it defaults to {round_vocab_size(len(tok))}) or raise it",
+            )
     vocab_size = MODERNBERT_VOCAB_SIZE if vocab_size is None else vocab_size
     config = config_for_size(size, arch, vocab_size, **ids)
     if tokenizer is not None:

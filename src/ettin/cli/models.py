@@ -55,13 +55,16 @@ def register(app: typer.Typer) -> None:
                 r["size"], str(r["layers"]), str(r["hidden"]), str(r["intermediate"]), str(r["heads"]),
                 f"{r['backbone_params']:,}", f"{r['with_head_params']:,}", kind,
             )
-        Console().print(table)
-        Console().print("Backbone = embeddings + layers + final norm; the head adds dense, norm and vocabulary bias (tied weight).")
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=120)  # piped: keep the table whole
+        console.print(table)
+        console.print("Backbone = embeddings + layers + final norm; the head adds dense, norm and vocabulary bias (tied weight).")
 
     @app.command("init")
     def init(
         size: str = typer.Option(..., "--size", help="a size from `ettin sizes`"),
-        arch: str = typer.Option("encoder", "--arch", help="encoder or decoder"),
+        arch: str = typer.Option(..., "--arch", help="encoder or decoder"),
         out: str = typer.Option(..., "--out", help="output directory (Hugging Face format)"),
         vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="vocabulary size (default: the tokenizer's, else 50368)"),
         tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer directory: vocabulary and special ids come from it and it is copied"),
@@ -111,9 +114,11 @@ def _report(path, model, what: str) -> None:
 
     cfg = model.config
     kind = "modernbert-decoder" if cfg.arch == "decoder" else "modernbert"
-    Console().print(
+    console = Console(soft_wrap=True, highlight=False)
+    console.print(
         f"{what}: {kind}, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}, "
         f"{count_parameters(cfg, with_head=True):,} parameters"
     )
+    console.print(f"wrote {path}/")
     for f in sorted(p for p in path.iterdir() if p.is_file()):
-        Console().print(f"  wrote {f}")
+        console.print(f"  {f.name} ({f.stat().st_size:,} bytes)")
