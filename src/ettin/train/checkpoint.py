@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 from dataclasses import dataclass
@@ -123,7 +124,7 @@ def read_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
     path = Path(ckpt_dir) / STATE_FILE
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
         raise EttinError(f"cannot read the checkpoint's training state: {exc}", path=path,
                          fix="pick another checkpoint (`ettin checkpoints RUN`)") from None
 
@@ -136,12 +137,23 @@ def load_checkpoint(ckpt_dir: Path) -> FullState:
     if missing:
         raise EttinError(f"incomplete checkpoint (missing {', '.join(missing)})", path=ckpt_dir,
                          fix="resume from another tag (`ettin checkpoints RUN`)")
+    def read(name: str, loader):
+        try:
+            return loader(ckpt_dir / name)
+        except pickle.UnpicklingError:
+            raise EttinError("holds Python objects besides tensors and numbers; refused without running them",
+                             path=ckpt_dir / name, fix="resume from a checkpoint ettin wrote") from None
+        except Exception as exc:  # safetensors and torch raise their own types for damaged files
+            raise EttinError(f"cannot be read ({type(exc).__name__}: {exc})".splitlines()[0], path=ckpt_dir / name,
+                             fix="the checkpoint is damaged; resume from another tag (`ettin checkpoints RUN`)") from None
+
     return FullState(
         path=ckpt_dir,
-        model=load_weights(ckpt_dir / MODEL_FILE),
-        optimizer=torch.load(ckpt_dir / OPTIMIZER_FILE, map_location="cpu", weights_only=True),
+        model=read(MODEL_FILE, load_weights),
+        # weights_only: tensors and plain containers only; a pickle that would run code is refused
+        optimizer=read(OPTIMIZER_FILE, lambda p: torch.load(p, map_location="cpu", weights_only=True)),
         trainer=read_trainer_state(ckpt_dir),
-        rng=load_file(str(ckpt_dir / RNG_FILE)),
+        rng=read(RNG_FILE, lambda p: load_file(str(p))),
     )
 
 
@@ -161,10 +173,14 @@ class TagInfo:
 
 
 def _tag_record(d: Path, name: str) -> dict | None:
+    """The tag's record, or None when it is unreadable or lacks the fields a tag needs (never trusted then)."""
     try:
-        return json.loads((d / name).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        rec = json.loads((d / name).read_text(encoding="utf-8"))
+        for key in ("step", "tokens", "phase", "phase_step"):
+            int(rec[key])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
+    return rec
 
 
 def list_tags(arch_dir: str | os.PathLike) -> list[TagInfo]:
