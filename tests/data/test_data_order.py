@@ -107,3 +107,28 @@ def test_edited_rows_are_caught(tmp_path, data_dir):
     pq.write_table(table, part)
     with pytest.raises(EttinError, match="do not match their batch_hash"):
         compare_orders(tmp_path / "a", tmp_path / "b")
+
+
+def test_token_phases_and_recipe_plan(tmp_path, data_dir):
+    from types import SimpleNamespace
+
+    from ettin.data.order import plan_from_recipe
+
+    phase = SimpleNamespace(name="pretrain", data={"dir": str(data_dir), "mixture": [{"source": "wiki", "weight": 1.0}]},
+                            seq_len=64, tokens=3000, batch_size=8, batch_warmup_tokens=1000)
+    p = plan_from_recipe(SimpleNamespace(seed=3, micro_batch_size=2, phases=[phase]))
+    assert p.phases[0].warmup_start == 2 and p.phases[0].tokens == 3000
+    rows = regenerate_order(p)
+    steps = order_steps_of(rows)
+    tokens = [sum(n) for n in steps.values()]
+    assert sum(tokens[:-1]) < 3000 <= sum(tokens)  # runs until the phase's tokens are reached
+    assert len(next(iter(steps.values()))) == 2  # warmup from one micro-batch
+    with pytest.raises(EttinError, match="exactly one of steps or tokens"):
+        PhasePlan("x", phase.data, 64, steps=3, tokens=5, batch_size=2)
+
+
+def order_steps_of(table):
+    out = {}
+    for step, length in zip(table.column("step").to_pylist(), table.column("length").to_pylist()):
+        out.setdefault(step, []).append(length)
+    return out

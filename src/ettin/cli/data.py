@@ -199,6 +199,7 @@ def register(app: typer.Typer) -> None:
         export: Optional[Path] = typer.Option(None, "--export", help="write the rows to FILE.parquet or FILE.jsonl"),
         tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="decode the shown sequences with this tokenizer"),
         check: bool = typer.Option(False, "--check", help="regenerate the order from the prepared data and seed and compare"),
+        data_dir: Optional[Path] = typer.Option(None, "--data", help="with --check: the prepared data folder, if it moved"),
     ) -> None:
         """Show, export or check the recorded data order (one row per training sequence)."""
         from ettin.data.order import order_steps, read_order, read_plan, regenerate_order
@@ -208,7 +209,7 @@ def register(app: typer.Typer) -> None:
         if check:
             recorded = read_order(folder)
             steps = int(recorded.column("step").to_numpy().max()) if recorded.num_rows else 0
-            regenerated = regenerate_order(read_plan(folder), max_steps=steps)
+            regenerated = regenerate_order(read_plan(folder), data_dir=data_dir, max_steps=steps)
             if recorded.equals(regenerated):
                 console.print(f"{folder}: regenerated {steps} step(s) from the prepared data and seed: identical")
                 return

@@ -275,12 +275,17 @@ def compare_orders(a: str | Path, b: str | Path) -> OrderComparison:
 
 @dataclass
 class PhasePlan:
-    """What one phase consumes: enough to regenerate its batches from the prepared data and the seed."""
+    """What one phase consumes: enough to regenerate its batches from the prepared data and the seed.
+
+    A phase runs for `steps` steps or until it has consumed `tokens` tokens (shared-sample tokens, as
+    `PhaseBatches.tokens_seen` counts them); batch-size warmup counts from the phase's start.
+    """
 
     name: str
     data: dict
     seq_len: int
-    steps: int
+    steps: int | None = None
+    tokens: int | None = None
     batch_size: int | None = None
     batch_tokens: int | None = None
     warmup_tokens: int = 0
@@ -288,6 +293,8 @@ class PhasePlan:
 
     def __post_init__(self) -> None:
         self.data = DataSpec.from_dict(self.data, where=f"{self.name}.data").to_dict()
+        if (self.steps is None) == (self.tokens is None):
+            raise EttinError("a phase plan needs exactly one of steps or tokens", field=f"{self.name}.steps")
 
 
 @dataclass
@@ -304,20 +311,32 @@ class OrderPlan:
         return cls(int(d["seed"]), [PhasePlan(**p) for p in d["phases"]], d.get("data_dir"))
 
 
+def plan_from_recipe(recipe) -> OrderPlan:
+    """The plan of a training recipe (`ettin.recipe`), matching how the trainer opens each phase:
+    one `PhaseBatches` per phase, run until the phase's tokens, warmup from one micro-batch."""
+    phases = []
+    for ph in recipe.phases:
+        data = dict(ph.data)
+        data["dir"] = str(Path(data["dir"]).resolve())
+        phases.append(PhasePlan(ph.name, data, ph.seq_len, tokens=ph.tokens, batch_size=ph.batch_size,
+                                warmup_tokens=ph.batch_warmup_tokens, warmup_start=min(recipe.micro_batch_size, ph.batch_size)))
+    return OrderPlan(int(recipe.seed), phases)
+
+
 def iter_order(plan: OrderPlan, *, data_dir: str | Path | None = None, max_steps: int | None = None) -> Iterator[tuple[int, str, list[Sample]]]:
     """(step, phase, samples) for every step of the plan, steps numbered from 1 across phases."""
     step = 0
-    tokens_seen = 0
     for phase in plan.phases:
         stream = TokenStream(phase.data, data_dir or plan.data_dir, seed=plan.seed, seq_len=phase.seq_len)
         batches = PhaseBatches(stream, batch_size=phase.batch_size, batch_tokens=phase.batch_tokens,
-                               warmup_tokens=phase.warmup_tokens, warmup_start=phase.warmup_start, tokens_seen=tokens_seen)
-        for _ in range(phase.steps):
+                               warmup_tokens=phase.warmup_tokens, warmup_start=phase.warmup_start)
+        done = 0
+        while (done < phase.steps) if phase.steps is not None else (batches.tokens_seen < phase.tokens):
             if max_steps is not None and step >= max_steps:
                 return
             step += 1
+            done += 1
             yield step, phase.name, batches.next_batch()
-        tokens_seen = batches.tokens_seen
 
 
 def regenerate_order(plan: OrderPlan | dict, *, data_dir: str | Path | None = None, max_steps: int | None = None) -> pa.Table:
