@@ -93,6 +93,14 @@ def verify_files(folder: Path, manifest: dict, *, sha256: bool = False) -> None:
                 )
 
 
+def _load_array(path: Path) -> np.ndarray:
+    """Memory-map a shard array; never unpickles (a .npy of Python objects is refused)."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise EttinError(f"is not a plain numeric array ({exc})", path=path, fix="prepare the source again") from None
+
+
 @dataclass
 class PreparedSource:
     """A prepared source opened for reading: memory-mapped shards and the document table."""
@@ -120,8 +128,8 @@ class PreparedSource:
         dtype = np.dtype(manifest["dtype"])
         offsets, tokens, first, lengths = [], [], [0], []
         for shard in manifest["shards"]:
-            docs = np.load(folder / shard["docs"]["file"], mmap_mode="r")
-            toks = np.load(folder / shard["tokens"]["file"], mmap_mode="r")
+            docs = _load_array(folder / shard["docs"]["file"])
+            toks = _load_array(folder / shard["tokens"]["file"])
             if toks.dtype != dtype or docs.ndim != 1 or len(docs) != shard["documents"] + 1 or int(docs[-1]) != len(toks):
                 raise EttinError(
                     "shard does not agree with the manifest", path=folder / shard["tokens"]["file"], fix="prepare again"
