@@ -348,8 +348,12 @@ def test_bad_paths_and_names(tmp_path, monkeypatch):
     with pytest.raises(EttinError, match="is a file"):
         ettin.load(tmp_path / "file")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(EttinError, match="HF_HUB_OFFLINE"):
         ettin.load("some-org/some-model")
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(EttinError, match="no such model folder"):  # a local typo, not a hub id
+        ettin.load("runs/dmeo")
     path = hf.save_pretrained(make_model("encoder"), tmp_path / "model")
     with pytest.raises(EttinError, match="--revision step5 does not apply"):
         ettin.load(path, "step5")

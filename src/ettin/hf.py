@@ -492,6 +492,8 @@ def save_pretrained(model: "EttinModel", out_dir: str | os.PathLike, tokenizer: 
             raise EttinError("is not a tokenizer directory (no tokenizer.json)", path=tok_dir,
                              fix="give the folder written by `ettin tokenizer ...` or a model folder with a tokenizer")
         check_tokenizer(tok_dir, config)
+    if model.decoder.weight.data_ptr() != model.model.embeddings.tok_embeddings.weight.data_ptr():
+        raise ValueError("the vocabulary projection is not tied to the embedding; the HF formats require tying")
     dtype = _model_dtype(model)
     tensors = state_dict_to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()}, config.arch, config)
     with atomic_dir(out_dir, overwrite=replace) as tmp:
@@ -540,7 +542,8 @@ def resolve(path: str | os.PathLike, revision: str | None = None) -> Path:
     if p.exists():
         raise EttinError("is a file, not a model folder", path=p, fix="give the folder that holds config.json")
     text = str(path)
-    if _HUB_ID.match(text) and not text.startswith((".", "~")):
+    # `runs/demo` with an existing `runs/` is a local typo, not a hub repository
+    if _HUB_ID.match(text) and not text.startswith((".", "~")) and not p.parent.exists():
         return _hub_download(text, revision)
     raise EttinError("no such model folder", path=p, fix="check the path; `ettin export` and `ettin init` write one")
 
