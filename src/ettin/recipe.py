@@ -167,6 +167,8 @@ class EvalSection:
     every_tokens: int | None = field(default=None, metadata={"count": True, "gt": 0})
     sequences: int = field(default=64, metadata={"min": 1})
     mask_rate: float = field(default=0.15, metadata={"gt": 0.0, "max": 1.0})
+    # A DataSpec (dir, mixture) over prepared sources kept out of training; empty = no held-out loss.
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -444,6 +446,8 @@ def _check_recipe(r: Recipe) -> None:
             raise _Invalid(f"{where}.batch_warmup_tokens",
                            f"batch-size warmup of {p.batch_warmup_tokens} tokens is longer than the phase ({p.tokens})")
         p.data = _normalise_data(p.data, r.data_dir, f"{where}.data")
+    if r.eval.data:
+        r.eval.data = _normalise_data(r.eval.data, r.data_dir, "eval.data")
     if r.init.revision and not r.init.path:
         raise _Invalid("init.revision", "a revision without init.path", "set init.path (or --init) to a run's model dir")
 

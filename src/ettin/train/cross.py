@@ -1,0 +1,76 @@
+"""Where a run's weights start: fresh (seeded spec initialisation) or another model's weights.
+
+Cross-objective training (ettin-spec.md section 5) starts from a checkpoint of the other arch (a run's
+model folder and a tag) or from any Hugging Face modernbert / modernbert-decoder folder, and continues
+with the other objective: encoder -> decoder trains next-token prediction under the causal mask;
+decoder -> encoder trains masked LM (or masked next-token prediction) with bidirectional attention.
+Both archs name their weights alike, so switching arch is a config change plus a state-dict copy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ettin.config import ModelConfig, config_for_size
+from ettin.errors import EttinError
+from ettin.model import EttinModel
+from ettin.recipe import Recipe
+
+
+def recipe_config(recipe: Recipe, arch: str, vocab_size: int, special_ids: dict) -> ModelConfig:
+    """The model a recipe describes, with the tokenizer's vocabulary and ids and phase 0's RoPE."""
+    m = recipe.model
+    shape = {k: getattr(m, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+             if getattr(m, k) is not None}
+    common = dict(
+        global_attn_every_n_layers=m.global_attn_every_n_layers,
+        local_attention=m.local_attention,
+        max_position_embeddings=m.max_position_embeddings,
+        attention_dropout=m.attention_dropout,
+        global_rope_theta=recipe.phases[0].rope.global_theta,
+        local_rope_theta=recipe.phases[0].rope.local_theta,
+        **special_ids,
+    )
+    if m.size is not None:
+        return config_for_size(m.size, arch, vocab_size, **shape, **common)
+    return ModelConfig(arch=arch, vocab_size=vocab_size, **shape, **common)
+
+
+def fresh_model(recipe: Recipe, arch: str, vocab_size: int, special_ids: dict) -> EttinModel:
+    """Seeded so that the encoder and the decoder of a pair start from the same weights."""
+    config = recipe_config(recipe, arch, vocab_size, special_ids)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        return EttinModel(config)
+
+
+def init_model(recipe: Recipe, arch: str, path: str, revision: str | None) -> tuple[EttinModel, Path]:
+    """Weights from a run's model folder (at `revision`, default its latest tag) or an HF folder,
+    read as `arch`. Returns the model (training dropout from the recipe) and the folder it came from."""
+    from ettin import hf
+
+    source = hf.resolve(path, revision)
+    loaded = hf.load_dir(source, arch=arch)
+    config = loaded.config.replace(arch=arch, attention_dropout=recipe.model.attention_dropout)
+    model = EttinModel(config, init=False)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    if [k for k in missing if k != "decoder.weight"] or unexpected:
+        raise EttinError(f"the weights do not fit an {arch} ({missing[:1] or unexpected[:1]})", path=source)
+    model.decoder.weight = model.model.embeddings.tok_embeddings.weight
+    return model.train(), source
+
+
+def check_fits(model: EttinModel, recipe: Recipe, tokenizer, tokenizer_path: Path) -> None:
+    """The model can take every phase's sequences and reads the tokenizer's ids as they are meant."""
+    from ettin.tokenizer import check_tokenizer_fits
+
+    check_tokenizer_fits(tokenizer, model.config, tokenizer_path)
+    limit = model.config.max_position_embeddings
+    for i, phase in enumerate(recipe.phases):
+        if phase.seq_len > limit:
+            raise EttinError(
+                f"sequence length {phase.seq_len} is beyond the model's limit of {limit} positions",
+                field=f"phases.{i}.seq_len", fix=f"use seq_len <= {limit} for this model",
+            )
