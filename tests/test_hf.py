@@ -424,3 +424,11 @@ def test_model_config_fields_survive_the_round_trip():
     d = hf.config_to_hf(config)
     assert d["layer_types"] == config.layer_types  # what transformers 5.x builds from, whatever the pattern
     assert hf.config_from_hf(json.loads(json.dumps(d))) == config
+
+
+def test_package_exports_are_lazy():
+    import ettin.model
+
+    assert ettin.EttinModel is ettin.model.EttinModel and ettin.ModelConfig is ModelConfig
+    code = "import sys, ettin; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

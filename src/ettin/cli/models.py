@@ -74,7 +74,9 @@ def register(app: typer.Typer) -> None:
         """Write a randomly initialized model (spec initialization, seeded) as a Hugging Face directory."""
         from ettin import hf
 
-        path, model = hf.init_model(size, arch, out, vocab_size=vocab_size, tokenizer=tokenizer, seed=seed, overwrite=overwrite)
+        with _busy(f"initializing a {size} {arch}"):
+            path, model = hf.init_model(size, arch, out, vocab_size=vocab_size, tokenizer=tokenizer, seed=seed,
+                                        overwrite=overwrite)
         _report(path, model, f"initialized {size} {arch} (seed {seed})")
 
     @app.command("export")
@@ -89,7 +91,8 @@ def register(app: typer.Typer) -> None:
         """Export anything ettin can load to a Hugging Face directory."""
         from ettin import hf
 
-        path, model = hf.export(src, out, revision=revision, arch=arch, tokenizer=tokenizer, overwrite=overwrite)
+        with _busy(f"exporting {src}"):
+            path, model = hf.export(src, out, revision=revision, arch=arch, tokenizer=tokenizer, overwrite=overwrite)
         _report(path, model, f"exported {src}" + (f" @ {revision}" if revision else ""))
 
     @app.command("convert")
@@ -103,8 +106,17 @@ def register(app: typer.Typer) -> None:
         """Convert an encoder to a decoder or back (same weights; the start of cross-objective training)."""
         from ettin import hf
 
-        path, model = hf.export(src, out, revision=revision, arch=arch, overwrite=overwrite, require_arch_change=True)
+        with _busy(f"converting {src} to a {arch}"):
+            path, model = hf.export(src, out, revision=revision, arch=arch, overwrite=overwrite,
+                                    require_arch_change=True)
         _report(path, model, f"converted {src} to a {arch}")
+
+
+def _busy(what: str):
+    """A spinner on stderr while a large model is built or read (stdout keeps only the report)."""
+    from rich.console import Console
+
+    return Console(stderr=True).status(f"{what}...")
 
 
 def _report(path, model, what: str) -> None:
