@@ -640,20 +640,23 @@ def load_dir(model_dir: Path, *, arch: str | None = None, dtype=None) -> "EttinM
             parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        raise EttinError(
-            f"the weights do not match the config ({'; '.join(parts)})", path=model_dir,
-            fix="a fine-tuned head (classifier) cannot be loaded as a language model; "
-            "use the masked-LM or causal-LM export of the model",
-        )
+        if any(k.startswith("classifier.") for k in unexpected):
+            fix = ("a fine-tuned classifier cannot be loaded as a language model; "
+                   "use the masked-LM or causal-LM export of the model")
+        else:
+            fix = "the config.json and the weights come from different models"
+        raise EttinError(f"the weights do not match the config ({'; '.join(parts)})", path=model_dir, fix=fix)
     for k, v in sd.items():
         if tuple(v.shape) != tuple(expected[k].shape):
             raise EttinError(
                 f"weight {k} has shape {tuple(v.shape)}, the config implies {tuple(expected[k].shape)}",
                 path=model_dir, fix="the config.json and the weights come from different models",
             )
+    import torch
+
     model.load_state_dict(sd, strict=False)
     _tie(model)
-    model.to(getattr(__import__("torch"), dtype) if isinstance(dtype, str) else dtype)
+    model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     model.eval()
     return model
 
