@@ -97,6 +97,14 @@ def _parts(folder: Path) -> list[Path]:
     return sorted(folder.glob("part-*.parquet"))
 
 
+def _read_part(part: Path, columns: list[str] | None = None) -> pa.Table:
+    try:
+        return pq.read_table(part, columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise EttinError(f"is not a readable data-order part ({exc})".splitlines()[0], path=part,
+                         fix="the file was damaged; restore it from a copy") from None
+
+
 class OrderWriter:
     """Records consumed batches; see the module docstring for how it stays consistent with checkpoints."""
 
@@ -106,7 +114,7 @@ class OrderWriter:
         self.flush_rows = flush_rows
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
-        self.last_step = max((int(pq.read_table(p, columns=["step"]).column(0).to_numpy().max())
+        self.last_step = max((int(_read_part(p, columns=["step"]).column(0).to_numpy().max())
                               for p in _parts(self.folder)), default=0)
         if plan is not None:
             plan = plan if isinstance(plan, dict) else plan.to_dict()
@@ -142,11 +150,11 @@ class OrderWriter:
         self._pending = [t for t in self._pending if int(t.column("step")[0].as_py()) <= step]
         self._pending_rows = sum(t.num_rows for t in self._pending)
         for part in _parts(self.folder):
-            steps = pq.read_table(part, columns=["step"]).column(0).to_numpy()
+            steps = _read_part(part, columns=["step"]).column(0).to_numpy()
             if steps.min() > step:
                 part.unlink()
             elif steps.max() > step:
-                table = pq.read_table(part)
+                table = _read_part(part)
                 table = table.filter(pc.less_equal(table.column("step"), step))
                 with atomic_path(part) as tmp:
                     pq.write_table(table, tmp)
@@ -175,13 +183,13 @@ def read_order(folder: str | Path, step: int | None = None, *, steps: Iterable[i
     tables = []
     for part in parts:
         if wanted is not None:
-            s = pq.read_table(part, columns=["step"]).column(0).to_numpy()
+            s = _read_part(part, columns=["step"]).column(0).to_numpy()
             if not wanted.intersection(np.unique(s).tolist()):
                 continue
-            table = pq.read_table(part, columns=cols)
+            table = _read_part(part, columns=cols)
             table = table.filter(pc.is_in(table.column("step"), pa.array(sorted(wanted), pa.int64())))
         else:
-            table = pq.read_table(part, columns=cols)
+            table = _read_part(part, columns=cols)
         tables.append(table)
     if not tables:
         return SCHEMA.empty_table() if cols is None else pa.schema([SCHEMA.field(c) for c in cols]).empty_table()
@@ -195,7 +203,7 @@ def order_steps(folder: str | Path, *, arch: str | None = None) -> list[dict]:
     seen: dict[int, str] = {}
     out: dict[int, dict] = {}
     for part in _parts(folder):
-        t = pq.read_table(part, columns=["step", "phase", "length", "batch_hash"])
+        t = _read_part(part, columns=["step", "phase", "length", "batch_hash"])
         grouped = t.group_by("step").aggregate([("phase", "min"), ("length", "sum"), ("length", "count"), ("batch_hash", "min")])
         for row in grouped.to_pylist():
             s = row["step"]
@@ -211,7 +219,7 @@ def _step_digests(folder: Path) -> dict[int, str]:
     """Per step, a digest of everything recorded (ids and provenance); checks each stored batch_hash too."""
     digests: dict[int, str] = {}
     for part in _parts(folder):
-        t = pq.read_table(part).sort_by([("step", "ascending"), ("seq", "ascending")])
+        t = _read_part(part).sort_by([("step", "ascending"), ("seq", "ascending")])
         steps = t.column("step").to_numpy()
         bounds = np.flatnonzero(np.diff(steps)) + 1
         starts = [0, *bounds.tolist()]
