@@ -38,6 +38,13 @@ def _parse_pairs(items: list[str], option: str) -> list[tuple[str, str]]:
     return out
 
 
+def _number(name: str, value: str, option: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise EttinError(f"'{value}' (for {name}) is not a number", field=option, fix=f"write {option} NAME=NUMBER") from None
+
+
 def _export(table, out: Path) -> None:
     from ettin.io import atomic_path
 
@@ -172,7 +179,7 @@ def register(app: typer.Typer) -> None:
         from ettin.data.mixture import DataSpec, parse_count
         from ettin.data.stream import TokenStream
 
-        entries = [{"source": n, "weight": float(v)} for n, v in _parse_pairs(weight, "--weight")]
+        entries = [{"source": n, "weight": _number(n, v, "--weight")} for n, v in _parse_pairs(weight, "--weight")]
         entries += [{"source": n, "tokens": v} for n, v in _parse_pairs(budget, "--budget")]
         if not entries:
             entries = [d.name for d in _source_dirs(data)]
