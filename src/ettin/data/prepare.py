@@ -11,6 +11,7 @@ corpus, tokenizer clash) removes what this run started, so nothing half-written 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -84,7 +85,7 @@ class _Tokenizer:
 def _encode(backend, texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
     lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, count=len(encodings))
-    flat = np.fromiter((i for e in encodings for i in e.ids), dtype, count=int(lengths.sum()))
+    flat = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype, count=int(lengths.sum()))
     return flat, lengths
 
 
@@ -218,6 +219,8 @@ def prepare_source(
     total_bytes = sum(f.stat().st_size for f in files)
     key = _prepare_key(source_fingerprint(spec), tok, shard_tokens)
     final = out_dir / spec.name
+    for stale in out_dir.glob(f".{spec.name}.old-*"):  # left by a crash during the final swap
+        shutil.rmtree(stale, ignore_errors=True)
     if (final / MANIFEST).is_file():
         try:
             manifest = read_manifest(final)
