@@ -86,7 +86,7 @@ def make_recipe(where: Path, tokenizer: Path, data: Path, changes: dict | None =
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def write_recipe(train_data, small_tokenizer_dir):
     return lambda where, changes=None, name="recipe.yaml": make_recipe(where, small_tokenizer_dir, train_data, changes, name)
 

@@ -47,6 +47,8 @@ from ettin.train.optim import build_optimizer, set_lr
 from ettin.train.schedule import lr_at
 
 RECIPE_FILE = "recipe.yaml"
+# Fields that do not change what is trained: a resume may change them without --force.
+RESUME_NEUTRAL = ("distributed.", "checkpoint.keep_last", "checkpoint.export_hf")
 ARCH_SALT = {"encoder": 1, "decoder": 2}
 
 
@@ -175,6 +177,10 @@ def prepare_run_dir(recipe: Recipe, out: Path, *, resume: bool, force: bool, log
                              fix="start it without --resume, or give the --out of an earlier `ettin train`")
         saved = load_recipe(saved_path)
         changes = diff_recipes(saved, recipe)
+        neutral = [c for c in changes if c.startswith(RESUME_NEUTRAL)]
+        changes = [c for c in changes if c not in neutral]
+        if neutral:
+            log(f"resuming with: {'; '.join(neutral)}")
         if changes and not force:
             shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
             raise EttinError(f"the recipe differs from the one the run started with: {shown}", path=saved_path,
@@ -348,7 +354,8 @@ class Trainer:
             tag = paths[m.arch].name
             if not (m.dir / ck.HF_DIR / tag / "config.json").is_file():
                 st = self._resume_states[m.arch]
-                ck.write_hf_export(m.dir, tag, self._export_model(m), self._tag_info(st.trainer), self.tokenizer_dir)
+                ck.write_hf_export(m.dir, tag, self._export_model(m, st.model), self._tag_info(st.trainer),
+                                   self.tokenizer_dir)
 
     # ------------------------------------------------------------------ phases
 
@@ -430,13 +437,14 @@ class Trainer:
         keys = ("step", "tokens", "phase", "phase_name", "phase_step", "phase_tokens", "arch", "objective", "loss")
         return {k: trainer_state.get(k) for k in keys}
 
-    def _export_model(self, m: Member) -> nn.Module:
+    def _export_model(self, m: Member, full_state: dict) -> nn.Module:
+        """The model to export: itself, or under FSDP2 an unsharded copy built from the gathered state."""
         if self.strategy != "fsdp":
             return m.model
         from ettin.model import EttinModel
 
         copy = EttinModel(m.model.config, init=False)
-        copy.load_state_dict(full_model_state(m.wrapped, self.strategy))
+        copy.load_state_dict(full_state)
         copy.decoder.weight = copy.model.embeddings.tok_embeddings.weight
         return copy
 
@@ -449,7 +457,6 @@ class Trainer:
         for m in self.members:
             model_state = full_model_state(m.wrapped, self.strategy)
             optim_state = full_optimizer_state(m.wrapped, m.optimizer, self.strategy)
-            export = self._export_model(m) if (r.checkpoint.export_hf and self.strategy == "fsdp") else m.model
             if not ctx.is_main or error is not None:
                 continue
             state = {
@@ -481,7 +488,8 @@ class Trainer:
                 ck.write_checkpoint(m.dir, tag, model_state=model_state, optimizer_state=optim_state,
                                     trainer_state=state, rng_tensors=rng_file)
                 if r.checkpoint.export_hf:
-                    ck.write_hf_export(m.dir, tag, export, self._tag_info(state), self.tokenizer_dir)
+                    ck.write_hf_export(m.dir, tag, self._export_model(m, model_state), self._tag_info(state),
+                                       self.tokenizer_dir)
             except OSError as exc:
                 kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
                 error = (f"could not write checkpoint {tag} of the {m.arch} ({exc.strerror or exc}); {kept}",
@@ -566,7 +574,7 @@ class Trainer:
                     if eval_every and (self.tokens // eval_every > self._last_tokens // eval_every or done):
                         losses = self.evaluate(phase)
                         bar.print(f"step {self.step}: held-out " + ", ".join(f"{a} {v:.4f}" for a, v in losses.items()))
-                    if self.opt.max_steps is not None and self.step >= self.opt.max_steps and not done:
+                    if self.opt.max_steps is not None and self.step >= self.opt.max_steps:
                         stopped = True
                         break
                 self._close_phase_stats(phase)
