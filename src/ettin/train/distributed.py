@@ -62,9 +62,18 @@ class DistContext:
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    if not requested:
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(requested)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise EttinError(f"unknown device '{requested}'", field="device", fix="use cpu, cuda or cuda:N")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available[dev.type]:
+        raise EttinError(f"this machine has no {dev.type} device", field="device", fix="use --device cpu")
+    return dev
 
 
 def init_distributed(device: str | None = None) -> DistContext:
