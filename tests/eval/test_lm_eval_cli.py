@@ -47,7 +47,7 @@ def test_lm_eval_tasks_writes_one_yaml_per_local_task(cli, tmp_path):
 
 def test_lm_eval_passthrough_runs_an_encoder_on_a_local_task(cli, encoder_dir, tmp_path):
     args = ["lm-eval", "--model", "ettin", "--model_args", f"pretrained={encoder_dir}", "--tasks", "ettin_arc_easy",
-            "--limit", "2", "--device", "cpu", "--batch_size", "8", "--output_path", str(tmp_path / "out")]
+            "--limit", "1", "--device", "cpu", "--batch_size", "32", "--output_path", str(tmp_path / "out")]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     [results] = list((tmp_path / "out").rglob("results_*.json"))

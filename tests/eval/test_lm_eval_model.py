@@ -17,7 +17,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 from ettin import hf  # noqa: E402
 from ettin.config import config_for_size  # noqa: E402
-from ettin.eval.lm_eval_model import EttinLM, write_local_tasks  # noqa: E402
+from ettin.eval.lm_eval_model import EttinLM, local_task_manager  # noqa: E402
 from ettin.model import EttinModel  # noqa: E402
 
 PARITY_ITEMS = 20  # ARC-Easy questions (about 80 requests)
@@ -138,9 +138,8 @@ def test_encoder_generation_fills_masks_one_at_a_time(encoder_dir):
 
 def test_local_tasks_run_under_ettin_and_lm_eval_hf(decoder_dir, tmp_path):
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
-    tasks = TaskManager(include_path=str(write_local_tasks(tmp_path / "tasks")))
+    tasks = local_task_manager(tmp_path / "tasks")
     # (an encoder through lm-eval end to end: test_lm_eval_cli.py)
     for model in ("ettin", "hf"):
         out = lm_eval.simple_evaluate(
