@@ -23,6 +23,7 @@ import os
 import pickle
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,33 @@ def resolve_revision(run_model_dir: str | os.PathLike, tag: str | None = None) -
     raise EttinError(f"no revision '{tag}'", path=run_model_dir, fix=_available(run_model_dir))
 
 
+def _remove_dir(path: Path) -> None:
+    """Rename out of sight, then delete: a crash mid-deletion never leaves a half-deleted tag that looks real."""
+    if not path.is_dir():
+        return
+    trash = path.with_name(f".{path.name}.trash-{os.getpid()}-{time.monotonic_ns()}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_leftovers(arch_dir: str | os.PathLike) -> list[str]:
+    """Delete what interrupted writes and deletions left (hidden `.TAG.tmp-*`, `.TAG.trash-*`, `.TAG.old-*`).
+
+    Only for the one process that owns the run, before it writes: a leftover of a crashed checkpoint
+    write can be as large as the checkpoint itself.
+    """
+    removed = []
+    for sub in (STATE_DIR, HF_DIR):
+        root = Path(arch_dir) / sub
+        if not root.is_dir():
+            continue
+        for p in root.iterdir():
+            if p.name.startswith(".") and any(m in p.name for m in (".tmp-", ".trash-", ".old-")):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                removed.append(f"{sub}/{p.name}")
+    return removed
+
+
 def apply_retention(arch_dir: str | os.PathLike, keep_last: int | None) -> list[str]:
     """Delete all but the newest `keep_last` full states; HF exports stay. Returns the tags removed."""
     if keep_last is None:
@@ -253,7 +281,7 @@ def apply_retention(arch_dir: str | os.PathLike, keep_last: int | None) -> list[
     states = [t for t in list_tags(arch_dir) if t.full_state]
     removed = []
     for t in states[: max(0, len(states) - keep_last)]:
-        shutil.rmtree(Path(arch_dir) / STATE_DIR / t.tag, ignore_errors=True)
+        _remove_dir(Path(arch_dir) / STATE_DIR / t.tag)
         removed.append(t.tag)
     return removed
 
@@ -264,6 +292,6 @@ def drop_tags_after(arch_dir: str | os.PathLike, step: int) -> list[str]:
     for t in list_tags(arch_dir):
         if t.step > step:
             for sub in (STATE_DIR, HF_DIR):
-                shutil.rmtree(Path(arch_dir) / sub / t.tag, ignore_errors=True)
+                _remove_dir(Path(arch_dir) / sub / t.tag)
             removed.append(t.tag)
     return removed
