@@ -202,6 +202,10 @@ def _common_resume_step(members: list[Member]) -> dict[str, Path] | None:
                 for m in members}
     if not any(per_arch.values()):
         return None
+    if not all(per_arch.values()) and all(len(v) <= 1 for v in per_arch.values()):
+        # a crash during the pair's first checkpoint: start over; the one tag written is dropped
+        # as the abandoned future
+        return None
     common = set.intersection(*(set(v) for v in per_arch.values()))
     if not common:
         shown = ", ".join(f"{a}: {sorted(v)[-1] if v else 'none'}" for a, v in per_arch.items())
@@ -308,6 +312,7 @@ class Trainer:
                 m.metrics = MetricsLog(m.dir, resume_step=resumed, tensorboard=self.opt.tensorboard)
                 m.order = OrderWriter(m.dir / ORDER_DIR)
                 m.order.truncate_after(self.step)
+                ck.remove_leftovers(m.dir)
                 removed = ck.drop_tags_after(m.dir, self.step)
                 if removed:
                     self.log(f"{m.arch}: dropped tags past the resumed step: {', '.join(removed)}")
@@ -495,10 +500,12 @@ class Trainer:
                 error = (f"could not write checkpoint {tag} of the {m.arch} ({exc.strerror or exc}); {kept}",
                          str(m.dir / ck.STATE_DIR / tag))
                 continue
-            ck.apply_retention(m.dir, r.checkpoint.keep_last)
         error = ctx.broadcast_object(error)
         if error is not None:
             raise EttinError(error[0], path=error[1], fix="free disk space or fix the folder, then run again with --resume")
+        if ctx.is_main:  # only once every model holds the new tag, or a crash here could leave no common step
+            for m in self.members:
+                ck.apply_retention(m.dir, r.checkpoint.keep_last)
         self.tags.append(tag)
         return tag
 
