@@ -5,6 +5,7 @@ Each area keeps its commands in its own module here and adds them with `register
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import typer
@@ -37,6 +38,9 @@ def _register_all() -> None:
 _register_all()
 
 
+_REFUSALS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
+
+
 def _usage_error_types() -> tuple[type, ...]:
     """Click's exception classes, both the standalone package's and the copy typer>=0.29 vendors."""
     import click
@@ -63,6 +67,15 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
+    except OSError as exc:
+        # The machine refused (disk full, quota, read-only folder, no permission, I/O error): not a bug,
+        # and every write is atomic, so what was there before is intact. Anything else is a bug.
+        if exc.errno not in _REFUSALS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc} (nothing half-written was left in place; "
+              "free space or fix the permissions, then run the command again)", file=sys.stderr)
+        sys.exit(2)
     except Exception as exc:  # usage errors come through here in non-standalone mode
         if not isinstance(exc, _usage_error_types()):
             raise
