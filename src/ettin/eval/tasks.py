@@ -15,6 +15,7 @@ so the split never depends on file order and never changes between runs.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -457,37 +458,63 @@ _register(Task("lambada", "generation", _lambada, "LAMBADA (OpenAI version): pre
 class Suite:
     """How much of each task to run and which method variants.
 
-    quick: seeded subsamples, linear-probe classification, zero-shot retrieval on a small corpus;
-    meant to run for a pair of tiny models on a 2-core CPU in a couple of minutes.
-    full: every item, fine-tuned classification (LR grid picked on a dev slice of train),
+    quick: seeded subsamples, linear-probe classification, zero-shot retrieval on a 500-document
+    corpus, texts cut to `max_length` tokens, and only multiple-choice tasks with short choices
+    (an encoder's pseudo-log-likelihood costs one forward pass per choice token). Sized for a pair
+    of tiny models on a 2-core CPU in a couple of minutes.
+    full: every task and item, fine-tuned classification (LR grid picked on a dev slice of train),
     zero-shot and contrastively fine-tuned retrieval on the whole corpus.
     """
 
     name: str
     tasks: tuple[str, ...]
-    max_eval_items: int | None  # per task (queries for retrieval)
+    max_eval_items: dict[str, int | None]  # per task kind (queries for retrieval)
     max_train_items: int | None  # classification train examples
     max_corpus_docs: int | None  # retrieval corpus (always keeps the eval queries' relevant docs)
+    max_length: int | None  # token cap for classification inputs and retrieval texts (None: the model's)
     classification: Literal["probe", "finetune"]
     retrieval_finetune: bool
+
+    def eval_items(self, kind: str) -> int | None:
+        return self.max_eval_items.get(kind)
+
+    def limited(self, limit: int | None) -> "Suite":
+        """The same suite with at most `limit` eval items per task, 5 x limit train items and documents
+        (for smoke tests and for a first look at a new model)."""
+        if limit is None:
+            return self
+        if limit < 1:
+            raise EttinError(f"limit {limit} must be at least 1", field="limit")
+
+        def cap(v: int | None, n: int) -> int:
+            return n if v is None else min(v, n)
+
+        return dataclasses.replace(
+            self,
+            max_eval_items={k: cap(self.max_eval_items.get(k), limit) for k in KINDS},
+            max_train_items=cap(self.max_train_items, 5 * limit),
+            max_corpus_docs=cap(self.max_corpus_docs, 5 * limit),
+        )
 
 
 SUITES: dict[str, Suite] = {
     "quick": Suite(
         "quick",
-        ("sst2", "wiki_topic", "wiki_retrieval", "sciq_retrieval", "arc_easy", "piqa", "hellaswag", "lambada"),
-        max_eval_items=200,
-        max_train_items=1000,
+        ("sst2", "wiki_topic", "wiki_retrieval", "sciq_retrieval", "arc_easy", "winogrande", "lambada"),
+        max_eval_items={"classification": 200, "retrieval": 200, "multiple_choice": 100, "generation": 200},
+        max_train_items=500,
         max_corpus_docs=500,
+        max_length=96,
         classification="probe",
         retrieval_finetune=False,
     ),
     "full": Suite(
         "full",
         tuple(TASKS),
-        max_eval_items=None,
+        max_eval_items={},
         max_train_items=None,
         max_corpus_docs=None,
+        max_length=None,
         classification="finetune",
         retrieval_finetune=True,
     ),

@@ -1,0 +1,151 @@
+"""Evaluation commands: `ettin eval` (one model) and `ettin compare` (a trained pair)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ettin.errors import EttinError
+
+
+class _RichProgress:
+    """ettin.eval.runner.Progress drawn with rich: one bar per task step, a line per finished task."""
+
+    def __init__(self, console, enabled: bool = True):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = console
+        self.enabled = enabled
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=console, transient=True, disable=not enabled)
+        self.current = None
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def start(self, label: str, total: int | None) -> None:
+        if self.current is not None:
+            self.bar.remove_task(self.current)
+        self.current = self.bar.add_task(label, total=total)
+
+    def advance(self, n: int = 1) -> None:
+        if self.current is not None:
+            self.bar.advance(self.current, n)
+
+    def finish(self, label: str, result: dict) -> None:
+        if self.current is not None:
+            self.bar.remove_task(self.current)
+            self.current = None
+        who = result.get("model", "")
+        if result["status"] == "ok":
+            ci = result["ci"]
+            self.console.print(
+                f"  {who:>10} {label:<16} {result['metric']:<8} {result['value']:.3f} "
+                f"[{ci['low']:.2f}, {ci['high']:.2f}]  n={result['n']}  chance {result['chance']:.3f}  "
+                f"{result['seconds']:.1f}s"
+            )
+        else:
+            self.console.print(f"  {who:>10} {label:<16} [red]failed[/red]: {result['error'].splitlines()[0]}")
+
+
+def _check_not_pair(path: str) -> None:
+    p = Path(path)
+    if p.is_dir() and not (p / "config.json").is_file() and ((p / "encoder").is_dir() or (p / "decoder").is_dir()):
+        raise EttinError("is the run of a pair, not one model", path=p,
+                         fix=f"evaluate one member ({p / 'encoder'} or {p / 'decoder'}) or compare them with "
+                         f"`ettin compare {p} --out DIR`")
+
+
+def _print_tasks(console) -> None:
+    from rich.table import Table
+
+    from ettin.eval.tasks import SUITES, TASKS
+
+    table = Table(title="evaluation tasks")
+    for col in ("task", "kind", "metric", "suites", "what"):
+        table.add_column(col)
+    for t in TASKS.values():
+        suites = ", ".join(s for s, suite in SUITES.items() if t.name in suite.tasks)
+        table.add_row(t.name, t.kind, t.metric, suites, t.description)
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_cmd(
+        model: Optional[str] = typer.Argument(None, help="model folder, or a model's training run (e.g. RUN/encoder)"),
+        out: Optional[str] = typer.Option(None, "--out", help="output folder: one JSON per task + results.json"),
+        revision: Optional[str] = typer.Option(None, "--revision", help="checkpoint tag of a training run"),
+        tasks: Optional[str] = typer.Option(None, "--tasks", help="comma-separated tasks or suites (default: the suite's)"),
+        suite: str = typer.Option("quick", "--suite", help="quick (subsampled, probes) or full (all items, fine-tuning)"),
+        seed: int = typer.Option(0, "--seed", help="seed for subsampling, probes and fine-tuning"),
+        limit: Optional[int] = typer.Option(None, "--limit", help="at most this many items per task"),
+        tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer folder (default: the model's)"),
+        pooling: Optional[str] = typer.Option(None, "--pooling", help="mean, cls or last (default: mean for encoders, last for decoders)"),
+        list_tasks: bool = typer.Option(False, "--list-tasks", help="list the tasks and suites, then exit"),
+        no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
+    ) -> None:
+        """Evaluate one model: per-task JSON with metric, n, 95% interval and seconds."""
+        from rich.console import Console
+
+        console = Console()
+        if list_tasks:
+            _print_tasks(console)
+            return
+        if model is None:
+            raise EttinError("missing MODEL", fix="give a model folder or a model's run folder (or --list-tasks)")
+        if out is None:
+            raise EttinError("missing --out", field="out", fix="give a folder for the results, e.g. --out evals/mine")
+        from ettin.eval.runner import evaluate_model
+
+        _check_not_pair(model)
+        with _RichProgress(console, enabled=not no_progress) as progress:
+            res = evaluate_model(model, tasks, suite, out, seed, revision=revision, tokenizer=tokenizer,
+                                 pooling=pooling, limit=limit, progress=progress)
+        console.print(f"evaluated {res['model']} ({res['info']['arch']}) on {len(res['tasks'])} tasks "
+                      f"in {res['seconds']:.0f}s")
+        for name in res["tasks"]:
+            console.print(f"  wrote {Path(out) / (name + '.json')}")
+        console.print(f"  wrote {Path(out) / 'results.json'}")
+        if res["failed"]:
+            console.print(f"[red]{len(res['failed'])} task(s) failed[/red]: {', '.join(res['failed'])}")
+            raise SystemExit(1)
+
+    @app.command("compare")
+    def compare_cmd(
+        run: str = typer.Argument(..., help="training run folder holding encoder/ and decoder/"),
+        out: str = typer.Option(..., "--out", help="output folder for report.md, results.json and plots"),
+        suite: str = typer.Option("quick", "--suite", help="quick or full"),
+        tasks: Optional[str] = typer.Option(None, "--tasks", help="comma-separated tasks or suites"),
+        seed: int = typer.Option(0, "--seed", help="seed for subsampling, probes and fine-tuning"),
+        revision: Optional[str] = typer.Option(None, "--revision", help="evaluate this tag of every model (default: latest)"),
+        dynamics: bool = typer.Option(True, "--dynamics/--no-dynamics", help="also evaluate earlier checkpoints"),
+        checkpoints: int = typer.Option(4, "--checkpoints", help="checkpoints per model for the dynamics plot"),
+        limit: Optional[int] = typer.Option(None, "--limit", help="at most this many items per task"),
+        tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer folder (default: the models')"),
+        no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
+    ) -> None:
+        """Evaluate a run's encoder and decoder on the same tasks; write report.md, results.json, plots."""
+        from rich.console import Console
+
+        from ettin.eval.runner import compare_run
+
+        if checkpoints < 1:
+            raise EttinError(f"--checkpoints {checkpoints} must be at least 1", field="checkpoints")
+        console = Console()
+        with _RichProgress(console, enabled=not no_progress) as progress:
+            res = compare_run(run, out, suite, seed, tasks=tasks, revision=revision, dynamics=dynamics,
+                              max_checkpoints=checkpoints, limit=limit, tokenizer=tokenizer, progress=progress)
+        console.print(f"compared {', '.join(res['models'])} on {len(res['tasks'])} tasks in {res['seconds']:.0f}s")
+        for f in res["files"]:
+            console.print(f"  wrote {f}")
+        if res["failed"]:
+            console.print(f"[red]{len(res['failed'])} task run(s) failed[/red]: "
+                          + ", ".join(f"{f['model']}/{f['task']}" for f in res["failed"]))
+            raise SystemExit(1)

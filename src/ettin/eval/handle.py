@@ -1,0 +1,217 @@
+"""A model ready to be evaluated: the network, its tokenizer, and how to batch it.
+
+Everything in ettin.eval takes an `EvalModel`, so the same scoring code serves `ettin eval`, the
+lm-eval and MTEB adapters, and tests that build a random model in memory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ettin.errors import EttinError
+
+if TYPE_CHECKING:
+    import torch
+
+    from ettin.model import EttinModel
+
+DEFAULT_MAX_LENGTH = 512
+DEFAULT_BATCH_TOKENS = 8192
+
+
+@dataclass
+class EvalModel:
+    """An EttinModel with its tokenizer. `name` and `info` only label results.
+
+    `max_length` caps every sequence (contexts are cut from the left, documents from the right);
+    `batch_tokens` bounds the tokens in one forward pass.
+    """
+
+    model: "EttinModel"
+    tokenizer: Any
+    name: str = "model"
+    max_length: int = DEFAULT_MAX_LENGTH
+    batch_tokens: int = DEFAULT_BATCH_TOKENS
+    info: dict = field(default_factory=dict)
+
+    @property
+    def arch(self) -> str:
+        return self.model.config.arch
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def device(self) -> "torch.device":
+        return next(self.model.parameters()).device
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` without any special token."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return [list(x) for x in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def with_specials(self, ids: list[int]) -> list[int]:
+        """[CLS] ids [SEP], cut to max_length: the form both archs see for a single text."""
+        c = self.config
+        return [c.cls_token_id] + ids[: self.max_length - 2] + [c.sep_token_id]
+
+    def pair_with_specials(self, a: list[int], b: list[int] | None) -> list[int]:
+        """[CLS] a [SEP] b [SEP], the longer side trimmed first until it fits max_length."""
+        c = self.config
+        if b is None:
+            return self.with_specials(a)
+        a, b = list(a), list(b)
+        budget = self.max_length - 3
+        while len(a) + len(b) > budget:
+            if len(b) >= len(a):
+                b.pop()
+            else:
+                a.pop()
+        return [c.cls_token_id] + a + [c.sep_token_id] + b + [c.sep_token_id]
+
+
+def token_batches(lengths: Sequence[int], batch_tokens: int, max_batch: int = 256) -> Iterator[list[int]]:
+    """Indices grouped into batches of at most `batch_tokens` tokens, shortest first.
+
+    Sorting by length puts equal lengths together, which lets attention run fused (the varlen path
+    fuses equal-length batches), and makes the batching independent of input order.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batch: list[int] = []
+    used = 0
+    for i in order:
+        n = lengths[i]
+        if batch and (used + n > batch_tokens or len(batch) >= max_batch):
+            yield batch
+            batch, used = [], 0
+        batch.append(i)
+        used += n
+    if batch:
+        yield batch
+
+
+def flat_batch(seqs: Sequence[Sequence[int]], device) -> tuple["torch.Tensor", "torch.Tensor", int]:
+    """(flat ids [N], cu_seqlens int32 [B+1], max length) for the model's varlen forward."""
+    import torch
+
+    lengths = [len(s) for s in seqs]
+    ids = torch.tensor([t for s in seqs for t in s], dtype=torch.long, device=device)
+    cu = torch.zeros(len(seqs) + 1, dtype=torch.int32)
+    cu[1:] = torch.tensor(lengths, dtype=torch.int32).cumsum(0)
+    return ids, cu.to(device), max(lengths)
+
+
+def hidden_flat(model: "EttinModel", seqs: Sequence[Sequence[int]]) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Final hidden states of several sequences, flat [N, H] in input order, and their cu_seqlens.
+
+    The model's varlen attention fuses only equal-length sequences and loops over the rest, which on
+    CPU costs far more than the arithmetic. A decoder's batch is therefore right-padded to one length
+    (under a causal mask no real token sees the padding, so real positions are exact) and an
+    encoder's batch runs as groups of equal length. Gradients flow when enabled.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    lengths = [len(s) for s in seqs]
+    cu = torch.zeros(len(seqs) + 1, dtype=torch.int32)
+    cu[1:] = torch.tensor(lengths, dtype=torch.int32).cumsum(0)
+    cu = cu.to(device)
+    if model.config.is_causal:
+        t = max(lengths)
+        pad = model.config.pad_token_id
+        ids = torch.tensor([list(s) + [pad] * (t - len(s)) for s in seqs], dtype=torch.long, device=device)
+        h = model.hidden_states(ids)  # [B, T, H], every row a full sequence of length T
+        keep = torch.tensor([i * t + j for i, n in enumerate(lengths) for j in range(n)], device=device)
+        return h.reshape(-1, h.shape[-1])[keep], cu
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(n, []).append(i)
+    if len(groups) == 1:
+        ids, _, _ = flat_batch(seqs, device)
+        return model.hidden_states(ids, cu_seqlens=cu, max_seqlen=lengths[0]), cu
+    parts, order = [], []
+    for n, members in groups.items():
+        ids = torch.tensor([seqs[i] for i in members], dtype=torch.long, device=device)
+        parts.append(model.hidden_states(ids).reshape(-1, model.config.hidden_size))
+        order.extend(members)
+    h_grouped = torch.cat(parts)
+    # rows of h_grouped follow `order`; put them back in input order
+    starts_grouped, k = {}, 0
+    for i in order:
+        starts_grouped[i] = k
+        k += lengths[i]
+    index = torch.tensor([starts_grouped[i] + j for i in range(len(seqs)) for j in range(lengths[i])], device=device)
+    return h_grouped[index], cu
+
+
+# -------------------------------------------------------------------------------------- loading
+
+
+def find_tokenizer(model_dir: Path) -> Path | None:
+    """The tokenizer that goes with a model folder: its own, else one beside it in the run."""
+    for d in (model_dir, *list(model_dir.parents)[:4]):
+        for cand in (d, d / "tokenizer"):
+            if (cand / "tokenizer.json").is_file():
+                return cand
+    return None
+
+
+def load_eval_model(
+    model_or_path: "EvalModel | EttinModel | str | os.PathLike",
+    *,
+    revision: str | None = None,
+    tokenizer: Any = None,
+    name: str | None = None,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+) -> EvalModel:
+    """An EvalModel from a folder, a training run (+ revision), or a model already in memory.
+
+    A model in memory needs `tokenizer` (a folder or a loaded tokenizer); a folder brings its own.
+    """
+    if isinstance(model_or_path, EvalModel):
+        return model_or_path
+    from ettin.tokenizer import load_tokenizer
+
+    if isinstance(model_or_path, (str, os.PathLike)):
+        from ettin import hf
+
+        path = Path(model_or_path)
+        model_dir = hf.resolve(path, revision)
+        model = hf.load_dir(model_dir)
+        if tokenizer is None:
+            tok_dir = find_tokenizer(Path(model_dir))
+            if tok_dir is None:
+                raise EttinError("has no tokenizer (no tokenizer.json in it or beside it)", path=model_dir,
+                                 fix="pass --tokenizer DIR, or export the model with its tokenizer")
+            tokenizer = tok_dir
+        info = {"path": str(path), "model_dir": str(model_dir), "revision": revision}
+        label = name or (f"{path.name}@{revision}" if revision else path.name)
+    else:
+        model = model_or_path
+        if revision is not None:
+            raise EttinError("--revision needs a training run's folder, not a model in memory", field="revision")
+        if tokenizer is None:
+            raise EttinError("a model in memory needs a tokenizer", field="tokenizer",
+                             fix="pass tokenizer=<folder or tokenizer object>")
+        info = {}
+        label = name or f"{model.config.arch}"
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(tokenizer)
+    if len(tokenizer) > model.config.vocab_size:
+        raise EttinError(f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}",
+                         field="tokenizer", fix="use the tokenizer the model was trained with")
+    model.eval()
+    info.update({"arch": model.config.arch, "parameters": model.num_parameters(),
+                 "hidden_size": model.config.hidden_size, "layers": model.config.num_hidden_layers,
+                 "vocab_size": model.config.vocab_size})
+    return EvalModel(model, tokenizer, label, max_length=max_length, batch_tokens=batch_tokens, info=info)

@@ -1,0 +1,292 @@
+"""report.md, results.json and plots for a compared pair.
+
+The report says what the numbers can carry: every value has its interval, each encoder/decoder gap
+has a paired interval, chance levels sit beside the scores, and a closing section states, from the
+model sizes and token counts, how far a run is from the scale at which the paper's findings hold.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from ettin.io import atomic_path, atomic_write_json, atomic_write_text
+
+REPORT_FILE = "report.md"
+RESULTS_FILE = "results.json"
+BARS_FILE = "tasks.png"
+DYNAMICS_FILE = "dynamics.png"
+
+# The paper's direction per task kind (ettin-spec.md section 6): who wins at every size from 17M up.
+PAPER_WINNER = {
+    "classification": "encoder",
+    "retrieval": "encoder",
+    "multiple_choice": "decoder",
+    "generation": "decoder",
+}
+# Smallest Ettin pair (17m): 17M parameters with the 50k vocabulary, about 2T tokens.
+PAPER_SMALLEST_PARAMS = 16_913_600
+PAPER_TOKENS = 2.0e12
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.{digits}f}"
+
+
+def _fmt_tokens(n: int | None) -> str:
+    if not n:
+        return "unknown"
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def _cell(r: dict | None) -> str:
+    if r is None:
+        return "-"
+    if r.get("status") != "ok":
+        return "failed"
+    ci = r.get("ci") or {}
+    return f"{_fmt(r['value'])} [{_fmt(ci.get('low'), 2)}, {_fmt(ci.get('high'), 2)}]"
+
+
+def _verdict(kind: str, pair: dict | None) -> str:
+    if not pair or pair.get("diff") is None or math.isnan(pair["diff"]):
+        return "-"
+    if pair["low"] > 0:
+        winner = "encoder"
+    elif pair["high"] < 0:
+        winner = "decoder"
+    else:
+        return "no clear difference"
+    expected = PAPER_WINNER.get(kind)
+    agree = "as in the paper" if winner == expected else "opposite to the paper"
+    return f"{winner} ahead ({agree})"
+
+
+def above_chance(r: dict) -> bool:
+    return r.get("status") == "ok" and r["ci"]["low"] > r.get("chance", 0.0)
+
+
+def render_markdown(results: dict) -> str:
+    models: dict = results["models"]
+    pair = results.get("pair", {})
+    enc, dec = pair.get("encoder"), pair.get("decoder")
+    others = [m for m in models if m not in (enc, dec)]
+    order = [m for m in (enc, dec) if m] + others
+    tasks = results["tasks"]
+    lines = [f"# ettin compare: {results.get('run_name', 'run')}", ""]
+    lines += [
+        f"Suite `{results['suite']}`, seed {results['seed']}, {len(tasks)} tasks, "
+        f"{results.get('seconds', 0):.0f} s. Every model saw the same items in the same order.",
+        "",
+        "| model | arch | parameters | layers x hidden | training tokens | checkpoint |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in order:
+        info = models[m]["info"]
+        lines.append(
+            f"| {m} | {info.get('arch')} | {info.get('parameters', 0):,} | {info.get('layers')} x {info.get('hidden_size')} "
+            f"| {_fmt_tokens(models[m].get('tokens'))} | {models[m].get('tag') or '-'} |"
+        )
+    lines += ["", "## Results", ""]
+    header = "| task | kind | metric | n | " + " | ".join(order) + " | chance |"
+    if enc and dec:
+        header += " encoder - decoder [95% CI] | verdict |"
+    lines += [header, "|" + "---|" * (header.count("|") - 1)]
+    for t in tasks:
+        rows = {m: models[m]["results"]["tasks"].get(t) for m in order}
+        ref = next((r for r in rows.values() if r and r.get("status") == "ok"), None) or next(iter(rows.values()))
+        kind = ref.get("kind", "")
+        line = (f"| {t} | {kind} | {ref.get('metric', '-')} | {ref.get('n', '-')} | "
+                + " | ".join(_cell(rows[m]) for m in order) + f" | {_fmt(ref.get('chance'))} |")
+        if enc and dec:
+            p = pair.get("tasks", {}).get(t)
+            diff = f"{p['diff']:+.3f} [{p['low']:+.2f}, {p['high']:+.2f}]" if p else "-"
+            line += f" {diff} | {_verdict(kind, p)} |"
+        lines.append(line)
+    lines += [
+        "",
+        "Values are `score [95% interval]`. Accuracies use Wilson score intervals; nDCG@10 uses a percentile "
+        "bootstrap over queries (1,000 seeded resamples). The encoder - decoder gap uses a paired bootstrap over "
+        "the same items; a verdict needs that interval to exclude 0. Chance: majority class (classification), "
+        "1/choices (multiple choice), a random ranking (retrieval), 0 (LAMBADA).",
+        "",
+        f"![per-task scores]({BARS_FILE})",
+        "",
+        "### Methods",
+        "",
+    ]
+    for t in tasks:
+        for m in order:
+            r = models[m]["results"]["tasks"].get(t)
+            if r and r.get("status") == "ok":
+                lines.append(f"- **{t}**, {m}: {r['method']}.")
+    lines.append("")
+    # ---------------------------------------------------------------------------------- honesty
+    lines += ["## What this comparison can and cannot show", ""]
+    for m in order:
+        ok = [t for t in tasks if (r := models[m]["results"]["tasks"].get(t)) and r.get("status") == "ok"]
+        better = [t for t in ok if above_chance(models[m]["results"]["tasks"][t])]
+        lines.append(f"- {m}: above chance (interval excludes it) on {len(better)} of {len(ok)} tasks"
+                     + (f": {', '.join(better)}." if better else "."))
+    params = [models[m]["info"].get("parameters", 0) for m in order]
+    tokens = [models[m].get("tokens") or 0 for m in order]
+    small = max(params) < PAPER_SMALLEST_PARAMS / 2 or (max(tokens) and max(tokens) < 1e9)
+    if small:
+        lines += [
+            f"- Scale: the largest model here has {max(params):,} parameters and saw "
+            f"{_fmt_tokens(max(tokens) or None)} tokens; the smallest Ettin pair has {PAPER_SMALLEST_PARAMS:,} and "
+            f"about {_fmt_tokens(int(PAPER_TOKENS))}. At this scale most scores sit at or near chance, so the "
+            "table tests the pipeline (same tasks, same items, both archs scored by their own method) rather "
+            "than the paper's findings.",
+            "- What it can show: that both members of the pair were trained and evaluated identically; "
+            "whether either learned anything measurable (scores above chance); gaps large enough for their "
+            "paired interval to exclude zero.",
+            "- What it cannot show: the paper's findings (encoders ahead on classification and retrieval, "
+            "decoders ahead on generative tasks, gaps growing with size, cross-objective training not closing "
+            "them). Those hold from 17M parameters and trillions of tokens; a gap here, in either direction, "
+            "says little about them, and 'no clear difference' is the expected outcome.",
+        ]
+    else:
+        lines += [
+            "- Scale: these models are within the range the paper studied; compare the verdicts with the "
+            "paper's (encoder ahead on classification and retrieval, decoder on generation). One seed and one "
+            "subsample per task: treat single-task verdicts with care.",
+        ]
+    if results.get("suite") == "quick":
+        lines.append("- Quick suite: seeded subsamples, linear probes instead of fine-tuning, zero-shot "
+                     "retrieval on a small corpus. The paper fine-tunes for classification and retrieval; "
+                     "`--suite full` does so (and uses all items).")
+    lines.append("")
+    # ---------------------------------------------------------------------------------- dynamics
+    dyn = results.get("dynamics") or {}
+    if any(dyn.values()):
+        lines += ["## Training dynamics", "", f"![metric against training tokens]({DYNAMICS_FILE})", ""]
+        dyn_tasks = results.get("dynamics_tasks", [])
+        lines += ["| model | tag | tokens | " + " | ".join(dyn_tasks) + " |",
+                  "|---|---|---|" + "---|" * len(dyn_tasks)]
+        for m, points in dyn.items():
+            for p in points:
+                cells = [_fmt(p["tasks"].get(t, {}).get("value")) if p["tasks"].get(t, {}).get("status") == "ok"
+                         else "failed" for t in dyn_tasks]
+                lines.append(f"| {m} | {p['tag']} | {_fmt_tokens(p.get('tokens'))} | " + " | ".join(cells) + " |")
+        lines.append("")
+    elif results.get("dynamics_note"):
+        lines += ["## Training dynamics", "", results["dynamics_note"], ""]
+    failed = results.get("failed") or []
+    if failed:
+        lines += ["## Failures", ""]
+        for f in failed:
+            lines.append(f"- {f['model']} / {f['task']}: {f['error']}")
+        lines.append("")
+    lines += ["## Files", "", f"- `{RESULTS_FILE}`: everything above, with per-item scores.",
+              "- `models/<model>/<task>.json`: one file per model and task."]
+    return "\n".join(lines) + "\n"
+
+
+def _save_fig(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def plot_bars(results: dict, path: str | os.PathLike) -> Path:
+    """Per-task grouped bars (one colour per model) with interval whiskers and a chance tick."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = results["models"]
+    pair = results.get("pair", {})
+    order = [m for m in (pair.get("encoder"), pair.get("decoder")) if m] + [
+        m for m in models if m not in (pair.get("encoder"), pair.get("decoder"))]
+    tasks = list(results["tasks"])
+    width = 0.8 / max(1, len(order))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(tasks) + 2), 4))
+    for k, m in enumerate(order):
+        xs, ys, lo, hi = [], [], [], []
+        for i, t in enumerate(tasks):
+            r = models[m]["results"]["tasks"].get(t)
+            if r and r.get("status") == "ok":
+                xs.append(i + (k - (len(order) - 1) / 2) * width)
+                ys.append(r["value"])
+                lo.append(max(0.0, r["value"] - r["ci"]["low"]))
+                hi.append(max(0.0, r["ci"]["high"] - r["value"]))
+        ax.bar(xs, ys, width=width, label=m, yerr=[lo, hi], capsize=2)
+    for i, t in enumerate(tasks):
+        ref = next((models[m]["results"]["tasks"].get(t) for m in order
+                    if (models[m]["results"]["tasks"].get(t) or {}).get("status") == "ok"), None)
+        if ref:
+            ax.hlines(ref.get("chance", 0.0), i - 0.45, i + 0.45, colors="black", linestyles="dotted", linewidth=1)
+    labels = []
+    for t in tasks:
+        ref = next((models[m]["results"]["tasks"].get(t) for m in order), None) or {}
+        labels.append(f"{t}\n({ref.get('metric', '')})")
+    ax.set_xticks(range(len(tasks)), labels, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score (95% interval; dotted: chance)")
+    ax.set_title(f"encoder vs decoder, suite {results['suite']}")
+    ax.legend(fontsize=8)
+    _save_fig(fig, Path(path))
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_dynamics(results: dict, path: str | os.PathLike) -> Path | None:
+    """Metric against training tokens, one panel per task, one line per model."""
+    dyn = results.get("dynamics") or {}
+    tasks = results.get("dynamics_tasks") or []
+    if not any(dyn.values()) or not tasks:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(tasks))
+    rows = math.ceil(len(tasks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, t in zip(axes.flat, tasks):
+        chance = None
+        for m, points in dyn.items():
+            pts = [(p.get("tokens") or 0, p["tasks"][t]) for p in points
+                   if p["tasks"].get(t, {}).get("status") == "ok"]
+            if not pts:
+                continue
+            xs = [x for x, _ in pts]
+            ys = [r["value"] for _, r in pts]
+            lo = [r["value"] - r["ci"]["low"] for _, r in pts]
+            hi = [r["ci"]["high"] - r["value"] for _, r in pts]
+            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=2, label=m)
+            chance = pts[0][1].get("chance", chance)
+        if chance is not None:
+            ax.axhline(chance, color="black", linestyle="dotted", linewidth=1)
+        ax.set_title(t, fontsize=9)
+        ax.set_xlabel("training tokens", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    fig.suptitle("metric against training tokens (dotted: chance)", fontsize=10)
+    _save_fig(fig, Path(path))
+    plt.close(fig)
+    return Path(path)
+
+
+def write_report(results: dict, out_dir: str | os.PathLike) -> list[Path]:
+    """results.json, report.md and the plots into out_dir; returns the paths written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [atomic_write_json(out / RESULTS_FILE, results)]
+    written.append(plot_bars(results, out / BARS_FILE))
+    dyn = plot_dynamics(results, out / DYNAMICS_FILE)
+    if dyn:
+        written.append(dyn)
+    written.append(atomic_write_text(out / REPORT_FILE, render_markdown(results)))
+    return written
