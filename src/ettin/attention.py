@@ -109,9 +109,10 @@ def varlen_attention(
         return out.transpose(1, 2).reshape(-1, h, d)
     outs = []
     for qs, ks, vs in zip(q.split(seqs.lengths), k.split(seqs.lengths), v.split(seqs.lengths)):
-        o = _sdpa(qs.transpose(0, 1), ks.transpose(0, 1), vs.transpose(0, 1),
+        # 4-d inputs: PyTorch's fused CPU kernel takes only those (3-d falls back to the slow math path).
+        o = _sdpa(qs.transpose(0, 1)[None], ks.transpose(0, 1)[None], vs.transpose(0, 1)[None],
                   causal=causal, half_window=half_window, scale=scale)
-        outs.append(o.transpose(0, 1))
+        outs.append(o[0].transpose(0, 1))
     return torch.cat(outs)
 
 
