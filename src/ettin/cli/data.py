@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
         specs = []
         for s in source:
             spec = parse_source(s, split=split, on_error=on_error)
-            if text_field and "#" not in s:
+            if text_field and "#" not in s and spec.kind in ("jsonl", "parquet", "hf"):
                 from dataclasses import replace
 
                 spec = replace(spec, field=text_field)
