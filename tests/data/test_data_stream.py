@@ -141,3 +141,10 @@ def test_spec_validation(data_dir):
         TokenStream(spec(data_dir, min_tokens=100), seed=1, seq_len=SEQ_LEN)
     with pytest.raises(EttinError, match="no document"):
         TokenStream(spec(data_dir, min_tokens=4000, mixture=["wiki"]), seed=1, seq_len=4096)
+
+
+def test_spec_errors_name_the_recipe_field():
+    with pytest.raises(EttinError, match=r"field 'phases\[1\].data.mixture\[0\]'"):
+        DataSpec.from_dict({"dir": "x", "mixture": [{"source": "a", "weight": 1, "tokens": 5}]}, where="phases[1].data")
+    with pytest.raises(EttinError, match=r"field 'phases\[1\].data.mixture\[0\].weight'"):
+        DataSpec.from_dict({"dir": "x", "mixture": [{"source": "a", "weight": "x"}]}, where="phases[1].data")

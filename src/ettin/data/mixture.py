@@ -153,4 +153,14 @@ class DataSpec:
         backfill = d.get("backfill", True)
         if not isinstance(backfill, bool):
             raise EttinError(f"expected true or false, got {backfill!r}", field=f"{where}.backfill")
-        return cls(str(d["dir"]), tuple(entries), min_tokens, backfill)
+        try:
+            return cls(str(d["dir"]), tuple(entries), min_tokens, backfill)
+        except EttinError as exc:
+            if exc.field and exc.field.startswith("data") and where != "data":
+                raise EttinError(_bare(exc), field=where + exc.field[len("data"):], fix=exc.fix) from None
+            raise
+
+
+def _bare(exc: EttinError) -> str:
+    text = str(exc).removeprefix(f"field '{exc.field}': ")
+    return text.removesuffix(f" ({exc.fix})") if exc.fix else text
