@@ -1,0 +1,101 @@
+"""End to end on tiny random models: one task of each kind, small limits."""
+
+import json
+
+import pytest
+
+from ettin.errors import EttinError
+from ettin.eval import runner
+from ettin.eval import tasks as T
+
+FOUR_KINDS = ["sst2", "wiki_retrieval", "arc_easy", "lambada"]
+
+
+@pytest.fixture(scope="module")
+def quick_results(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "enc"
+    return out, runner.evaluate_model(tiny_run / "encoder", FOUR_KINDS, "quick", out, seed=0, limit=6)
+
+
+def test_evaluate_model_writes_a_json_per_task(quick_results):
+    out, res = quick_results
+    assert res["failed"] == [] and list(res["tasks"]) == FOUR_KINDS
+    assert res["info"]["arch"] == "encoder" and res["info"]["revision"] is None
+    for name in FOUR_KINDS:
+        r = json.loads((out / f"{name}.json").read_text())
+        assert r["status"] == "ok" and r["task"] == name and r["n"] == 6
+        assert r["metric"] == T.TASKS[name].metric and 0.0 <= r["value"] <= 1.0
+        assert r["ci"]["low"] <= r["value"] <= r["ci"]["high"]
+        assert r["ci"]["method"] == ("bootstrap-percentile-1000" if name == "wiki_retrieval" else "wilson")
+        assert r["seconds"] >= 0 and r["method"] and len(r["per_item"]) == 6
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["tasks"]["sst2"]["value"] == res["tasks"]["sst2"]["value"]
+
+
+def test_results_are_deterministic_for_a_seed(quick_results, tiny_run):
+    _, first = quick_results
+    again = runner.evaluate_model(tiny_run / "encoder", FOUR_KINDS, "quick", None, seed=0, limit=6)
+    for name in FOUR_KINDS:
+        assert again["tasks"][name]["per_item"] == first["tasks"][name]["per_item"]
+        assert again["tasks"][name]["item_ids"] == first["tasks"][name]["item_ids"]
+    other = runner.evaluate_model(tiny_run / "encoder", ["arc_easy"], "quick", None, seed=1, limit=6)
+    assert other["tasks"]["arc_easy"]["item_ids"] != first["tasks"]["arc_easy"]["item_ids"]
+
+
+def test_a_failing_task_keeps_the_others(tiny_run, tmp_path, monkeypatch):
+    def broken():
+        raise RuntimeError("data went missing")
+
+    monkeypatch.setitem(T.TASKS, "arc_easy", T.dataclasses.replace(T.TASKS["arc_easy"], loader=broken))
+    T._cached_load.cache_clear()
+    try:
+        res = runner.evaluate_model(tiny_run / "decoder", ["arc_easy", "lambada"], "quick", tmp_path, limit=3)
+    finally:
+        T._cached_load.cache_clear()
+    assert res["failed"] == ["arc_easy"]
+    assert res["tasks"]["arc_easy"]["status"] == "error" and "data went missing" in res["tasks"]["arc_easy"]["error"]
+    assert res["tasks"]["lambada"]["status"] == "ok"
+    assert json.loads((tmp_path / "results.json").read_text())["failed"] == ["arc_easy"]
+    assert json.loads((tmp_path / "lambada.json").read_text())["status"] == "ok"
+
+
+def test_bad_input_is_refused_before_any_work(tiny_run, tmp_path):
+    with pytest.raises(EttinError, match="unknown task 'nope'"):
+        runner.evaluate_model(tiny_run / "encoder", ["nope"], out_dir=tmp_path)
+    with pytest.raises(EttinError, match="no revision 'step9'.*step1, step2"):
+        runner.evaluate_model(tiny_run / "encoder", ["sst2"], revision="step9")
+    with pytest.raises(EttinError, match="config.json is missing"):
+        runner.evaluate_model(tmp_path, ["sst2"])
+    with pytest.raises(EttinError, match="cannot use CLS pooling"):
+        runner.evaluate_model(tiny_run / "decoder", ["sst2"], pooling="cls")
+    with pytest.raises(EttinError, match="unknown suite"):
+        runner.evaluate_model(tiny_run / "decoder", suite="huge")
+    assert not any(tmp_path.iterdir())
+
+
+def test_compare_run_writes_report_plots_and_dynamics(tiny_run, tmp_path):
+    res = runner.compare_run(tiny_run, tmp_path / "cmp", "quick", tasks=["sst2", "lambada"], limit=4,
+                             max_checkpoints=2)
+    out = tmp_path / "cmp"
+    assert {p.name for p in out.iterdir()} >= {"report.md", "results.json", "tasks.png", "dynamics.png", "models"}
+    assert res["pair"]["encoder"] == "encoder" and res["pair"]["decoder"] == "decoder"
+    assert set(res["pair"]["tasks"]) == {"sst2", "lambada"}
+    assert res["models"]["encoder"]["tag"] == "step2" and res["models"]["encoder"]["tokens"] == 2000
+    assert [p["tag"] for p in res["dynamics"]["encoder"]] == ["step1", "step2"]
+    assert res["dynamics"]["decoder"][1]["tasks"]["sst2"]["value"] == res["models"]["decoder"]["results"]["tasks"]["sst2"]["value"]
+    report = (out / "report.md").read_text()
+    assert "What this comparison can and cannot show" in report and "| sst2 |" in report
+    assert (out / "tasks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "models" / "decoder" / "lambada.json").read_text())["status"] == "ok"
+    # the same run at an earlier revision: that tag everywhere, dynamics stop there
+    early = runner.compare_run(tiny_run, tmp_path / "early", tasks=["sst2"], limit=4, revision="step1")
+    assert early["models"]["decoder"]["tag"] == "step1" and early["dynamics"] == {}
+
+
+def test_compare_run_refuses_what_is_not_a_pair(tiny_run, tmp_path):
+    with pytest.raises(EttinError, match="single model"):
+        runner.compare_run(tiny_run / "encoder", tmp_path)
+    with pytest.raises(EttinError, match="holds no models"):
+        runner.compare_run(tmp_path, tmp_path / "out")
+    with pytest.raises(EttinError, match="no revision 'step7'"):
+        runner.compare_run(tiny_run, tmp_path / "x", revision="step7")
