@@ -116,6 +116,11 @@ def test_encoder_pseudo_loglikelihood_is_the_masked_scores(encoder_dir):
     assert score == pytest.approx(expected, abs=TOL)
     assert greedy == all_argmax
 
+    # a text that fits one window: its rolling score is the PLL of the whole text
+    [rolling] = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (context + continuation,), idx=0)])
+    [(whole, _)] = lm.loglikelihood([Instance("loglikelihood", {}, ("", context + continuation), idx=0)])
+    assert rolling == pytest.approx(whole, abs=TOL) and rolling < 0
+
 
 def test_encoder_generation_fills_masks_one_at_a_time(encoder_dir):
     lm = EttinLM(pretrained=str(encoder_dir), device="cpu", mask_slots=3)

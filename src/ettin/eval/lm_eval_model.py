@@ -35,15 +35,16 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import model_registry, register_model
 
 from ettin.errors import EttinError
+from ettin.eval.score import DEFAULT_N_MASKS as DEFAULT_MASK_SLOTS
 
 if TYPE_CHECKING:
     from ettin.model import EttinModel
 
 MODEL_NAME = "ettin"
 DEFAULT_BATCH_SIZE = 16
-DEFAULT_MASK_SLOTS = 4
 DEFAULT_MAX_GEN_TOKS = 256
-GEN_CHUNK = 32  # decoder tokens generated between stop-string checks
+GEN_CHUNK = 32
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # decoder tokens generated between stop-string checks
 
 
 def _as_int(value, name: str, default: int) -> int:
@@ -101,36 +102,28 @@ class EttinLM(TemplateLM):
         **kwargs,
     ) -> None:
         super().__init__()
-        from ettin.model import EttinModel
+        from ettin.eval.handle import EvalModel, load_eval_model
 
         if kwargs:
             # lm-eval passes every --model_args key through; an unknown one is a user's typo.
             known = "pretrained, tokenizer, revision, batch_size, max_length, max_gen_toks, device, dtype, add_bos_token, mask_slots"
             raise EttinError(f"unknown model_args for --model {MODEL_NAME}: {', '.join(sorted(kwargs))}", fix=f"use: {known}")
-        if isinstance(pretrained, EttinModel):
-            model = pretrained
-            if tokenizer is None:
-                raise EttinError("an EttinModel object needs tokenizer= (a folder or a tokenizer object)", field="tokenizer")
-            self.pretrained = "<EttinModel object>"
-        else:
-            from ettin import load
-
-            model = load(str(pretrained), revision, dtype=dtype)
-            self.pretrained = str(pretrained)
-            if tokenizer is None:
-                tokenizer = pretrained
-        if isinstance(tokenizer, (str, os.PathLike)):
-            from ettin.tokenizer import load_tokenizer
-
-            tokenizer = load_tokenizer(Path(tokenizer))
-        self.tokenizer = tokenizer
-
+        em = load_eval_model(pretrained, revision=revision, tokenizer=tokenizer)
+        self.pretrained = str(pretrained) if isinstance(pretrained, (str, os.PathLike)) else f"<{type(pretrained).__name__}>"
         self._device = _pick_device(device)
-        self.model = model.to(self._device).eval()
-        self.config = model.config
+        em.model.to(self._device)
+        if dtype not in (None, "auto"):
+            if dtype not in _DTYPES:
+                raise EttinError(f"unknown dtype '{dtype}'", field="dtype", fix=f"use one of: {', '.join(_DTYPES)}")
+            em.model.to(_DTYPES[dtype])
+        self.em: EvalModel = em
+        self.model = em.model.eval()
+        self.tokenizer = em.tokenizer
+        self.config = em.config
         self.is_decoder = self.config.is_causal
         self.batch_size_per_gpu = _as_int(batch_size, "batch_size", DEFAULT_BATCH_SIZE)
         self._max_length = _as_int(max_length, "max_length", self.config.max_position_embeddings)
+        em.max_length = self._max_length
         self._max_gen_toks = _as_int(max_gen_toks, "max_gen_toks", DEFAULT_MAX_GEN_TOKS)
         self.add_bos_token = _as_bool(add_bos_token, "add_bos_token")
         self.mask_slots = _as_int(mask_slots, "mask_slots", DEFAULT_MASK_SLOTS)
@@ -198,6 +191,9 @@ class EttinLM(TemplateLM):
     def tok_decode(self, tokens: Sequence[int]) -> str:
         return self.tokenizer.decode(list(tokens), skip_special_tokens=True)
 
+    def _text(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
     # ---------------------------------------------------------------------------- forward helpers
     def _varlen(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, list[int], int]:
         lengths = [len(s) for s in seqs]
@@ -220,13 +216,23 @@ class EttinLM(TemplateLM):
         return list(logp.split([len(p) for p in positions]))
 
     # ------------------------------------------------------------------------------ loglikelihood
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        if self.is_decoder:
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        from ettin.eval.score import pseudo_loglikelihood
+
+        args = [tuple(req.args) for req in requests]
+        results = pseudo_loglikelihood(self.em, args)
+        for request, answer in zip(args, results):
+            self.cache_hook.add_partial("loglikelihood", request, answer)
+        return results
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None) -> list[tuple[float, bool]]:
+        if not self.is_decoder:
+            raise NotImplementedError("encoders are scored from the request strings (loglikelihood)")
         if not requests:
             return []
-        if self.is_decoder:
-            results = self._causal_scores([(ctx, cont) for _, ctx, cont in requests], override_bs)
-        else:
-            results = self._masked_scores([(ctx, cont) for _, ctx, cont in requests], override_bs)
+        results = self._causal_scores([(ctx, cont) for _, ctx, cont in requests], override_bs)
         for (request_str, _, _), answer in zip(requests, results):
             if request_str is not None:
                 self.cache_hook.add_partial("loglikelihood", request_str, answer)
@@ -252,31 +258,6 @@ class EttinLM(TemplateLM):
                 results[i] = (float(score.sum()), bool((logp.argmax(-1) == target).all()))
         return results  # type: ignore[return-value]
 
-    def _masked_scores(self, pairs: Sequence[tuple[list[int], list[int]]], override_bs: int | None = None) -> list[tuple[float, bool]]:
-        """Encoder pseudo-log-likelihood of each continuation: sum over its tokens of log p(token)
-        with that token masked and [CLS] context continuation [SEP] otherwise intact."""
-        room = self.max_length - 2
-        copies = []  # (request index, masked sequence, position, target)
-        for r, (ctx, cont) in enumerate(pairs):
-            ctx = list(ctx[1:]) if ctx and ctx[0] in (self.cls_id, self.bos_id) else list(ctx)
-            body = (ctx + list(cont))[-room:]
-            seq = [self.cls_id] + body + [self.sep_id]
-            first = len(seq) - 1 - len(cont)
-            for p in range(max(first, 1), len(seq) - 1):
-                masked = list(seq)
-                masked[p] = self.mask_id
-                copies.append((r, masked, p, seq[p]))
-        sums = [0.0] * len(pairs)
-        greedy = [True] * len(pairs)
-        order = sorted(range(len(copies)), key=lambda i: -len(copies[i][1]))
-        for batch in _batches(order, override_bs or self.batch_size):
-            logps = self._log_probs_at([copies[i][1] for i in batch], [[copies[i][2]] for i in batch])
-            for i, logp in zip(batch, logps):
-                r, _, _, target = copies[i]
-                sums[r] += float(logp[0, target])
-                greedy[r] = greedy[r] and int(logp[0].argmax()) == target
-        return list(zip(sums, greedy))
-
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
@@ -293,15 +274,18 @@ class EttinLM(TemplateLM):
                 ]
                 total = sum(s for s, _ in self._causal_scores(windows))
             else:
-                # Disjoint scored pieces of half a window, each seeing up to a window of text before it.
+                # Disjoint pieces of half a window, each scored with up to a window of text before it.
+                from ettin.eval.score import pseudo_loglikelihood
+
                 ids = self.tok_encode(string, add_special_tokens=False)
                 room = self.max_length - 2
                 stride = max(1, room // 2)
-                windows = []
+                pieces = []
                 for i in range(0, len(ids), stride):
                     cont = ids[i : i + stride]
-                    windows.append(([self.cls_id] + ids[max(0, i - (room - len(cont))) : i], cont))
-                total = sum(s for s, _ in self._masked_scores(windows))
+                    ctx = ids[max(0, i - (room - len(cont))) : i]
+                    pieces.append((self._text(ctx), self._text(cont)))
+                total = sum(s for s, _ in pseudo_loglikelihood(self.em, pieces))
             out.append(total)
             self.cache_hook.add_partial("loglikelihood_rolling", (string,), total)
         return out
@@ -532,4 +516,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except EttinError as exc:  # a user's mistake: one line, no traceback (as the ettin command does)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
