@@ -13,7 +13,8 @@ Window semantics (ettin-spec.md section 2), with w = local_attention // 2 = 64 b
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ class Varlen:
     lengths: list[int]
     max_seqlen: int
     positions: torch.Tensor  # int64 [N], position of each token inside its sequence
+    _masks: dict = field(default_factory=dict, repr=False, compare=False)  # block masks, built once per batch
 
     @classmethod
     def from_cu_seqlens(cls, cu_seqlens: torch.Tensor, max_seqlen: int | None = None) -> "Varlen":
@@ -60,6 +62,13 @@ class Varlen:
     def equal_lengths(self) -> bool:
         return len(set(self.lengths)) == 1
 
+    def block_mask(self, half_window: int, causal: bool) -> torch.Tensor:
+        """[nb, 1, w, K] mask of the block-local layout (see `local_attention`), cached per batch."""
+        key = (half_window, causal)
+        if key not in self._masks:
+            self._masks[key] = _block_mask(self.lengths, self.positions, half_window, causal)
+        return self._masks[key]
+
 
 @functools.lru_cache(maxsize=64)
 def window_mask(length: int, half_window: int | None, causal: bool, device: str) -> torch.Tensor | None:
@@ -79,6 +88,44 @@ def _sdpa(q, k, v, *, causal: bool, half_window: int | None, scale: float):
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def _block_mask(lengths: list[int], positions: torch.Tensor, w: int, causal: bool) -> torch.Tensor:
+    device = positions.device
+    n = positions.numel()
+    nb = math.ceil(n / w)
+    seq = torch.full((nb * w,), -1, dtype=torch.long, device=device)  # padding queries: sequence -1
+    seq[:n] = torch.repeat_interleave(torch.arange(len(lengths), device=device),
+                                      torch.tensor(lengths, device=device), output_size=n)
+    pos = torch.arange(nb * w, device=device)  # padding queries see only themselves (and other padding)
+    pos[:n] = positions
+    after = 0 if causal else w
+    key_seq = F.pad(seq, (w, after), value=-2).unfold(0, 2 * w + after, w)  # [nb, K]; -2: matches nothing
+    key_pos = F.pad(pos, (w, after)).unfold(0, 2 * w + after, w)
+    same = seq.view(nb, w, 1) == key_seq[:, None, :]
+    dist = pos.view(nb, w, 1) - key_pos[:, None, :]
+    near = (dist >= 0) & (dist < w) if causal else dist.abs() <= w
+    return (same & near)[:, None]
+
+
+def local_attention(q, k, v, seqs: Varlen, *, causal: bool, half_window: int, scale: float) -> torch.Tensor:
+    """Sliding-window attention over the whole flat batch in one call, without computing T x T.
+
+    The flat batch is cut into blocks of w = half_window queries; block b's queries can only see
+    keys in blocks b-1..b+1 (b-1..b when causal), so each block attends to 3w (2w) gathered keys
+    under a mask that also keeps sequences apart. Cost grows with N * 3w instead of sum(T^2).
+    q, k, v: [N, H, D] -> [N, H, D].
+    """
+    n, h, d = q.shape
+    w = half_window
+    mask = seqs.block_mask(w, causal)
+    nb = mask.shape[0]
+    pad = nb * w - n
+    after = 0 if causal else w
+    qb = F.pad(q, (0, 0, 0, 0, 0, pad)).view(nb, w, h, d).transpose(1, 2)
+    kb, vb = (F.pad(x, (0, 0, 0, 0, w, pad + after)).unfold(0, 2 * w + after, w).permute(0, 1, 3, 2) for x in (k, v))
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale)
+    return out.transpose(1, 2).reshape(nb * w, h, d)[:n]
 
 
 def varlen_attention(
@@ -101,6 +148,8 @@ def varlen_attention(
             q, k, v, seqs.cu_seqlens, seqs.cu_seqlens, seqs.max_seqlen, seqs.max_seqlen,
             softmax_scale=scale, causal=causal, window_size=window,
         )
+    if half_window is not None and max(seqs.lengths) > half_window + (0 if causal else 1):
+        return local_attention(q, k, v, seqs, causal=causal, half_window=half_window, scale=scale)
     if seqs.equal_lengths:
         b, t = len(seqs.lengths), seqs.lengths[0]
         h, d = q.shape[1], q.shape[2]
