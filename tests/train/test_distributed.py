@@ -17,10 +17,14 @@ from ettin.train.trainer import TrainOptions, train
 NO_DROPOUT = {"model.attention_dropout": 0.0}  # dropout masks differ per process; the trajectories must not
 
 
-def _torchrun(nproc: int, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def _torchrun(nproc: int, *args: str, timeout: int = 300, wrapper: bool = False) -> subprocess.CompletedProcess:
+    """torchrun itself, or `ettin train --nproc N`, which launches it."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "ettin", "train", *args, "--no-progress", "--device", "cpu"]
+    if wrapper:
+        cmd = [sys.executable, "-m", "ettin", "train", "--nproc", str(nproc), *args, "--no-progress", "--device", "cpu"]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "ettin", "train", *args, "--no-progress", "--device", "cpu"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -53,7 +57,7 @@ def test_two_processes_match_one_and_their_checkpoint_resumes_in_one(one_process
     recipe, single = one_process
     stop = ck.list_tags(single.out / "encoder")[1]  # second tag: mid-pretraining, after the batch-size warmup
     run = tmp_path / "run"
-    _torchrun(2, str(recipe), "--out", str(run), "--max-steps", str(stop.step))
+    _torchrun(2, str(recipe), "--out", str(run), "--max-steps", str(stop.step), wrapper=True)
     for arch in ("encoder", "decoder"):
         two = _losses(run, arch)
         assert len(two) == stop.step

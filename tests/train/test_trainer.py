@@ -83,6 +83,15 @@ def test_exact_resume_is_bitwise_equal(pair_run, write_recipe, tmp_path):
         assert losses_a == losses_b
 
 
+def test_encoder_of_a_pair_equals_the_encoder_trained_alone(pair_run, tmp_path):
+    recipe_path, pair = pair_run
+    alone = train(load_recipe(recipe_path, ["arch=encoder"]), _options(tmp_path / "run"))
+    assert not (tmp_path / "run" / "decoder").exists()
+    last = ck.list_tags(pair.out / "encoder")[-1].tag
+    a, b = _weights(pair.out, "encoder", last), _weights(alone.out, "encoder", last)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_pair_fails_loudly_when_data_orders_differ(write_recipe, tmp_path, monkeypatch):
     from ettin.data.order import OrderWriter
 

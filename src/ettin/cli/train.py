@@ -79,10 +79,15 @@ def register(app: typer.Typer) -> None:
         max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this global step (checkpoint first with a matching interval)"),
         device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda (default: cuda when available)"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar per phase"),
+        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per process (on a busy shared CPU, 1 is often fastest)"),
     ) -> None:
         """Train a pair (or one model) on a recipe: three phases, tagged checkpoints, exact resume."""
         if nproc > 1 and "WORLD_SIZE" not in os.environ:
             raise typer.Exit(_launch(nproc))
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(max(1, threads))
         from rich.console import Console
 
         from ettin.train.trainer import TrainOptions, train
