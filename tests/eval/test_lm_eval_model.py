@@ -154,3 +154,43 @@ def test_local_tasks_run_under_ettin_and_lm_eval_hf(decoder_dir, tmp_path):
         res = out["results"]
         assert 0.0 <= res["ettin_arc_easy"]["acc,none"] <= 1.0, model
         assert res["ettin_lambada"]["acc,none"] in (0.0, 0.5, 1.0), model
+
+
+LOCAL_SIZES = {
+    "ettin_arc_easy": 570, "ettin_arc_challenge": 299, "ettin_hellaswag": 10042, "ettin_openbookqa": 500,
+    "ettin_piqa": 1838, "ettin_sciq": 1000, "ettin_social_iqa": 1954, "ettin_triviaqa": 7993,
+    "ettin_winogrande": 1267, "ettin_lambada": 5153,
+}
+# local lm-eval task -> the same benchmark in ettin's own task registry
+SAME_TASK = {
+    "ettin_arc_easy": "arc_easy", "ettin_arc_challenge": "arc_challenge", "ettin_piqa": "piqa", "ettin_sciq": "sciq",
+    "ettin_hellaswag": "hellaswag", "ettin_openbookqa": "openbookqa", "ettin_winogrande": "winogrande",
+    "ettin_lambada": "lambada",
+}
+
+
+@pytest.fixture(scope="module")
+def local_tasks(tmp_path_factory):
+    tm = local_task_manager(tmp_path_factory.mktemp("local_tasks"))
+    return tm.load_task_or_group(list(LOCAL_SIZES))
+
+
+def test_every_local_task_loads_the_installed_data(local_tasks):
+    assert {name: len(list(task.eval_docs)) for name, task in local_tasks.items()} == LOCAL_SIZES
+
+
+def test_local_tasks_ask_what_ettin_eval_asks(local_tasks):
+    """lm-eval builds, from its own YAMLs, exactly the (context, continuation) requests that
+    ettin's task registry builds, so `ettin eval` and lm-eval score the same strings."""
+    from ettin.eval.tasks import get_task
+
+    for name, ours_name in SAME_TASK.items():
+        task = local_tasks[name]
+        task.build_all_requests(limit=20, rank=0, world_size=1)
+        by_doc: dict[int, list] = {}
+        for inst in task.instances:
+            by_doc.setdefault(inst.doc_id, []).append(tuple(inst.args))
+        theirs = [by_doc[i] for i in sorted(by_doc)]
+        ours = [list(it.requests) if hasattr(it, "requests") else [(it.context, it.target)]
+                for it in get_task(ours_name).load()[:20]]
+        assert ours == theirs, name
