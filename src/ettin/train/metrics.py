@@ -84,6 +84,13 @@ class MetricsLog:
             self._tb.close()
 
 
+def _short(n: float) -> str:
+    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{suffix}"
+    return f"{n:.0f}"
+
+
 class PhaseProgress:
     """A rich progress bar per phase: tokens, tokens/s, loss per model, learning rate, ETA."""
 
@@ -91,20 +98,20 @@ class PhaseProgress:
         self.enabled = enabled
         self._progress = None
         self._task = None
+        self._total = 0
 
     def __enter__(self) -> "PhaseProgress":
         if self.enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed:,.0f}/{task.total:,.0f} tok"),
+                BarColumn(bar_width=16),
+                TextColumn("{task.fields[done]} tok"),
                 TextColumn("{task.fields[rate]}"),
                 TextColumn("{task.fields[stats]}"),
-                TimeElapsedColumn(),
                 TextColumn("ETA"),
-                TimeRemainingColumn(),
+                TimeRemainingColumn(compact=True),
                 refresh_per_second=4,
             )
             self._progress.__enter__()
@@ -117,13 +124,16 @@ class PhaseProgress:
     def start_phase(self, description: str, total: int, completed: int = 0) -> None:
         if self._progress is None:
             return
-        self._task = self._progress.add_task(description, total=total, completed=completed, rate="", stats="")
+        self._total = total
+        self._task = self._progress.add_task(description, total=total, completed=completed, rate="", stats="",
+                                             done=f"{_short(completed)}/{_short(total)}")
 
     def update(self, completed: int, tokens_per_s: float, losses: dict[str, float], lr: float) -> None:
         if self._progress is None or self._task is None:
             return
-        stats = " ".join(f"{k[:3]} {v:.3f}" for k, v in losses.items()) + f" lr {lr:.2e}"
-        self._progress.update(self._task, completed=completed, rate=f"{tokens_per_s:,.0f} tok/s", stats=stats)
+        stats = " ".join(f"{k[:3]} {v:.3f}" for k, v in losses.items()) + f" lr {lr:.1e}"
+        self._progress.update(self._task, completed=completed, rate=f"{_short(tokens_per_s)}/s", stats=stats,
+                              done=f"{_short(completed)}/{_short(self._total)}")
 
     def print(self, text: str) -> None:
         if self._progress is not None:
