@@ -14,9 +14,7 @@ micro-batch, and the loss is normalised by the label tokens of the whole global 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import math
 import random
 import time
@@ -49,7 +47,6 @@ from ettin.train.schedule import lr_at
 RECIPE_FILE = "recipe.yaml"
 # Fields that do not change what is trained: a resume may change them without --force.
 RESUME_NEUTRAL = ("distributed.", "checkpoint.keep_last", "checkpoint.export_hf")
-ARCH_SALT = {"encoder": 1, "decoder": 2}
 
 
 class NonFiniteLoss(EttinError):
@@ -238,6 +235,8 @@ class Trainer:
         self.stats: list[PhaseStats] = []
         self._eval_cache: dict[int, list] = {}
         self._resume_states: dict[str, ck.FullState] = {}
+        self._resume_data: dict | None = None  # the data-stream position to continue from
+        self._last_tokens = 0
 
     # ------------------------------------------------------------------ setup
 
@@ -264,6 +263,8 @@ class Trainer:
         def run_dir_and_assets() -> None:
             prepare_run_dir(r, self.out, resume=self.opt.resume, force=self.opt.force, log=self.log)
             ensure_data(r, ensure_tokenizer(r, self.log), self.log)
+
+        def save_run_recipe() -> None:  # only once the models exist: a start that fails leaves no run behind
             self.out.mkdir(parents=True, exist_ok=True)
             if self.opt.resume and self.opt.force and (self.out / RECIPE_FILE).is_file():
                 (self.out / RECIPE_FILE).replace(self.out / f"recipe.before-{int(time.time())}.yaml")
@@ -274,6 +275,7 @@ class Trainer:
         tokenizer = load_tokenizer(self.tokenizer_dir)
         self.fingerprint = tokenizer_fingerprint(tokenizer)
         self.special_ids = special_token_ids(tokenizer)
+        self.vocab_size = len(tokenizer)  # masking's random replacements: ids the tokenizer can produce
         vocab_size = round_vocab_size(len(tokenizer))
 
         from ettin.train.cross import check_fits, fresh_model, init_model
@@ -286,10 +288,10 @@ class Trainer:
             else:
                 model = fresh_model(r, arch, vocab_size, self.special_ids)
             check_fits(model, r, tokenizer, self.tokenizer_dir)
-            self.vocab_size = model.config.vocab_size
             model.to(self.device).train()
             objective = r.objective.encoder if arch == "encoder" else r.objective.decoder
             self.members.append(Member(arch, objective, self.out / arch, model, model, None))  # type: ignore[arg-type]
+        self._on_main(save_run_recipe)
 
         num_params = sum(p.numel() for p in self.members[0].model.parameters())
         self.strategy = choose_strategy(r.distributed.strategy, num_params, r.distributed.fsdp_min_params, ctx.world_size)
@@ -560,7 +562,7 @@ class Trainer:
         t0 = time.perf_counter()
         every = r.checkpoint.every_tokens
         eval_every = r.eval.every_tokens if r.eval.data else None
-        resume_data = getattr(self, "_resume_data", None)
+        resume_data = self._resume_data
         stopped = False
         with PhaseProgress(self.opt.progress and ctx.is_main) as bar:
             while self.phase_index < len(r.phases):
