@@ -38,13 +38,14 @@ from ettin.errors import EttinError
 from ettin.eval.score import DEFAULT_N_MASKS as DEFAULT_MASK_SLOTS
 
 if TYPE_CHECKING:
+    from ettin.eval.handle import EvalModel
     from ettin.model import EttinModel
 
 MODEL_NAME = "ettin"
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_MAX_GEN_TOKS = 256
-GEN_CHUNK = 32
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # decoder tokens generated between stop-string checks
+GEN_CHUNK = 32  # decoder tokens generated between stop-string checks
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _as_int(value, name: str, default: int) -> int:
@@ -88,11 +89,11 @@ class EttinLM(TemplateLM):
 
     def __init__(
         self,
-        pretrained: "str | os.PathLike | EttinModel",
+        pretrained: "str | os.PathLike | EttinModel | EvalModel",
         tokenizer: "str | os.PathLike | Any | None" = None,
         revision: str | None = None,
         batch_size: int | str | None = DEFAULT_BATCH_SIZE,
-        max_batch_size: int | None = None,
+        max_batch_size: int | None = None,  # lm-eval passes it; batches here are fixed-size
         max_length: int | None = None,
         max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
         device: str | None = None,
@@ -195,13 +196,6 @@ class EttinLM(TemplateLM):
         return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     # ---------------------------------------------------------------------------- forward helpers
-    def _varlen(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, list[int], int]:
-        lengths = [len(s) for s in seqs]
-        flat = torch.tensor([t for s in seqs for t in s], dtype=torch.long, device=self._device)
-        cu = torch.zeros(len(seqs) + 1, dtype=torch.int32, device=self._device)
-        cu[1:] = torch.tensor(lengths, device=self._device).cumsum(0)
-        return flat, cu, [int(x) for x in cu[:-1].tolist()], max(lengths)
-
     @torch.no_grad()
     def _log_probs_at(self, seqs: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """float32 log-softmax over the vocabulary at the given positions of each sequence.
@@ -209,7 +203,10 @@ class EttinLM(TemplateLM):
         One varlen forward for the whole batch (no padding computed); the head runs only where a
         score is needed.
         """
-        flat, cu, starts, longest = self._varlen(seqs)
+        from ettin.eval.handle import flat_batch
+
+        flat, cu, longest = flat_batch(seqs, self._device)
+        starts = cu[:-1].tolist()
         h = self.model.hidden_states(flat, cu_seqlens=cu, max_seqlen=longest)
         index = torch.tensor([s + p for s, pos in zip(starts, positions) for p in pos], dtype=torch.long, device=self._device)
         logp = F.log_softmax(self.model.logits_from_hidden(h[index]).float(), dim=-1)
