@@ -561,7 +561,7 @@ class Trainer:
         r, ctx = self.recipe, self.ctx
         t0 = time.perf_counter()
         every = r.checkpoint.every_tokens
-        eval_every = r.eval.every_tokens if r.eval.data else None
+        eval_every = r.eval.every_tokens
         resume_data = self._resume_data
         stopped = False
         with PhaseProgress(self.opt.progress and ctx.is_main) as bar:
@@ -580,7 +580,7 @@ class Trainer:
                     done = self.phase_tokens >= phase.tokens
                     if self.tokens // every > self._last_tokens // every or done:
                         self.checkpoint(phase)
-                    if eval_every and (self.tokens // eval_every > self._last_tokens // eval_every or done):
+                    if r.eval.data and (done or (eval_every and self.tokens // eval_every > self._last_tokens // eval_every)):
                         losses = self.evaluate(phase)
                         bar.print(f"step {self.step}: held-out " + ", ".join(f"{a} {v:.4f}" for a, v in losses.items()))
                     if self.opt.max_steps is not None and self.step >= self.opt.max_steps:
