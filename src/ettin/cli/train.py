@@ -82,6 +82,11 @@ def register(app: typer.Typer) -> None:
         threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per process (on a busy shared CPU, 1 is often fastest)"),
     ) -> None:
         """Train a pair (or one model) on a recipe: three phases, tagged checkpoints, exact resume."""
+        from ettin.errors import EttinError
+
+        for name, value in (("--max-steps", max_steps), ("--nproc", nproc), ("--threads", threads)):
+            if value is not None and value < 1:
+                raise EttinError(f"{value} must be at least 1", field=name)
         if nproc > 1 and "WORLD_SIZE" not in os.environ:
             raise typer.Exit(_launch(nproc))
         if threads is not None:
