@@ -534,6 +534,8 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         raise EttinError("no such recipe file", path=path, fix="give a YAML recipe, e.g. recipes/demo.yaml")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise EttinError(f"is not UTF-8 text (byte {exc.start})", path=path, fix="save the recipe as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
