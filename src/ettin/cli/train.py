@@ -89,10 +89,6 @@ def register(app: typer.Typer) -> None:
                 raise EttinError(f"{value} must be at least 1", field=name)
         if nproc > 1 and "WORLD_SIZE" not in os.environ:
             raise typer.Exit(_launch(nproc))
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(max(1, threads))
         from rich.console import Console
 
         from ettin.train.trainer import TrainOptions, train
@@ -101,7 +97,7 @@ def register(app: typer.Typer) -> None:
         r = _effective_recipe(recipe, out, resume, overrides, arch, init, revision)
         rank0 = os.environ.get("RANK", "0") == "0"
         result = train(r, TrainOptions(out=out, resume=resume, force=force, progress=progress and rank0,
-                                       max_steps=max_steps, device=device, log=console.print))
+                                       max_steps=max_steps, device=device, threads=threads, log=console.print))
         if rank0:
             _print_summary(console, result)
 
