@@ -47,15 +47,10 @@ def _effective_recipe(recipe: Optional[Path], out: Path, resume: bool, overrides
 
 
 def _print_summary(console, result) -> None:
-    from rich.table import Table
+    from ettin.train.metrics import throughput_table
 
     if result.stats:
-        table = Table(title="throughput (tokens of the shared stream per second, per model)")
-        for col in ("model", "phase", "steps", "tokens", "seconds", "tokens/s"):
-            table.add_column(col, justify="left" if col in ("model", "phase") else "right")
-        for s in result.stats:
-            table.add_row(s.arch, s.phase, str(s.steps), f"{s.tokens:,}", f"{s.seconds:.1f}", f"{s.tokens_per_s:,.0f}")
-        console.print(table)
+        console.print(throughput_table(result.stats))
     state = "finished" if result.finished else "stopped (resume with --resume)"
     losses = ", ".join(f"{a} {v:.4f}" for a, v in result.losses.items())
     console.print(f"{state} at step {result.step:,} ({result.tokens:,} tokens) in {result.seconds:.1f}s; last loss {losses}")

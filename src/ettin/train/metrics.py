@@ -138,3 +138,15 @@ class PhaseProgress:
     def print(self, text: str) -> None:
         if self._progress is not None:
             self._progress.console.print(text)
+
+
+def throughput_table(stats, title: str = "throughput (tokens of the shared stream per second, per model)"):
+    """A rich table of `TrainResult.stats`: steps, tokens, seconds and tokens/s per model and phase."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("model", "phase", "steps", "tokens", "seconds", "tokens/s"):
+        table.add_column(col, justify="left" if col in ("model", "phase") else "right")
+    for s in stats:
+        table.add_row(s.arch, s.phase, str(s.steps), f"{s.tokens:,}", f"{s.seconds:.1f}", f"{s.tokens_per_s:,.0f}")
+    return table
