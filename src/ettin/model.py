@@ -184,6 +184,61 @@ class PredictionHead(nn.Module):
         return self.norm(F.gelu(self.dense(x)))
 
 
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of `h @ weight.T + bias` against labels, for training.
+
+    The forward turns the logits, a slice of rows at a time (small enough to stay in cache), into
+    their own gradient (softmax - one-hot) / n, in place: the [n, V] logits are written once and read
+    once more by the backward's two matmuls, instead of the half-dozen float32 passes of
+    `F.cross_entropy(logits.float(), ...)` and its backward. Same arithmetic, float32 softmax.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, labels, dtype, chunk):
+        n = labels.numel()
+        with torch.autocast(h.device.type, enabled=False):
+            hc, wc = h.to(dtype), weight.to(dtype)
+            g = torch.addmm(bias.to(dtype), hc, wc.t())
+            acc = torch.promote_types(dtype, torch.float32)  # the softmax runs in float32 at least
+            total = torch.zeros((), dtype=acc, device=h.device)
+            grad_bias = torch.zeros(weight.shape[0], dtype=acc, device=h.device)
+            rows = torch.arange(min(chunk, n), device=h.device)
+            for i in range(0, n, chunk):
+                x = g[i : i + chunk].to(acc)  # a view when g is float32: then the loop works in place
+                y = labels[i : i + chunk]
+                lse = torch.logsumexp(x, dim=-1, keepdim=True)
+                total += (lse.squeeze(1) - x.gather(1, y[:, None]).squeeze(1)).sum()
+                x.sub_(lse).exp_()
+                x[rows[: len(y)], y] -= 1.0
+                x.mul_(1.0 / n)
+                grad_bias += x.sum(0)
+                if x.dtype != g.dtype:
+                    g[i : i + chunk].copy_(x)
+        ctx.save_for_backward(hc, wc, g, grad_bias)
+        ctx.dtypes = (h.dtype, weight.dtype, bias.dtype)
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        hc, wc, g, grad_bias = ctx.saved_tensors
+        h_dtype, w_dtype, b_dtype = ctx.dtypes
+        grad_h = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_h = (g @ wc).to(h_dtype) * grad_loss
+        if ctx.needs_input_grad[1]:
+            grad_w = (g.t() @ hc).to(w_dtype) * grad_loss
+        if ctx.needs_input_grad[2]:
+            grad_b = grad_bias.to(b_dtype) * grad_loss
+        return grad_h, grad_w, grad_b, None, None, None
+
+
+def linear_cross_entropy(h, weight, bias, labels, chunk_elements: int = 1 << 20) -> torch.Tensor:
+    """Training loss of the vocabulary projection; every label must be a real class (no -100)."""
+    dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+    chunk = max(1, chunk_elements // weight.shape[0])
+    return _LinearCrossEntropy.apply(h, weight, bias, labels, dtype, chunk)
+
+
 class KVCache:
     """Keys and values of every layer for a batch being generated, preallocated to the final length."""
 
@@ -323,9 +378,12 @@ class EttinModel(nn.Module):
         flat_labels = None
         if labels is not None:
             flat_labels = labels.reshape(-1) if index is None else labels.reshape(-1)[index]
-        if labels is not None and not self.config.is_causal:
+        if labels is not None and (not self.config.is_causal or not return_logits):
             selected = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)
             h, flat_labels = h[selected], flat_labels[selected]
+            if not return_logits and torch.is_grad_enabled() and flat_labels.numel():
+                loss = linear_cross_entropy(self.head(h), self.decoder.weight, self.decoder.bias, flat_labels)
+                return EttinOutput(loss=loss)
             logits = self.logits_from_hidden(h)
             loss = F.cross_entropy(logits.float(), flat_labels) if flat_labels.numel() else logits.sum() * 0.0
             return EttinOutput(logits=logits if return_logits else None, loss=loss)
@@ -333,9 +391,7 @@ class EttinModel(nn.Module):
         loss = None
         if flat_labels is not None:
             loss = F.cross_entropy(logits.float(), flat_labels, ignore_index=IGNORE_INDEX)
-        if not return_logits:
-            logits = None
-        elif cu_seqlens is None:
+        if cu_seqlens is None:
             shape = input_ids.shape if input_ids.dim() == 2 else (1, input_ids.shape[0])
             logits = self._repad(logits, index, tuple(shape))
         return EttinOutput(logits=logits, loss=loss)

@@ -1,0 +1,78 @@
+"""The model's speed paths compute what the plain paths compute (values and gradients)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ettin.attention import Varlen, _sdpa, local_attention
+from ettin.config import config_for_size
+from ettin.model import IGNORE_INDEX, EttinModel, linear_cross_entropy
+
+
+def per_sequence(q, k, v, lengths, causal):
+    outs = []
+    for a, b, c in zip(q.split(lengths), k.split(lengths), v.split(lengths)):
+        o = _sdpa(a.transpose(0, 1)[None], b.transpose(0, 1)[None], c.transpose(0, 1)[None],
+                  causal=causal, half_window=64, scale=0.125)
+        outs.append(o[0].transpose(0, 1))
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("lengths", [[300], [1, 64, 65, 66, 129, 130, 200], [5, 7], [192], [700, 3]])
+def test_block_local_attention_equals_windowed_attention_per_sequence(causal, lengths):
+    torch.manual_seed(0)
+    n = sum(lengths)
+    q, k, v = (torch.randn(n, 2, 64, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    ref = per_sequence(q, k, v, lengths, causal)
+    out = local_attention(q, k, v, Varlen.from_lengths(lengths), causal=causal, half_window=64, scale=0.125)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("vocab", [97, 5000])
+def test_linear_cross_entropy_matches_cross_entropy_and_its_gradients(vocab):
+    torch.manual_seed(0)
+    h = torch.randn(70, 32, dtype=torch.float64, requires_grad=True)
+    w = (0.1 * torch.randn(vocab, 32, dtype=torch.float64)).requires_grad_()
+    b = torch.randn(vocab, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, vocab, (70,))
+    ref = F.cross_entropy(F.linear(h, w, b), y)
+    out = linear_cross_entropy(h, w, b, y, chunk_elements=3 * vocab)  # several chunks, a short last one
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    for a, c in zip(torch.autograd.grad(2.5 * out, (h, w, b)), torch.autograd.grad(2.5 * ref, (h, w, b))):
+        torch.testing.assert_close(a, c, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("arch", ["encoder", "decoder"])
+def test_training_loss_without_logits_equals_the_loss_with_logits(arch):
+    torch.manual_seed(0)
+    model = EttinModel(config_for_size("tiny", arch, vocab_size=300))
+    ids = torch.randint(0, 290, (230,))
+    labels = torch.where(torch.rand(230) < 0.3, ids, torch.full_like(ids, IGNORE_INDEX))
+    cu = torch.tensor([0, 150, 230], dtype=torch.int32)
+    grads = []
+    for return_logits in (True, False):
+        model.zero_grad()
+        out = model(ids, cu_seqlens=cu, labels=labels, return_logits=return_logits)
+        out.loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        assert (out.logits is None) == (not return_logits)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_training_loss_under_bf16_autocast_stays_close_to_float32():
+    torch.manual_seed(0)
+    model = EttinModel(config_for_size("tiny", "decoder", vocab_size=300))
+    ids = torch.randint(0, 290, (120,))
+    labels = torch.cat([ids[1:], torch.tensor([IGNORE_INDEX])])
+    cu = torch.tensor([0, 120], dtype=torch.int32)
+    ref = model(ids, cu_seqlens=cu, labels=labels, return_logits=False).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(ids, cu_seqlens=cu, labels=labels, return_logits=False).loss
+    low.backward()
+    assert low.dtype == torch.float32 and abs(low.item() - ref.item()) < 0.02
+    assert model.decoder.weight.grad.dtype == torch.float32 and torch.isfinite(model.decoder.weight.grad).all()
