@@ -6,6 +6,7 @@ Each area keeps its commands in its own module here and adds them with `register
 from __future__ import annotations
 
 import errno
+import importlib
 import sys
 
 import typer
@@ -22,17 +23,17 @@ app = typer.Typer(
 
 
 def _register_all() -> None:
-    from ettin.cli import models
+    from ettin.cli import data, demo, evaluate, harness, models, tokenizer, train
 
-    models.register(app)
-    for name in ("tokenizer", "data", "train", "evaluate", "bench"):
-        try:
-            module = __import__(f"ettin.cli.{name}", fromlist=["register"])
-        except ModuleNotFoundError as exc:  # an area not built yet
-            if exc.name != f"ettin.cli.{name}":
-                raise
-            continue
+    for module in (demo, models, tokenizer, data, train, evaluate, harness):
         module.register(app)
+    try:
+        bench = importlib.import_module("ettin.cli.bench")
+    except ModuleNotFoundError as exc:  # the benchmark commands are still being written
+        if exc.name != "ettin.cli.bench":
+            raise
+    else:
+        bench.register(app)
 
 
 _register_all()

@@ -1,0 +1,73 @@
+"""`ettin demo`: the main job, from nothing to a report of the pair."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _summary(console, result) -> None:
+    from rich.table import Table
+
+    if result.train_stats:
+        table = Table(title="training (tokens of the shared stream per second, per model)")
+        for col in ("model", "phase", "steps", "tokens", "seconds", "tokens/s"):
+            table.add_column(col, justify="left" if col in ("model", "phase") else "right")
+        for s in result.train_stats:
+            table.add_row(s.arch, s.phase, str(s.steps), f"{s.tokens:,}", f"{s.seconds:.1f}", f"{s.tokens_per_s:,.0f}")
+        console.print(table)
+    res = result.results or {}
+    pair = res.get("pair", {})
+    if pair.get("tasks"):
+        models = res["models"]
+        enc, dec = pair["encoder"], pair["decoder"]
+        table = Table(title=f"the pair on the {res.get('suite')} suite (95% intervals in report.md)")
+        for col in ("task", "metric", "encoder", "decoder", "decoder - encoder", "chance"):
+            table.add_column(col, justify="left" if col in ("task", "metric") else "right")
+        for task in res["tasks"]:
+            e = models[enc]["tasks"].get(task, {})
+            d = models[dec]["tasks"].get(task, {})
+            if e.get("status") != "ok" or d.get("status") != "ok":
+                table.add_row(task, "", e.get("status", "-"), d.get("status", "-"), "", "")
+                continue
+            table.add_row(task, e["metric"], f"{e['value']:.3f}", f"{d['value']:.3f}",
+                          f"{d['value'] - e['value']:+.3f}", f"{e['chance']:.3f}")
+        console.print(table)
+    table = Table(title="steps")
+    table.add_column("step")
+    table.add_column("seconds", justify="right")
+    for name, secs in result.seconds.items():
+        table.add_row(name, f"{secs:.1f}")
+    table.add_row("[bold]total[/bold]", f"[bold]{sum(result.seconds.values()):.1f}[/bold]")
+    console.print(table)
+    console.print("written:")
+    for what, path in result.written:
+        console.print(f"  {what:<28} {path}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo_cmd(
+        out: str = typer.Option("runs/demo", "--out", help="folder for everything the demo writes"),
+        recipe: Optional[Path] = typer.Option(None, "--recipe", help="recipe (default: recipes/demo.yaml)"),
+        overrides: list[str] = typer.Option([], "--set", help="override a recipe field, e.g. --set phases.0.tokens=200K"),
+        suite: str = typer.Option("quick", "--suite", help="evaluation suite: quick or full"),
+        no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
+    ) -> None:
+        """Tokenizer, data, a CPU pair through three phases, HF export and reload, evaluation, report."""
+        from rich.console import Console
+
+        from ettin.cli.evaluate import _RichProgress
+        from ettin.demo import run_demo
+
+        console = Console()
+        with _RichProgress(console, enabled=not no_progress) as progress:
+            result = run_demo(out, recipe=recipe, overrides=overrides, suite=suite, progress=not no_progress,
+                              log=console.print, eval_progress=progress)
+        _summary(console, result)
+        console.print(f"[bold]report:[/bold] {Path(out) / 'report.md'}")
+        if result.results and result.results.get("failed"):
+            console.print(f"[red]{len(result.results['failed'])} evaluation(s) failed; see report.md[/red]")
+            raise SystemExit(1)

@@ -1,0 +1,142 @@
+"""The main job: a CPU pair from nothing to a report, with what each step wrote.
+
+tokenizer -> prepared shards -> the pair trained through all three phases -> both exported to
+Hugging Face -> both loaded back with transformers (and checked against ettin) -> both evaluated on
+the quick suite -> report. Every step is the library call the matching `ettin` command makes, and
+every step is idempotent, so an interrupted demo picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ettin.errors import EttinError
+
+DEMO_RECIPE = "demo.yaml"
+
+
+def recipe_path() -> Path:
+    """recipes/demo.yaml of this checkout (the package is installed from the repository)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent / "recipes" / DEMO_RECIPE
+        if candidate.is_file():
+            return candidate
+    raise EttinError("cannot find recipes/demo.yaml", fix="run from an ettin checkout or give --recipe PATH")
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    seconds: dict[str, float] = field(default_factory=dict)
+    written: list[tuple[str, Path]] = field(default_factory=list)
+    train_stats: list = field(default_factory=list)
+    hf_check: dict[str, dict] = field(default_factory=dict)
+    results: dict | None = None
+
+
+def _step(result: DemoResult, name: str, log: Callable[[str], None]):
+    class _Timer:
+        def __enter__(self):
+            log(f"[bold]== {name}[/bold]")
+            self.t0 = time.perf_counter()
+
+        def __exit__(self, *exc):
+            result.seconds[name] = time.perf_counter() - self.t0
+
+    return _Timer()
+
+
+def check_with_transformers(model_dir: Path, arch: str, text: str) -> dict:
+    """Load an export with transformers' Auto classes and compare its logits with ettin's on `text`."""
+    import torch
+    import transformers
+
+    from ettin import hf
+
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    auto = transformers.AutoModelForMaskedLM if arch == "encoder" else transformers.AutoModelForCausalLM
+    theirs = auto.from_pretrained(model_dir, attn_implementation="sdpa").eval()
+    ours = hf.load_dir(model_dir).eval()
+    enc = tok(text, return_tensors="pt")
+    with torch.no_grad():
+        a = theirs(**enc).logits
+        b = ours(enc["input_ids"], enc["attention_mask"]).logits
+    check = {"class": type(theirs).__name__, "tokens": int(enc["input_ids"].shape[1]),
+             "max_abs_diff": float((a - b).abs().max())}
+    if arch == "decoder":
+        prompt = tok("The history of", return_tensors="pt", add_special_tokens=False)
+        ids = torch.cat([torch.tensor([[tok.cls_token_id]]), prompt["input_ids"]], 1)
+        out = theirs.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+        check["sample"] = tok.decode(out[0, 1:], skip_special_tokens=True)
+        check["generate_matches_ettin"] = bool(torch.equal(out, ours.generate(ids, max_new_tokens=12)[:, : out.shape[1]]))
+    else:
+        masked = tok(f"The capital of France is {tok.mask_token}.", return_tensors="pt")
+        with torch.no_grad():
+            logits = theirs(**masked).logits[0]
+        where = int((masked["input_ids"][0] == tok.mask_token_id).nonzero()[0])
+        top = logits[where].topk(5).indices.tolist()
+        check["sample"] = "[MASK] -> " + ", ".join(repr(tok.decode([i]).strip()) for i in top)
+    return check
+
+
+def run_demo(
+    out: str | Path = "runs/demo",
+    *,
+    recipe: str | Path | None = None,
+    overrides: list[str] | None = None,
+    suite: str = "quick",
+    tasks: list[str] | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    eval_progress=None,
+) -> DemoResult:
+    from ettin import hf
+    from ettin.eval.runner import compare_run
+    from ettin.recipe import load_recipe
+    from ettin.train.trainer import RECIPE_FILE, TrainOptions, train
+
+    out = Path(out)
+    result = DemoResult(out=out)
+    run_dir = out / "pair"
+    sets = [f"tokenizer={out / 'tokenizer'}", f"data_dir={out / 'data'}", *(overrides or [])]
+    r = load_recipe(recipe or recipe_path(), sets)
+
+    with _step(result, "train the pair (tokenizer, data, three phases)", log):
+        resume = (run_dir / RECIPE_FILE).is_file()
+        if resume:
+            log(f"continuing the run in {run_dir} (the demo is idempotent)")
+        trained = train(r, TrainOptions(out=run_dir, resume=resume, progress=progress, log=log))
+        result.train_stats = trained.stats
+        if not trained.finished:
+            raise EttinError("training stopped before the end of the recipe", path=run_dir,
+                             fix="run `make demo` again to continue")
+    result.written += [("tokenizer", Path(r.tokenizer)), ("prepared data", Path(r.data_dir)), ("training run", run_dir)]
+
+    exports = {}
+    with _step(result, "export both to Hugging Face", log):
+        for arch in ("encoder", "decoder"):
+            target = out / f"{arch}-hf"
+            hf.export(run_dir / arch, target, overwrite=True)
+            exports[arch] = target
+            result.written.append((f"{arch} (Hugging Face)", target))
+            log(f"{arch}: {target}")
+
+    with _step(result, "load both back with transformers", log):
+        text = "Paired encoders and decoders share one recipe and one stream of data."
+        for arch, target in exports.items():
+            check = check_with_transformers(target, arch, text)
+            result.hf_check[arch] = check
+            log(f"{arch}: {check['class']} max |logits - ettin| = {check['max_abs_diff']:.2e}; {check['sample']}")
+
+    with _step(result, f"evaluate both on the {suite} suite and write the report", log):
+        result.results = compare_run(run_dir, out, suite=suite, seed=r.seed, tasks=tasks, limit=limit,
+                                     progress=eval_progress)
+    for name in ("report.md", "results.json"):
+        result.written.append((name, out / name))
+    result.written += [(p.name, p) for p in sorted(out.glob("*.png"))]
+    return result
