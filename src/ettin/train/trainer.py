@@ -309,13 +309,15 @@ class Trainer:
             self.log(f"{self.out}: no checkpoint yet, starting from the beginning")
 
         if ctx.is_main:
-            from ettin.data.order import ORDER_DIR, OrderWriter
+            from ettin.data.order import ORDER_DIR, OrderWriter, plan_from_recipe
+
+            plan = plan_from_recipe(r)  # plan.json: the order can be regenerated from the data and the seed
 
             resumed = self.step if resume_from else None
             for m in self.members:
                 m.dir.mkdir(parents=True, exist_ok=True)
                 m.metrics = MetricsLog(m.dir, resume_step=resumed, tensorboard=self.opt.tensorboard)
-                m.order = OrderWriter(m.dir / ORDER_DIR)
+                m.order = OrderWriter(m.dir / ORDER_DIR, plan=plan)
                 m.order.truncate_after(self.step)
                 ck.remove_leftovers(m.dir)
                 removed = ck.drop_tags_after(m.dir, self.step)
