@@ -11,13 +11,10 @@ import typer
 def _summary(console, result) -> None:
     from rich.table import Table
 
+    from ettin.train.metrics import throughput_table
+
     if result.train_stats:
-        table = Table(title="training (tokens of the shared stream per second, per model)")
-        for col in ("model", "phase", "steps", "tokens", "seconds", "tokens/s"):
-            table.add_column(col, justify="left" if col in ("model", "phase") else "right")
-        for s in result.train_stats:
-            table.add_row(s.arch, s.phase, str(s.steps), f"{s.tokens:,}", f"{s.seconds:.1f}", f"{s.tokens_per_s:,.0f}")
-        console.print(table)
+        console.print(throughput_table(result.train_stats, "training (tokens of the shared stream per second, per model)"))
     res = result.results or {}
     pair = res.get("pair", {})
     if pair.get("tasks"):
