@@ -207,6 +207,7 @@ def register(app: typer.Typer) -> None:
         tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="decode the shown sequences with this tokenizer"),
         check: bool = typer.Option(False, "--check", help="regenerate the order from the prepared data and seed and compare"),
         data_dir: Optional[Path] = typer.Option(None, "--data", help="with --check: the prepared data folder, if it moved"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="with --export: replace an existing file"),
     ) -> None:
         """Show, export or check the recorded data order (one row per training sequence)."""
         from ettin.data.order import order_steps, read_order, read_plan, regenerate_order
@@ -224,6 +225,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"{folder}: the regenerated order differs from the recorded one at step {first}")
             raise typer.Exit(1)
         if export is not None:
+            if export.exists() and not overwrite:
+                raise EttinError("exists", path=export, field="--export", fix="choose another file or pass --overwrite")
             table = read_order(folder, step)
             if step is not None and table.num_rows == 0:
                 raise EttinError(f"step {step} is not recorded", path=folder, field="--step")
