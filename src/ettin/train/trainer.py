@@ -268,6 +268,8 @@ class Trainer:
             ensure_data(r, ensure_tokenizer(r, self.log), self.log)
 
         def save_run_recipe() -> None:  # only once the models exist: a start that fails leaves no run behind
+            if self.opt.resume and not self.opt.force and (self.out / RECIPE_FILE).is_file():
+                return  # the same recipe (prepare_run_dir refused any change): nothing to write
             self.out.mkdir(parents=True, exist_ok=True)
             if self.opt.resume and self.opt.force and (self.out / RECIPE_FILE).is_file():
                 (self.out / RECIPE_FILE).replace(self.out / f"recipe.before-{int(time.time())}.yaml")
