@@ -42,6 +42,21 @@ def test_results_are_deterministic_for_a_seed(quick_results, tiny_run):
     assert other["tasks"]["arc_easy"]["item_ids"] != first["tasks"]["arc_easy"]["item_ids"]
 
 
+def test_full_suite_fine_tunes(tiny_run):
+    """The full suite's methods (LR grid on a dev slice, contrastive tuning shared by both retrieval
+    tasks) on a handful of items."""
+    res = runner.evaluate_model(tiny_run / "decoder", ["rte", "wiki_retrieval", "sciq_retrieval"], "full", limit=4)
+    assert res["failed"] == []
+    rte = res["tasks"]["rte"]
+    assert rte["method"].startswith("fine-tuning: last pooling") and len(rte["details"]["dev_acc"]) == 3
+    assert rte["details"]["n_train"] + rte["details"]["n_dev"] == 20
+    for name in ("wiki_retrieval", "sciq_retrieval"):
+        r = res["tasks"][name]
+        assert r["method"].startswith("contrastive fine-tuning") and "zero_shot" in r["details"]
+        assert r["details"]["contrastive"]["pairs"] == 20 and r["details"]["contrastive"]["scale"] == 20.0
+    assert res["tasks"]["sciq_retrieval"]["details"]["corpus"] == 20
+
+
 def test_a_failing_task_keeps_the_others(tiny_run, tmp_path, monkeypatch):
     def broken():
         raise RuntimeError("data went missing")
@@ -90,6 +105,24 @@ def test_compare_run_writes_report_plots_and_dynamics(tiny_run, tmp_path):
     # the same run at an earlier revision: that tag everywhere, dynamics stop there
     early = runner.compare_run(tiny_run, tmp_path / "early", tasks=["sst2"], limit=4, revision="step1")
     assert early["models"]["decoder"]["tag"] == "step1" and early["dynamics"] == {}
+
+
+def test_compare_with_baselines_and_overlap(tiny_run, tmp_path):
+    (tiny_run / "recipe.yaml").write_text("prepare: {sources: [wiki]}\nphases: [{data: {mixture: [{source: shakespeare}]}}]\n")
+    try:
+        assert runner.recipe_sources(tiny_run) == ["shakespeare", "wiki"]
+        res = runner.compare_run(tiny_run, tmp_path / "b", tasks=["wiki_topic", "lambada"], limit=3,
+                                 baselines=True, max_checkpoints=2, threads=1)
+    finally:
+        (tiny_run / "recipe.yaml").unlink()
+    assert list(res["models"]) == ["encoder", "decoder", "encoder-init", "decoder-init"]
+    assert res["models"]["encoder-init"]["baseline_of"] == "encoder"
+    assert set(res["models"]["decoder"]["vs_init"]) == {"wiki_topic", "lambada"}
+    assert [p["tag"] for p in res["dynamics"]["encoder"]] == ["init", "step1", "step2"]
+    assert res["pretraining_overlap"] == {"wiki_topic": ["wiki"]}
+    assert res["models"]["encoder"]["results"]["threads"] == 1
+    report = (tmp_path / "b" / "report.md").read_text()
+    assert "against its random initialisation" in report and "Data overlap" in report and "encoder-init" in report
 
 
 def test_compare_run_refuses_what_is_not_a_pair(tiny_run, tmp_path):

@@ -88,6 +88,7 @@ def register(app: typer.Typer) -> None:
         limit: Optional[int] = typer.Option(None, "--limit", help="at most this many items per task"),
         tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer folder (default: the model's)"),
         pooling: Optional[str] = typer.Option(None, "--pooling", help="mean, cls or last (default: mean for encoders, last for decoders)"),
+        threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (1 is much faster on a busy machine)"),
         list_tasks: bool = typer.Option(False, "--list-tasks", help="list the tasks and suites, then exit"),
         no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
     ) -> None:
@@ -107,7 +108,7 @@ def register(app: typer.Typer) -> None:
         _check_not_pair(model)
         with _RichProgress(console, enabled=not no_progress) as progress:
             res = evaluate_model(model, tasks, suite, out, seed, revision=revision, tokenizer=tokenizer,
-                                 pooling=pooling, limit=limit, progress=progress)
+                                 pooling=pooling, limit=limit, threads=threads, progress=progress)
         console.print(f"evaluated {res['model']} ({res['info']['arch']}) on {len(res['tasks'])} tasks "
                       f"in {res['seconds']:.0f}s")
         for name in res["tasks"]:
@@ -129,6 +130,8 @@ def register(app: typer.Typer) -> None:
         checkpoints: int = typer.Option(4, "--checkpoints", help="checkpoints per model for the dynamics plot"),
         limit: Optional[int] = typer.Option(None, "--limit", help="at most this many items per task"),
         tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer folder (default: the models')"),
+        baselines: bool = typer.Option(False, "--baselines", help="also evaluate the pair's random initialisation"),
+        threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (1 is much faster on a busy machine)"),
         no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
     ) -> None:
         """Evaluate a run's encoder and decoder on the same tasks; write report.md, results.json, plots."""
@@ -141,7 +144,8 @@ def register(app: typer.Typer) -> None:
         console = Console()
         with _RichProgress(console, enabled=not no_progress) as progress:
             res = compare_run(run, out, suite, seed, tasks=tasks, revision=revision, dynamics=dynamics,
-                              max_checkpoints=checkpoints, limit=limit, tokenizer=tokenizer, progress=progress)
+                              max_checkpoints=checkpoints, limit=limit, tokenizer=tokenizer, baselines=baselines,
+                              threads=threads, progress=progress)
         console.print(f"compared {', '.join(res['models'])} on {len(res['tasks'])} tasks in {res['seconds']:.0f}s")
         for f in res["files"]:
             console.print(f"  wrote {f}")

