@@ -165,21 +165,11 @@ def varlen_attention(
     return torch.cat(outs)
 
 
-def cached_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    q_pos: torch.Tensor,
-    k_pos: torch.Tensor,
-    k_valid: torch.Tensor,
-    *,
-    half_window: int | None,
-    scale: float,
-) -> torch.Tensor:
-    """Causal attention of new queries against a key/value cache (generation).
+def cache_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, k_valid: torch.Tensor, half_window: int | None) -> torch.Tensor:
+    """[B, 1, Tq, S] mask for new queries against a key/value cache (generation).
 
-    q [B, H, Tq, D]; k, v [B, H, S, D]; q_pos [B, Tq] and k_pos [B, S] are positions inside each
-    sequence; k_valid [B, S] marks real (non-padding) cache slots.
+    q_pos [B, Tq] and k_pos [B, S] are positions inside each sequence; k_valid [B, S] marks real
+    (non-padding) cache slots. One mask serves every layer of a kind, so it is built once per step.
     """
     qp = q_pos[:, None, :, None]
     kp = k_pos[:, None, None, :]
@@ -187,5 +177,9 @@ def cached_attention(
     if half_window is not None:
         allowed = allowed & (kp > qp - half_window)
     # A padding query sees no key; let it see all of them so softmax stays finite (its output is unused).
-    allowed = allowed | ~allowed.any(-1, keepdim=True)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
+    return allowed | ~allowed.any(-1, keepdim=True)
+
+
+def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, *, scale: float):
+    """Causal attention of new queries q [B, H, Tq, D] against a cache k, v [B, H, S, D]."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ettin.attention import Varlen, cached_attention, varlen_attention
+from ettin.attention import Varlen, cache_mask, cached_attention, varlen_attention
 from ettin.config import ModelConfig
 
 IGNORE_INDEX = -100
@@ -63,10 +63,9 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [..., H, D]; cos/sin [..., D] broadcast over heads. Computed in float32 like transformers."""
+    """x [..., D]; cos/sin broadcastable to x. Computed in float32 like transformers."""
     dtype = x.dtype
     x = x.float()
-    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
     return (x * cos + rotate_half(x) * sin).to(dtype)
 
 
@@ -96,8 +95,10 @@ class Attention(nn.Module):
         return None if self.is_global else self.config.half_window
 
     def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        q, k, v = self.Wqkv(x).view(*x.shape[:-1], 3, self.num_heads, self.head_dim).unbind(-3)
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+        qkv = self.Wqkv(x).view(*x.shape[:-1], 3, self.num_heads, self.head_dim)
+        # Q and K rotate together: one pass over [..., 2, H, D] with cos/sin broadcast over both and the heads.
+        q, k = apply_rotary(qkv[..., :2, :, :], cos[..., None, None, :], sin[..., None, None, :]).unbind(-3)
+        return q, k, qkv[..., 2, :, :]
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seqs: Varlen) -> torch.Tensor:
         """x [N, hidden] (flat batch)."""
@@ -111,10 +112,7 @@ class Attention(nn.Module):
         """x [B, T, hidden] of new tokens; keys and values are appended to the cache."""
         q, k, v = self._qkv(x, cos, sin)
         k_all, v_all = cache.append(layer_idx, k.transpose(1, 2), v.transpose(1, 2))
-        out = cached_attention(
-            q.transpose(1, 2), k_all, v_all, cache.new_positions, cache.positions, cache.valid,
-            half_window=self.half_window, scale=self.head_dim**-0.5,
-        )
+        out = cached_attention(q.transpose(1, 2), k_all, v_all, cache.mask(self.half_window), scale=self.head_dim**-0.5)
         return self.Wo(out.transpose(1, 2).reshape(x.shape))
 
 
@@ -257,6 +255,12 @@ class KVCache:
         self.valid_all[:, self.length : self.length + t] = valid
         self.new_positions = positions
         self._end = self.length + t
+        self._masks: dict = {}
+
+    def mask(self, half_window: int | None) -> torch.Tensor:
+        if half_window not in self._masks:
+            self._masks[half_window] = cache_mask(self.new_positions, self.positions, self.valid, half_window)
+        return self._masks[half_window]
 
     def end_step(self) -> None:
         self.length = self._end
