@@ -43,7 +43,43 @@ def assets(tmp_path_factory, small_tokenizer_dir) -> Path:
     hf.init_model("tiny", "encoder", root / "enc", tokenizer=root / "tok", seed=0)
     hf.init_model("tiny", "decoder", root / "dec", tokenizer=root / "tok", seed=0)
     (root / "corpus.txt").write_text("The quick brown fox jumps over the lazy dog.\n" * 200, encoding="utf-8")
+    _prepared_data_and_run(root)
     return root
+
+
+def _prepared_data_and_run(root: Path) -> None:
+    """data/wiki (several shards), tok2 (another tokenizer), r.yaml (a tiny pair recipe) and run/ (its
+    run: two checkpoints per model)."""
+    import itertools
+
+    import torch
+    import yaml
+
+    from ettin.data.prepare import prepare
+    from ettin.data.sources import builtin_texts
+    from ettin.recipe import load_recipe
+    from ettin.tokenizer import train_tokenizer
+    from ettin.train.trainer import TrainOptions, train
+
+    with open(root / "wiki.jsonl", "w", encoding="utf-8") as f:
+        for text in itertools.islice(builtin_texts("wiki"), 60):
+            f.write(json.dumps({"text": text}) + "\n")
+    prepare([f"wiki=jsonl:{root / 'wiki.jsonl'}"], root / "tok", root / "data", shard_tokens=3000)
+    train_tokenizer([(root / "corpus.txt").read_text()] * 3, 320, root / "tok2")
+    recipe = {
+        "model": {"size": "tiny", "max_position_embeddings": 64}, "tokenizer": str(root / "tok"),
+        "data_dir": str(root / "data"), "precision": "fp32", "micro_batch_size": 4,
+        "checkpoint": {"every_tokens": 128},
+        "phases": [{"tokens": 260, "seq_len": 32, "batch_size": 4, "data": {"mixture": {"wiki": 1}}}],
+    }
+    (root / "r.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(load_recipe(root / "r.yaml"), TrainOptions(out=root / "run", progress=False, tensorboard=False,
+                                                         log=lambda *_: None))
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------------- ways to break input
@@ -125,6 +161,65 @@ def edit_safetensors_header(rel: str, change: Callable[[dict], None]) -> Callabl
         (work / rel).write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n :])
 
     return setup
+
+
+def edit_recipe(change: Callable[[dict], None], name: str = "r.yaml") -> Callable[[Path, Path], None]:
+    """The assets' tiny recipe, changed, written as `name` in the case's folder."""
+
+    def setup(work: Path, assets: Path) -> None:
+        import yaml
+
+        raw = yaml.safe_load((assets / "r.yaml").read_text(encoding="utf-8"))
+        change(raw)
+        (work / name).write_text(yaml.safe_dump(raw), encoding="utf-8")
+
+    return setup
+
+
+def latest_state(work: Path, arch: str = "encoder") -> Path:
+    from ettin.train import checkpoint as ck
+
+    return ck.latest_full_state(work / "run" / arch)
+
+
+def damage_latest_checkpoint(work: Path, assets: Path) -> None:
+    with open(latest_state(work) / "model.safetensors", "r+b") as f:
+        f.truncate(100)
+
+
+def pickled_shard(work: Path, assets: Path) -> None:
+    import numpy as np
+
+    shard = work / "data" / "wiki" / "tokens-00000.npy"
+    np.save(shard, np.array([Payload(), 1], dtype=object), allow_pickle=True)
+    edit_json("data/wiki/manifest.json",
+              lambda m: m["shards"][0]["tokens"].update(bytes=shard.stat().st_size))(work, assets)
+
+
+def flip_byte(rel: str, offset: int) -> Callable[[Path, Path], None]:
+    def setup(work: Path, assets: Path) -> None:
+        with open(work / rel, "r+b") as f:
+            f.seek(offset)
+            b = f.read(1)
+            f.seek(offset)
+            f.write(bytes([b[0] ^ 1]))
+
+    return setup
+
+
+def order_part(work: Path, arch: str, index: int) -> Path:
+    return sorted((work / "run" / arch / "data_order").glob("part-*.parquet"))[index]
+
+
+def tamper_order_rows(work: Path, assets: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    part = order_part(work, "decoder", 0)
+    table = pq.read_table(part)
+    cols = table.to_pydict()
+    cols["input_ids"][0] = cols["input_ids"][0][::-1]
+    pq.write_table(pa.table(cols, schema=table.schema), part)
 
 
 class Payload:
@@ -266,6 +361,131 @@ CASES = [
     Case("tok-train-out-exists", "tokenizer train --corpus corpus.txt --vocab-size 512 --out tok",
          r"tok: exists and is not empty", copy("corpus.txt", "tok")),
     Case("tok-modernbert-out-exists", "tokenizer modernbert --out tok", r"tok: exists and is not empty", copy("tok")),
+    # ---------------------------------------------------------------- data prepare
+    Case("prepare-source-not-utf8", "data prepare --source c=text:bad.txt --tokenizer tok --out d",
+         r"bad.txt: \d+ byte\(s\) that are not UTF-8", chain(copy("tok"), write("bad.txt", b"text " + GARBAGE))),
+    Case("prepare-source-empty", "data prepare --source c=text:empty.txt --tokenizer tok --out d",
+         r"empty.txt: field 'source': no text to prepare", chain(copy("tok"), write("empty.txt", ""))),
+    Case("prepare-jsonl-bad-line", "data prepare --source c=jsonl:c.jsonl --tokenizer tok --out d",
+         r"c.jsonl: malformed JSONL line\(s\) 2", chain(copy("tok"), write("c.jsonl", '{"text": "a b c"}\n{"text": \n'))),
+    Case("prepare-source-missing", "data prepare --source c=text:nowhere.txt --tokenizer tok --out d",
+         r"nowhere.txt: field 'source': no such file or folder", copy("tok")),
+    Case("prepare-source-unknown-kind", "data prepare --source c=csv:wiki.jsonl --tokenizer tok --out d",
+         r"unknown source kind 'csv'", copy("tok", "wiki.jsonl")),
+    Case("prepare-two-sources-one-name", "data prepare --source c=jsonl:wiki.jsonl --source c=text:corpus.txt --tokenizer tok --out d",
+         r"two sources share a name", copy("tok", "wiki.jsonl", "corpus.txt")),
+    Case("prepare-tokenizer-missing", "data prepare --source c=jsonl:wiki.jsonl --tokenizer nowhere --out d",
+         r"nowhere: is not a tokenizer directory", copy("wiki.jsonl")),
+    Case("prepare-shard-tokens-zero", "data prepare --source c=jsonl:wiki.jsonl --tokenizer tok --out d --shard-tokens 0",
+         r"field 'shard_tokens': shard_tokens must be positive", copy("tok", "wiki.jsonl")),
+    Case("prepare-unknown-split", "data prepare --source c=text:corpus.txt --tokenizer tok --out d --split sentence",
+         r"unknown split 'sentence'", copy("tok", "corpus.txt")),
+    Case("prepare-out-has-another-tokenizers-data", "data prepare --source wiki=jsonl:wiki.jsonl --tokenizer tok2 --out data",
+         r"data: field 'tokenizer': 'wiki' here was prepared with another tokenizer", copy("tok2", "wiki.jsonl", "data")),
+    # ---------------------------------------------------------------- data inspect / mixture
+    Case("inspect-missing", "data inspect nowhere", r"nowhere: no such folder"),
+    Case("inspect-not-data", "data inspect tok", r"tok: no prepared sources here", copy("tok")),
+    Case("inspect-shard-truncated", "data inspect data", r"data/wiki/tokens-00001.npy: shard file has 100 bytes",
+         chain(copy("data"), truncate("data/wiki/tokens-00001.npy", 100))),
+    Case("inspect-shard-missing", "data inspect data", r"data/wiki/docs-00000.npy: shard file is missing",
+         chain(copy("data"), remove("data/wiki/docs-00000.npy"))),
+    Case("inspect-manifest-not-json", "data inspect data", r"data/wiki/manifest.json: manifest is not valid JSON",
+         chain(copy("data"), write("data/wiki/manifest.json", '{"format": '))),
+    Case("inspect-manifest-not-utf8", "data inspect data", r"data/wiki/manifest.json: manifest is not valid JSON",
+         chain(copy("data"), write("data/wiki/manifest.json", GARBAGE))),
+    Case("inspect-manifest-version", "data inspect data", r"manifest version 99 is not 1",
+         chain(copy("data"), edit_json("data/wiki/manifest.json", lambda m: m.update(version=99)))),
+    Case("inspect-verify-tampered-shard", "data inspect data --verify", r"tokens-00001.npy: shard file's sha256 differs",
+         chain(copy("data"), flip_byte("data/wiki/tokens-00001.npy", 200))),
+    Case("inspect-pickled-shard", "data inspect data", r"tokens-00000.npy: is not a plain numeric array",
+         chain(copy("data"), pickled_shard)),
+    Case("mixture-weight-not-a-number", "data mixture --data data --weight wiki=lots",
+         r"field '--weight': 'lots' \(for wiki\) is not a number", copy("data")),
+    Case("mixture-unknown-source", "data mixture --data data --weight books=1", r"data/books: no prepared data here", copy("data")),
+    Case("mixture-negative-weight", "data mixture --data data --weight wiki=-1", r"weight -1.0 is not positive", copy("data")),
+    Case("mixture-tokens-unreadable", "data mixture --data data --weight wiki=1 --tokens many",
+         r"field '--tokens': cannot read 'many'", copy("data")),
+    # ---------------------------------------------------------------- data order / pair verify
+    Case("order-missing", "data order nowhere", r"nowhere: no such folder"),
+    Case("order-step-not-recorded", "data order run --step 999", r"field '--step': step 999 is not recorded", copy("run")),
+    Case("order-export-unknown-format", "data order run --export rows.csv", r"rows.csv: field '--export': unknown export format",
+         copy("run")),
+    Case("order-export-exists", "data order run --export corpus.txt.jsonl", r"corpus.txt.jsonl: field '--export': exists",
+         chain(copy("run"), write("corpus.txt.jsonl", "mine\n"))),
+    Case("order-damaged-part", "data order run --arch decoder", r"part-\d+.parquet: is not a readable data-order part",
+         chain(copy("run"), lambda w, a: order_part(w, "decoder", 0).write_bytes(b"PAR1 not really"))),
+    Case("pair-verify-no-decoder", "pair verify run", r"no decoder data order", chain(copy("run"), remove("run/decoder"))),
+    Case("pair-verify-tampered-rows", "pair verify run", r"step \d+: rows do not match their batch_hash",
+         chain(copy("run"), tamper_order_rows)),
+    # ---------------------------------------------------------------- train: the recipe
+    Case("train-recipe-missing", "train nowhere.yaml --out o", r"nowhere.yaml: no such recipe file"),
+    Case("train-recipe-empty", "train r.yaml --out o", r"r.yaml: field 'model': gives neither a size nor the full shape",
+         write("r.yaml", "")),
+    Case("train-recipe-not-utf8", "train r.yaml --out o", r"r.yaml: is not UTF-8 text", write("r.yaml", b"name: " + GARBAGE)),
+    Case("train-recipe-a-list", "train r.yaml --out o", r"r.yaml: must hold a mapping of recipe fields, got a list",
+         write("r.yaml", "- tiny\n")),
+    Case("train-recipe-not-yaml", "train r.yaml --out o", r"r.yaml: is not valid YAML at line 2",
+         write("r.yaml", "name: x\n  bad: [\n")),
+    Case("train-recipe-python-tag", "train r.yaml --out o", r"r.yaml: is not valid YAML .*python/object/apply",
+         write("r.yaml", "name: !!python/object/apply:builtins.open ['PWNED', 'w']\n")),
+    Case("train-recipe-unknown-key", "train r.yaml --out o", r"r.yaml: field 'sede': unknown key 'sede'",
+         edit_recipe(lambda r: r.update(sede=5))),
+    Case("train-recipe-wrong-type", "train r.yaml --out o", r"r.yaml: field 'seed': must be an integer, got str 'abc'",
+         edit_recipe(lambda r: r.update(seed="abc"))),
+    Case("train-recipe-out-of-range", "train r.yaml --out o", r"field 'phases.0.mask_rate': 1.5 is above the maximum 1.0",
+         edit_recipe(lambda r: r["phases"][0].update(mask_rate=1.5))),
+    Case("train-recipe-unknown-size", "train r.yaml --out o", r"field 'model.size': unknown size 'huge'",
+         edit_recipe(lambda r: r["model"].update(size="huge"))),
+    Case("train-recipe-no-phases", "train r.yaml --out o", r"field 'phases': no phases given",
+         edit_recipe(lambda r: r.update(phases=[]))),
+    Case("train-tokenizer-missing", "train r.yaml --out o", r"nowhere: field 'tokenizer': no tokenizer here",
+         edit_recipe(lambda r: r.update(tokenizer="nowhere"))),
+    Case("train-source-not-prepared", "train r.yaml --out o", r"field 'data': source\(s\) books not prepared here",
+         edit_recipe(lambda r: r["phases"][0]["data"].update(mixture={"books": 1}))),
+    Case("train-data-of-another-tokenizer", "train r.yaml --out o", r"field 'tokenizer': source 'wiki' was prepared with a different tokenizer",
+         chain(copy("tok2"), edit_recipe(lambda r: r.update(tokenizer="tok2")))),
+    # ---------------------------------------------------------------- train: flags and folders
+    Case("train-no-recipe", "train --out o", r"no recipe given"),
+    Case("train-out-not-empty", "train r.yaml --out tok", r"tok: exists and is not an empty folder", chain(copy("tok"), edit_recipe(lambda r: None))),
+    Case("train-out-holds-a-run", "train r.yaml --out run", r"run: already holds a training run", chain(copy("run"), edit_recipe(lambda r: None))),
+    Case("train-resume-nothing", "train r.yaml --resume --out tok", r"tok: holds no run to resume", chain(copy("tok"), edit_recipe(lambda r: None))),
+    Case("train-resume-changed-recipe", "train r.yaml --resume --out run", r"the recipe differs from the one the run started with: seed: 21 -> 7",
+         chain(copy("run"), edit_recipe(lambda r: r.update(seed=7)))),
+    Case("train-resume-damaged-checkpoint", "train --resume --out run", r"model.safetensors: cannot be read",
+         chain(copy("run"), damage_latest_checkpoint)),
+    Case("train-unknown-arch", "train r.yaml --out o --arch both", r"field 'arch': unknown arch 'both'", edit_recipe(lambda r: None)),
+    Case("train-set-without-equals", "train r.yaml --out o --set seed", r"override 'seed' has no '='", edit_recipe(lambda r: None)),
+    Case("train-set-unknown-field", "train r.yaml --out o --set optimizer.rl=1", r"field 'optimizer.rl': unknown key 'rl'",
+         edit_recipe(lambda r: None)),
+    Case("train-set-no-such-phase", "train r.yaml --out o --set phases.3.tokens=1", r"no item 3 in a list of 1",
+         edit_recipe(lambda r: None)),
+    Case("train-revision-without-init", "train r.yaml --out o --revision step2", r"field 'init.revision': a revision without init.path",
+         edit_recipe(lambda r: None)),
+    Case("train-init-missing", "train r.yaml --out o --init nowhere", r"nowhere: no such model folder", edit_recipe(lambda r: None)),
+    Case("train-init-pickle-weights", "train r.yaml --out o --init enc", r"enc: has only pickle weights",
+         chain(edit_recipe(lambda r: None), copy("enc"), remove("enc/model.safetensors"),
+               write("enc/pytorch_model.bin", pickle.dumps(Payload())))),
+    Case("train-unknown-device", "train r.yaml --out o --device tpu", r"field 'device': unknown device 'tpu'", edit_recipe(lambda r: None)),
+    Case("train-max-steps-negative", "train r.yaml --out o --max-steps -1", r"field '--max-steps': -1 must be at least 1",
+         edit_recipe(lambda r: None)),
+    # ---------------------------------------------------------------- runs: checkpoints, plot, export by revision
+    Case("checkpoints-not-a-run", "checkpoints tok", r"tok: is not a training run", copy("tok")),
+    Case("plot-not-a-run", "plot tok", r"tok: has no metrics to plot", copy("tok")),
+    Case("export-run-without-model-folder", "export run out", r"run: is not a model's training run .*give the model's folder, e.g. run/encoder",
+         copy("run")),
+    Case("export-run-unknown-revision", "export run/encoder out --revision step99", r"run/encoder: no revision 'step99' \(available: ",
+         copy("run")),
+    # ---------------------------------------------------------------- evaluation
+    Case("eval-model-missing", "eval nowhere --out res", r"nowhere: no such model folder"),
+    Case("eval-no-out", "eval enc", r"field 'out': missing --out", copy("enc")),
+    Case("eval-unknown-task", "eval enc --tasks nosuch --out res", r"field 'tasks': unknown task 'nosuch'", copy("enc")),
+    Case("eval-unknown-suite", "eval enc --suite huge --out res", r"field 'suite': unknown suite 'huge'", copy("enc")),
+    Case("eval-unknown-pooling", "eval enc --pooling max --out res", r"field 'pooling': unknown pooling 'max'", copy("enc")),
+    Case("eval-limit-zero", "eval enc --limit 0 --out res", r"field 'limit': limit 0 must be at least 1", copy("enc")),
+    Case("eval-truncated-weights", "eval enc --out res", r"enc/model.safetensors: is truncated or corrupt",
+         chain(copy("enc"), truncate("enc/model.safetensors", 1000))),
+    Case("compare-not-a-pair", "compare enc --out res", r"enc: is a single model, not a run of a pair", copy("enc")),
+    Case("mteb-unknown-task", "mteb enc --task nosuch", r"field 'tasks': unknown task 'nosuch'", copy("enc")),
 ]
 
 
@@ -362,7 +582,8 @@ def test_bad_input(case: Case, tmp_path, assets, monkeypatch):
 
 # The same contract through the real console script: process exit code, stderr, no traceback.
 END_TO_END = ["unknown-command", "missing-option", "init-tokenizer-not-utf8", "export-weights-truncated",
-              "export-pickle-weights", "tok-train-corpus-not-utf8"]
+              "export-pickle-weights", "tok-train-corpus-not-utf8", "inspect-pickled-shard", "train-recipe-python-tag",
+              "train-resume-damaged-checkpoint"]
 
 
 @pytest.mark.parametrize("case_id", END_TO_END)
