@@ -35,6 +35,16 @@ def shakespeare_slice(chars: int = SHAKESPEARE_SLICE_CHARS) -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def shakespeare_texts():
+    """`shakespeare_slice` itself, for tests that train their own tokenizer on the same text.
+
+    (A fixture rather than `from conftest import ...`: with conftest.py files in subfolders that
+    import resolves to whichever one pytest loaded first.)
+    """
+    return shakespeare_slice
+
+
+@pytest.fixture(scope="session")
 def small_tokenizer_dir(tmp_path_factory) -> Path:
     from ettin.tokenizer import train_tokenizer
 

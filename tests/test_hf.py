@@ -117,7 +117,9 @@ def test_export_reads_as_other_arch_and_copies_tokenizer(tmp_path, small_tokeniz
     assert (src / "tokenizer.json").is_file() and (src / "tokenizer_config.json").is_file()
     out, model = hf.export(src, tmp_path / "dec", arch="decoder")
     assert model.config.arch == "decoder"
-    assert (out / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
+    from ettin.tokenizer import tokenizer_fingerprint
+
+    assert tokenizer_fingerprint(out) == tokenizer_fingerprint(src)  # same ids; only the template follows the arch
     assert json.loads((out / "config.json").read_text())["model_type"] == "modernbert-decoder"
     assert_same_weights(ettin.load(src), ettin.load(out, arch="encoder"))
 
@@ -432,3 +434,27 @@ def test_package_exports_are_lazy():
     assert ettin.EttinModel is ettin.model.EttinModel and ettin.ModelConfig is ModelConfig
     code = "import sys, ettin; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_exports_carry_the_template_of_their_arch(tmp_path, small_tokenizer_dir):
+    """Encoders add [CLS] A [SEP]; decoders only [CLS], so lm-eval's `--model hf` sees no [SEP] after a context."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from ettin.config import config_for_size
+    from ettin.hf import save_pretrained
+    from ettin.model import EttinModel
+    from ettin.tokenizer import load_tokenizer, tokenizer_fingerprint
+
+    ref = load_tokenizer(small_tokenizer_dir)
+    ids = {}
+    for arch in ("encoder", "decoder"):
+        torch.manual_seed(0)
+        model = EttinModel(config_for_size("tiny", arch, vocab_size=len(ref)))
+        save_pretrained(model, tmp_path / arch, tokenizer=small_tokenizer_dir)
+        tok = AutoTokenizer.from_pretrained(tmp_path / arch)
+        ids[arch] = tok("to be or not")["input_ids"]
+        assert tokenizer_fingerprint(tmp_path / arch) == tokenizer_fingerprint(small_tokenizer_dir)
+    body = ref("to be or not", add_special_tokens=False)["input_ids"]
+    assert ids["encoder"] == [ref.cls_token_id, *body, ref.sep_token_id]
+    assert ids["decoder"] == [ref.cls_token_id, *body]

@@ -141,18 +141,14 @@ def test_fingerprint_equal_for_independent_builds(tmp_path, modernbert, modernbe
     assert T.tokenizer_fingerprint(modernbert_tokenizer_dir) == T.tokenizer_fingerprint(modernbert)
 
 
-def test_training_is_reproducible(tmp_path, small_tokenizer_dir):
-    from conftest import SMALL_VOCAB_SIZE, shakespeare_slice
-
-    again = T.train_tokenizer(shakespeare_slice(), SMALL_VOCAB_SIZE, tmp_path / "again")
+def test_training_is_reproducible(tmp_path, small_tokenizer_dir, shakespeare_texts):
+    again = T.train_tokenizer(shakespeare_texts(), len(T.load_tokenizer(small_tokenizer_dir)), tmp_path / "again")
     assert (again / "tokenizer.json").read_bytes() == (small_tokenizer_dir / "tokenizer.json").read_bytes()
 
 
-def test_fingerprint_differs_for_a_different_vocabulary(tmp_path, small, small_tokenizer_dir):
-    from conftest import shakespeare_slice
-
+def test_fingerprint_differs_for_a_different_vocabulary(tmp_path, small, small_tokenizer_dir, shakespeare_texts):
     assert T.tokenizer_fingerprint(small_tokenizer_dir) == T.tokenizer_fingerprint(small)
-    other = T.train_tokenizer(shakespeare_slice(100_000), 1024, tmp_path / "other")
+    other = T.train_tokenizer(shakespeare_texts(100_000), 1024, tmp_path / "other")
     assert T.tokenizer_fingerprint(other) != T.tokenizer_fingerprint(small)
 
 

@@ -506,8 +506,13 @@ def save_pretrained(model: "EttinModel", out_dir: str | os.PathLike, tokenizer: 
                 "pad_token_id": config.pad_token_id,
             })
         if tok_dir is not None:
+            from ettin.tokenizer import tokenizer_json_for
+
             for f in _tokenizer_files(tok_dir):
-                shutil.copyfile(f, tmp / f.name)
+                if f.name == "tokenizer.json":  # the template follows the arch (see ettin.tokenizer.TEMPLATES)
+                    (tmp / f.name).write_text(tokenizer_json_for(f, config.arch), encoding="utf-8")
+                else:
+                    shutil.copyfile(f, tmp / f.name)
         elif tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
     return out_dir

@@ -49,7 +49,7 @@ SPECIAL_ID_FIELDS = (
     "bos_token_id",
     "eos_token_id",
 )
-_FINGERPRINT_VERSION = 1
+_FINGERPRINT_VERSION = 2
 
 
 # ----------------------------------------------------------------------------------------- files
@@ -109,15 +109,37 @@ def _unused_added_tokens(start: int, count: int) -> list:
     return [AddedToken(f"[unused{i}]", normalized=False, special=True) for i in range(start, start + count)]
 
 
-def _set_template(tok: "Tokenizer") -> None:
+# What `tokenizer(text)` adds around a text. Encoders: [CLS] A [SEP], as ModernBERT. Decoders: [CLS] A
+# (BOS only), so that a causal model scored by lm-eval's `--model hf` sees no [SEP] closing the context.
+TEMPLATES = {
+    "encoder": ("[CLS] $A [SEP]", "[CLS] $A [SEP] $B:1 [SEP]:1"),
+    "decoder": ("[CLS] $A", "[CLS] $A [SEP] $B:1"),
+}
+
+
+def _template(tok: "Tokenizer", arch: str):
     from tokenizers import processors
 
+    single, pair = TEMPLATES[arch]
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    return processors.TemplateProcessing(
+        single=single, pair=pair, special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
     )
+
+
+def _set_template(tok: "Tokenizer") -> None:
+    tok.post_processor = _template(tok, "encoder")
+
+
+def tokenizer_json_for(path: str | os.PathLike, arch: str) -> str:
+    """The text of `path` (a tokenizer.json) with the [CLS]/[SEP] template of `arch` (see TEMPLATES)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path))
+    if tok.token_to_id("[CLS]") is None or tok.token_to_id("[SEP]") is None:
+        return Path(path).read_text(encoding="utf-8")  # not a ModernBERT-style tokenizer: leave it as it is
+    tok.post_processor = _template(tok, arch)
+    return tok.to_str(pretty=True)
 
 
 def _save(tok: "Tokenizer", out_dir: Path, *, overwrite: bool, model_max_length: int) -> Path:
@@ -368,7 +390,6 @@ def _canonical(tokenizer: "PreTrainedTokenizerBase") -> dict:
         "added_tokens": sorted(([a[k] for k in keys] for a in raw.get("added_tokens", [])), key=lambda a: a[0]),
         "normalizer": raw.get("normalizer"),
         "pre_tokenizer": raw.get("pre_tokenizer"),
-        "post_processor": raw.get("post_processor"),
         "special_ids": special_token_ids(tokenizer),
     }
 
@@ -376,9 +397,11 @@ def _canonical(tokenizer: "PreTrainedTokenizerBase") -> dict:
 def tokenizer_fingerprint(tokenizer_or_path: "PreTrainedTokenizerBase | str | os.PathLike") -> str:
     """sha256 over everything that decides which ids a text becomes.
 
-    Covers vocabulary, merges, added and special tokens, normaliser, pre-tokeniser and template;
-    leaves out what does not change ids (decoder, padding, truncation, max length, file layout), so two
-    independent builds of one tokenizer agree and data prepared with it can be matched later.
+    Covers vocabulary, merges, added and special tokens, normaliser and pre-tokeniser; leaves out what
+    does not change the ids of a text (the [CLS]/[SEP] template, which differs between an encoder's and
+    a decoder's export and which data preparation does not use; decoder, padding, truncation, max
+    length, file layout), so two independent builds of one tokenizer agree and data prepared with it
+    can be matched later.
     """
     if isinstance(tokenizer_or_path, (str, os.PathLike)):
         tokenizer = load_tokenizer(tokenizer_or_path)

@@ -74,11 +74,8 @@ def test_decoder_loglikelihoods_match_lm_eval_hf(decoder_dir, arc_requests):
     assert [a[1] for a in ours] == [b[1] for b in theirs]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "exported decoders carry the tokenizer's encoder template `[CLS] $A [SEP]`; lm-eval's hf model "
-    "then ends every context with [SEP] and cuts the continuation one token late. Passes once the "
-    "decoder export writes a `[CLS] $A` template (see docs/evaluation.md, Harnesses)."))
 def test_lm_eval_hf_default_tokenization_matches_ettin(decoder_dir, arc_requests):
+    """Decoder exports carry a `[CLS] $A` template, so `--model hf` needs no extra arguments."""
     ours = EttinLM(pretrained=str(decoder_dir), device="cpu").loglikelihood(arc_requests[:8])
     theirs = _hflm(decoder_dir).loglikelihood(arc_requests[:8])
     assert max(abs(a[0] - b[0]) for a, b in zip(ours, theirs)) <= TOL
