@@ -57,9 +57,9 @@ def check_with_transformers(model_dir: Path, arch: str, text: str) -> dict:
 
     from ettin import hf
 
-    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     auto = transformers.AutoModelForMaskedLM if arch == "encoder" else transformers.AutoModelForCausalLM
-    theirs = auto.from_pretrained(model_dir, attn_implementation="sdpa").eval()
+    theirs = auto.from_pretrained(model_dir, attn_implementation="sdpa", trust_remote_code=False).eval()
     ours = hf.load_dir(model_dir).eval()
     enc = tok(text, return_tensors="pt")
     with torch.no_grad():
