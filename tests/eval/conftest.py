@@ -17,9 +17,10 @@ def tiny_model(arch: str, seed: int = 0):
         return EttinModel(config_for_size("tiny", arch, 1024))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine, two threads contend and run far slower."""
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, two threads contend and run far slower.
+    Test modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -5,6 +5,8 @@ from ettin.eval import classify as C
 from ettin.eval import retrieve as R
 from ettin.eval.tasks import Example, RetrievalData
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_linear_probe_separates_separable_features_deterministically():
     g = torch.Generator().manual_seed(0)

@@ -8,6 +8,8 @@ import pytest
 
 from ettin.eval import tasks as T
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def run_cli(args, capsys):
     from ettin.cli import main

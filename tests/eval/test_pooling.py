@@ -4,6 +4,8 @@ import torch
 from ettin.eval import pooling as P
 from ettin.eval.handle import hidden_flat, token_batches
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_pooling_on_hand_made_tensors():
     h = torch.arange(2 * 4 * 1, dtype=torch.float32).view(2, 4, 1)  # row0: 0..3, row1: 4..7

@@ -8,6 +8,8 @@ from ettin.errors import EttinError
 from ettin.eval import runner
 from ettin.eval import tasks as T
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FOUR_KINDS = ["sst2", "wiki_retrieval", "arc_easy", "lambada"]
 
 

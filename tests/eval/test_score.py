@@ -3,6 +3,8 @@ import torch
 
 from ettin.eval import score as S
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_split_pair_follows_lm_eval(tiny_decoder):
     em = tiny_decoder
