@@ -69,6 +69,13 @@ def install_faults(fault: str | None, slow: float = 0.0) -> None:
             _die()
 
     def start_timer() -> None:
+        timing = os.environ.get("ETTIN_CRASH_TIMING")
+        if timing and not counts.get("work"):  # how long the work itself takes, for choosing random kill times
+            import atexit
+
+            counts["work"] = 1
+            t0 = time.monotonic()
+            atexit.register(lambda: Path(timing).write_text(f"{time.monotonic() - t0:.3f}"))
         if point == "time" and not counts.get("timer"):
             counts["timer"] = 1
             import threading
@@ -201,14 +208,17 @@ def child_env() -> dict[str, str]:
 
 
 def run_child(args: list[str], *, fault: str | None = None, slow: float = 0.0, cwd: Path | None = None,
-              timeout: float = 600) -> subprocess.CompletedProcess:
+              timeout: float = 600, timing: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `ettin ARGS` in a child with the fault armed; with `timing`, the child writes there how many
+    seconds its work took (from the start of training or preparation to the exit)."""
     cmd = [sys.executable, str(HERE), "child"]
     if fault:
         cmd += ["--fault", fault]
     if slow:
         cmd += ["--slow", str(slow)]
     cmd += ["--", *map(str, args)]
-    return subprocess.run(cmd, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout,
+    env = child_env() | ({"ETTIN_CRASH_TIMING": str(timing)} if timing else {})
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 
 
@@ -508,12 +518,6 @@ def random_prepare_faults(rng: random.Random, duration: float) -> list[str]:
     return faults
 
 
-def _timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["child"]:
@@ -534,18 +538,16 @@ def main(argv: list[str] | None = None) -> int:
     recipe = write_recipe(work / "recipe.yaml", assets["tokenizer"], assets["data"])
 
     reference = work / "reference"
-    if not (reference / "run" / "recipe.yaml").is_file():
-        proc, train_s = _timed(lambda: run_child(train_args(recipe, reference / "run")))
+    shutil.rmtree(reference, ignore_errors=True)  # always from the code as it is now
+    seconds = {}
+    for kind, args in (("training", train_args(recipe, reference / "run")), ("prepare", prepare_args(assets, reference / "data"))):
+        proc = run_child(args, timing=work / f"{kind}.seconds")
         if proc.returncode != 0:
-            print(f"the uninterrupted run failed:\n{proc.stderr}")
+            print(f"the uninterrupted {kind} failed:\n{proc.stderr}")
             return 1
-    else:
-        train_s = 20.0
-    proc, prep_s = _timed(lambda: run_child(prepare_args(assets, reference / "data")))
-    if proc.returncode != 0:
-        print(f"the uninterrupted prepare failed:\n{proc.stderr}")
-        return 1
-    print(f"reference: training {train_s:.1f}s, prepare {prep_s:.1f}s (launch included)")
+        seconds[kind] = float((work / f"{kind}.seconds").read_text())
+    train_s, prep_s = seconds["training"], seconds["prepare"]
+    print(f"reference: training {train_s:.1f}s, prepare {prep_s:.1f}s (after start-up; random kills fall in this span)")
 
     trials: list[Trial] = []
     n_prep = ns.prepare_trials if ns.prepare_trials is not None else max(1, ns.trials // 4)
