@@ -127,6 +127,31 @@ def test_compare_with_baselines_and_overlap(tiny_run, tmp_path):
     assert "against its random initialisation" in report and "Data overlap" in report and "encoder-init" in report
 
 
+def test_find_cross_runs_by_their_recipe(tmp_path):
+    (tmp_path / "pair" / "encoder" / "hf").mkdir(parents=True)
+    (tmp_path / "cross-enc2dec").mkdir()
+    (tmp_path / "cross-enc2dec" / "recipe.yaml").write_text("arch: decoder\ninit: {path: runs/pair/encoder}\n")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "recipe.yaml").write_text("arch: decoder\ninit: {path: runs/elsewhere/encoder}\n")
+    assert runner.find_cross_runs(tmp_path / "pair") == [tmp_path / "cross-enc2dec"]
+
+
+def test_compare_includes_a_cross_objective_model(tiny_run, tmp_path, make_tiny, small_tokenizer_dir):
+    from ettin.train.checkpoint import write_hf_export
+
+    cross = tmp_path / "cross-enc2dec"
+    info = {"step": 1, "tokens": 500, "phase": 0, "phase_name": "cross", "phase_step": 1}
+    write_hf_export(cross / "decoder", "cross1", make_tiny("decoder", 7), info, tokenizer=small_tokenizer_dir)
+    (cross / "recipe.yaml").write_text(f"arch: decoder\ninit: {{path: {tiny_run / 'encoder'}}}\n")
+    res = runner.compare_run(tiny_run, tmp_path / "c", tasks=["lambada"], limit=3, dynamics=False, cross=[cross])
+    rec = res["models"]["encoder-to-decoder"]
+    assert rec["arch"] == "decoder" and rec["cross_of"] == "decoder" and rec["tag"] == "cross1"
+    assert set(rec["vs_native"]) == {"lambada"}
+    report = (tmp_path / "c" / "report.md").read_text()
+    assert "encoder-to-decoder (cross-objective) against the native decoder" in report
+    assert "continued from" in report
+
+
 def test_compare_run_refuses_what_is_not_a_pair(tiny_run, tmp_path):
     with pytest.raises(EttinError, match="single model"):
         runner.compare_run(tiny_run / "encoder", tmp_path)

@@ -131,6 +131,8 @@ def register(app: typer.Typer) -> None:
         limit: Optional[int] = typer.Option(None, "--limit", help="at most this many items per task"),
         tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer folder (default: the models')"),
         baselines: bool = typer.Option(False, "--baselines", help="also evaluate the pair's random initialisation"),
+        cross: Optional[list[str]] = typer.Option(None, "--cross", help="a cross-objective run or model to include (repeatable)"),
+        find_cross: bool = typer.Option(True, "--find-cross/--no-find-cross", help="include runs beside RUN that start from its models"),
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (1 is much faster on a busy machine)"),
         no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
     ) -> None:
@@ -145,7 +147,7 @@ def register(app: typer.Typer) -> None:
         with _RichProgress(console, enabled=not no_progress) as progress:
             res = compare_run(run, out, suite, seed, tasks=tasks, revision=revision, dynamics=dynamics,
                               max_checkpoints=checkpoints, limit=limit, tokenizer=tokenizer, baselines=baselines,
-                              threads=threads, progress=progress)
+                              threads=threads, cross=cross, find_cross=find_cross, progress=progress)
         console.print(f"compared {', '.join(res['models'])} on {len(res['tasks'])} tasks in {res['seconds']:.0f}s")
         for f in res["files"]:
             console.print(f"  wrote {f}")

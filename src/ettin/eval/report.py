@@ -92,7 +92,9 @@ def render_markdown(results: dict) -> str:
         info = models[m]["info"]
         lines.append(
             f"| {m} | {info.get('arch')} | {info.get('parameters', 0):,} | {info.get('layers')} x {info.get('hidden_size')} "
-            f"| {_fmt_tokens(models[m].get('tokens'))} | {models[m].get('tag') or '-'} |"
+            f"| {_fmt_tokens(models[m].get('tokens'))}"
+            + (f" (continued from {models[m]['init']})" if models[m].get("init") else "")
+            + f" | {models[m].get('tag') or '-'} |"
         )
     lines += ["", "## Results", ""]
     header = "| task | kind | metric | n | " + " | ".join(order) + " | chance |"
@@ -145,6 +147,17 @@ def render_markdown(results: dict) -> str:
         lines.append(f"- {m} against its random initialisation (paired interval excludes 0): ahead on "
                      f"{len(ahead)} of {len(vs)} tasks" + (f" ({', '.join(ahead)})" if ahead else "")
                      + (f", behind on {', '.join(behind)}" if behind else "") + ".")
+    for m in order:
+        vs = models[m].get("vs_native")
+        if not vs:
+            continue
+        native = models[m]["cross_of"]
+        ahead = [t for t, p in vs.items() if p["low"] > 0]
+        behind = [t for t, p in vs.items() if p["high"] < 0]
+        lines.append(f"- {m} (cross-objective) against the native {native} (paired interval excludes 0): ahead on "
+                     f"{len(ahead)} of {len(vs)} tasks" + (f" ({', '.join(ahead)})" if ahead else "")
+                     + (f", behind on {', '.join(behind)}" if behind else "")
+                     + ". The paper finds that cross-objective training does not close the gap to the native arch.")
     if not with_init:
         lines.append("- Above chance is not the same as learned: frozen features of an untrained network already "
                      "carry token identity, so linear probes and zero-shot retrieval can beat chance without any "

@@ -334,6 +334,7 @@ def _model_record(em: EvalModel, results: dict, checkpoint: dict | None) -> dict
         "info": em.info,
         "tag": checkpoint.get("tag", em.info.get("revision")),
         "tokens": checkpoint.get("tokens"),
+        "init": checkpoint.get("init"),
         "results": results,
     }
 
@@ -344,7 +345,8 @@ def compare_models(models: dict[str, Any], out_dir: str | os.PathLike, suite: st
                    dynamics_tasks: Sequence[str] | None = None, run_name: str = "models",
                    checkpoints: dict[str, dict] | None = None, dynamics_note: str | None = None,
                    baselines: bool = False, pretraining_sources: Sequence[str] | None = None,
-                   threads: int | None = None, progress: Progress | None = None) -> dict:
+                   threads: int | None = None, cross_of: dict[str, str] | None = None,
+                   progress: Progress | None = None) -> dict:
     """Evaluate several models on the same tasks and write the report.
 
     `models` maps a label to anything `load_eval_model` takes; the first encoder and the first
@@ -354,7 +356,8 @@ def compare_models(models: dict[str, Any], out_dir: str | os.PathLike, suite: st
     `baselines` also evaluates a randomly initialised copy of the pair's configs (seeded): probes and
     embedding similarity score above chance even without training, and this shows by how much.
     `pretraining_sources` (built-in corpus names the models were trained on) flags tasks whose
-    texts the models may have seen.
+    texts the models may have seen. `cross_of` maps a cross-objective model's label to the arch it
+    was trained into; each is compared with the native model of that arch.
     """
     from ettin.eval import report
 
@@ -380,6 +383,11 @@ def compare_models(models: dict[str, Any], out_dir: str | os.PathLike, suite: st
                                                  threads=threads, progress=progress)
     model_records = {label: _model_record(em, results_by_model[label], (checkpoints or {}).get(label))
                      for label, em in loaded.items()}
+    for label, arch in (cross_of or {}).items():
+        native = enc if arch == "encoder" else dec
+        if label in model_records and native:
+            model_records[label]["cross_of"] = native
+            model_records[label]["vs_native"] = _pair_differences(results_by_model[label], results_by_model[native], seed)
     for label, init_label in baseline_of.items():
         model_records[init_label]["baseline_of"] = label
         model_records[label]["vs_init"] = _pair_differences(results_by_model[label], results_by_model[init_label], seed)
@@ -504,15 +512,61 @@ def _pick_tags(tags: list, k: int) -> list:
     return [tags[i] for i in idx]
 
 
+def _read_recipe(run: Path) -> dict:
+    import yaml
+
+    try:
+        d = yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _cross_member(path: Path) -> tuple[Path, dict]:
+    """A cross-objective model given as a run folder, a model's run folder or a model folder:
+    (the folder to load, what its recipe says it started from)."""
+    from ettin.train.checkpoint import is_run_model_dir
+
+    path = Path(path)
+    if is_run_model_dir(path) or (path / "config.json").is_file():
+        return path, (_read_recipe(path.parent).get("init") or {})
+    members = [p for p in sorted(path.iterdir()) if p.is_dir() and is_run_model_dir(p)] if path.is_dir() else []
+    if len(members) != 1:
+        raise EttinError("is not a cross-objective model (expected one model folder, a run of one, or a model's run)",
+                         path=path, field="cross", fix="give e.g. runs/demo/cross-enc2dec or runs/demo/cross-enc2dec/decoder")
+    return members[0], (_read_recipe(path).get("init") or {})
+
+
+def find_cross_runs(run_dir: str | os.PathLike) -> list[Path]:
+    """Runs beside `run_dir` whose recipe starts from one of its models (`init.path`): the pair's
+    cross-objective continuations."""
+    run = Path(run_dir).resolve()
+    found = []
+    for sib in sorted(p for p in run.parent.iterdir() if p.is_dir() and p.resolve() != run):
+        init = (_read_recipe(sib).get("init") or {}).get("path")
+        if not init:
+            continue
+        target = Path(init)
+        parts = target.parts
+        same = (target.is_absolute() and target.resolve().parent == run) or (
+            len(parts) >= 2 and parts[-2] == run.name and (run / parts[-1]).is_dir())
+        if same:
+            found.append(sib)
+    return found
+
+
 def compare_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, suite: str = "quick", seed: int = 0, *,
                 tasks: Sequence[str] | str | None = None, revision: str | None = None, dynamics: bool = True,
                 max_checkpoints: int = 4, dynamics_tasks: Sequence[str] | None = None, limit: int | None = None,
                 tokenizer: Any = None, baselines: bool = False, threads: int | None = None,
+                cross: Sequence[str | os.PathLike] | None = None, find_cross: bool = True,
                 progress: Progress | None = None) -> dict:
-    """Evaluate a run's encoder and decoder (and cross-objective models found beside them) on the same
-    tasks, and up to `max_checkpoints` checkpoints of the encoder and decoder for the dynamics plot.
+    """Evaluate a run's encoder and decoder on the same tasks, and up to `max_checkpoints`
+    checkpoints of each for the dynamics plot.
 
-    `revision` picks the tag evaluated for every model (default: each model's latest); dynamics then
+    Cross-objective models are evaluated alongside: extra model folders inside the run, the runs in
+    `cross`, and (with `find_cross`) runs beside this one whose recipe starts from its models.
+    `revision` picks the tag evaluated for the pair (default: each model's latest); dynamics then
     stop at that tag. `baselines`: also evaluate the pair's random initialisation.
     """
     from ettin import hf
@@ -538,6 +592,26 @@ def compare_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, suite: s
                                  field="revision", fix="drop --revision, or give runs whose models have checkpoints")
             model_dir = path
         models[label] = model_dir
+    cross_of: dict[str, str] = {}
+    cross_paths = [Path(c) for c in (cross or [])]
+    if find_cross:
+        cross_paths += [p for p in find_cross_runs(run_dir) if p.resolve() not in {c.resolve() for c in cross_paths}]
+    for c in cross_paths:
+        member, init = _cross_member(c)
+        model_dir = hf.resolve(member) if is_run_model_dir(member) else member
+        arch = hf.read_config(Path(model_dir)).arch
+        source = Path(init["path"]).name if init.get("path") else "other"
+        label = f"{source}-to-{arch}" if source in ("encoder", "decoder") and source != arch else c.name
+        while label in models:
+            label += "+"
+        models[label] = model_dir
+        cross_of[label] = arch
+        if is_run_model_dir(member):
+            tags = [t for t in list_tags(member) if t.hf]
+            chosen = next((t for t in tags if t.tag == Path(model_dir).name), None)
+            if chosen is not None:
+                checkpoints[label] = {"tag": chosen.tag, "tokens": chosen.tokens, "step": chosen.step,
+                                      "init": f"{init.get('path')}" + (f"@{init['revision']}" if init.get("revision") else "")}
     archs = {label: hf.read_config(Path(d)).arch for label, d in models.items()}
     if "encoder" not in archs.values() or "decoder" not in archs.values():
         have = ", ".join(f"{k} ({v})" for k, v in archs.items())
@@ -558,7 +632,8 @@ def compare_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, suite: s
     return compare_models(models, out_dir, suite, seed, tasks=tasks, tokenizer=tokenizer, limit=limit,
                           dynamics=dyn, dynamics_tasks=dynamics_tasks, run_name=Path(run_dir).resolve().name,
                           checkpoints=checkpoints, dynamics_note=note, baselines=baselines,
-                          pretraining_sources=recipe_sources(run_dir), threads=threads, progress=progress)
+                          pretraining_sources=recipe_sources(run_dir), threads=threads, cross_of=cross_of,
+                          progress=progress)
 
 
 def suite_names() -> list[str]:
