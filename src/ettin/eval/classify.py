@@ -27,16 +27,10 @@ from ettin.eval.tasks import Example
 
 def example_ids(em: EvalModel, examples: Sequence[Example], max_length: int | None = None) -> list[list[int]]:
     """Token ids with specials for each example (pairs trimmed longest-first)."""
-    keep = em.max_length
-    if max_length is not None:
-        em.max_length = min(em.max_length, max_length)
-    try:
-        a = em.encode_batch([e.text_a for e in examples])
-        b_list = em.encode_batch([e.text_b for e in examples if e.text_b is not None])
-        b = iter(b_list)
-        return [em.pair_with_specials(x, next(b) if e.text_b is not None else None) for x, e in zip(a, examples)]
-    finally:
-        em.max_length = keep
+    a = em.encode_batch([e.text_a for e in examples])
+    b = iter(em.encode_batch([e.text_b for e in examples if e.text_b is not None]))
+    return [em.pair_with_specials(x, next(b) if e.text_b is not None else None, max_length)
+            for x, e in zip(a, examples)]
 
 
 def features(em: EvalModel, examples: Sequence[Example], pooling: str | None = None,

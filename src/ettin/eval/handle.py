@@ -59,18 +59,21 @@ class EvalModel:
             return []
         return [list(x) for x in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
-    def with_specials(self, ids: list[int]) -> list[int]:
+    def _limit(self, max_length: int | None) -> int:
+        return self.max_length if max_length is None else min(self.max_length, max_length)
+
+    def with_specials(self, ids: list[int], max_length: int | None = None) -> list[int]:
         """[CLS] ids [SEP], cut to max_length: the form both archs see for a single text."""
         c = self.config
-        return [c.cls_token_id] + ids[: self.max_length - 2] + [c.sep_token_id]
+        return [c.cls_token_id] + ids[: self._limit(max_length) - 2] + [c.sep_token_id]
 
-    def pair_with_specials(self, a: list[int], b: list[int] | None) -> list[int]:
+    def pair_with_specials(self, a: list[int], b: list[int] | None, max_length: int | None = None) -> list[int]:
         """[CLS] a [SEP] b [SEP], the longer side trimmed first until it fits max_length."""
         c = self.config
         if b is None:
-            return self.with_specials(a)
+            return self.with_specials(a, max_length)
         a, b = list(a), list(b)
-        budget = self.max_length - 3
+        budget = self._limit(max_length) - 3
         while len(a) + len(b) > budget:
             if len(b) >= len(a):
                 b.pop()

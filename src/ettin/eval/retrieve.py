@@ -38,13 +38,7 @@ def rank(query_emb: torch.Tensor, doc_emb: torch.Tensor, k: int = 100, chunk: in
 
 
 def text_ids(em: EvalModel, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
-    keep = em.max_length
-    if max_length is not None:
-        em.max_length = min(em.max_length, max_length)
-    try:
-        return [em.with_specials(x) for x in em.encode_batch(list(texts))]
-    finally:
-        em.max_length = keep
+    return [em.with_specials(x, max_length) for x in em.encode_batch(list(texts))]
 
 
 def evaluate_retrieval(em: EvalModel, data: RetrievalData, *, pooling: str | None = None,
