@@ -46,12 +46,13 @@ class _RichProgress:
         if result["status"] == "ok":
             ci = result["ci"]
             self.console.print(
-                f"  {who:>10} {label:<16} {result['metric']:<8} {result['value']:.3f} "
+                f"  {who:<14} {label:<15} {result['metric']:<8} {result['value']:.3f} "
                 f"[{ci['low']:.2f}, {ci['high']:.2f}]  n={result['n']}  chance {result['chance']:.3f}  "
-                f"{result['seconds']:.1f}s"
+                f"{result['seconds']:.1f}s", soft_wrap=True, highlight=False,
             )
         else:
-            self.console.print(f"  {who:>10} {label:<16} [red]failed[/red]: {result['error'].splitlines()[0]}")
+            self.console.print(f"  {who:<14} {label:<15} [red]failed[/red]: {result['error'].splitlines()[0]}",
+                               soft_wrap=True)
 
 
 def _check_not_pair(path: str) -> None:
