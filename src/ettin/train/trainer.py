@@ -325,6 +325,7 @@ class Trainer:
                 removed = ck.drop_tags_after(m.dir, self.step)
                 if removed:
                     self.log(f"{m.arch}: dropped tags past the resumed step: {', '.join(removed)}")
+                ck.apply_retention(m.dir, self.recipe.checkpoint.keep_last)  # a crash may have come before it ran
             if resume_from:
                 self._export_missing(resume_from)
         ctx.barrier()
@@ -368,6 +369,8 @@ class Trainer:
             tag = paths[m.arch].name
             if not (m.dir / ck.HF_DIR / tag / "config.json").is_file():
                 st = self._resume_states[m.arch]
+                phase = self.recipe.phases[int(st.trainer["phase"])]
+                m.model.set_rope_theta(phase.rope.global_theta, phase.rope.local_theta)  # the tag's phase, not the first
                 ck.write_hf_export(m.dir, tag, self._export_model(m, st.model), self._tag_info(st.trainer),
                                    self.tokenizer_dir)
 
