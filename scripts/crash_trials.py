@@ -54,7 +54,14 @@ def _die() -> None:
 
 
 def install_faults(fault: str | None, slow: float = 0.0) -> None:
-    """Arm one fault: POINT:N dies at the N-th time the point is reached, time:T after T seconds of work."""
+    """Arm one fault: POINT:N dies at the N-th time the point is reached, time:T after T seconds of work.
+
+    Points: step (start of a global step), state-files / hf-files (inside a checkpoint's or an export's
+    write, files written, not renamed; add @TAG to count one tag's writes only), after-state (a full
+    state in place, its export not begun), rmtree (mid-deletion of a tag, weights already gone),
+    order-part (inside a data-order write), prepare-shard (after a finished shard), prepare-manifest
+    (inside the manifest write), prepare-swap (before the prepared folder is renamed into place).
+    """
     import ettin.data.order as order_mod
     import ettin.data.prepare as prep
     import ettin.train.checkpoint as ck
@@ -94,6 +101,7 @@ def install_faults(fault: str | None, slow: float = 0.0) -> None:
             if slow:
                 time.sleep(slow)
             hit(kind)  # every file written, not yet renamed into place
+            hit(f"{kind}@{Path(path).name}")  # the same, counted per tag (state-files@decay3:2 = the decoder's)
 
     ck.atomic_dir = atomic_dir
 
