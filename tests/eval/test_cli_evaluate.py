@@ -94,3 +94,13 @@ def test_real_process_exit_code_and_message(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "no such model folder" in proc.stderr
+
+
+def test_bad_device(tiny_run, tmp_path, capsys):
+    import torch
+
+    code, _, err = run_cli(["eval", str(tiny_run / "encoder"), "--device", "warp9", "--out", str(tmp_path)], capsys)
+    assert_one_line_error(code, err, "unknown device 'warp9'")
+    if not torch.cuda.is_available():
+        code, _, err = run_cli(["eval", str(tiny_run / "encoder"), "--device", "cuda", "--out", str(tmp_path)], capsys)
+        assert_one_line_error(code, err, "no CUDA GPU", "--device cpu")

@@ -90,6 +90,7 @@ def register(app: typer.Typer) -> None:
         tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer folder (default: the model's)"),
         pooling: Optional[str] = typer.Option(None, "--pooling", help="mean, cls or last (default: mean for encoders, last for decoders)"),
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (1 is much faster on a busy machine)"),
+        device: Optional[str] = typer.Option(None, "--device", help="auto (default: the GPU if any), cpu, cuda, cuda:N"),
         list_tasks: bool = typer.Option(False, "--list-tasks", help="list the tasks and suites, then exit"),
         no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
     ) -> None:
@@ -109,7 +110,7 @@ def register(app: typer.Typer) -> None:
         _check_not_pair(model)
         with _RichProgress(console, enabled=not no_progress) as progress:
             res = evaluate_model(model, tasks, suite, out, seed, revision=revision, tokenizer=tokenizer,
-                                 pooling=pooling, limit=limit, threads=threads, progress=progress)
+                                 pooling=pooling, limit=limit, threads=threads, device=device, progress=progress)
         console.print(f"evaluated {res['model']} ({res['info']['arch']}) on {len(res['tasks'])} tasks "
                       f"in {res['seconds']:.0f}s")
         for name in res["tasks"]:
@@ -134,6 +135,7 @@ def register(app: typer.Typer) -> None:
         baselines: bool = typer.Option(False, "--baselines", help="also evaluate the pair's random initialisation"),
         cross: Optional[list[str]] = typer.Option(None, "--cross", help="a cross-objective run or model to include (repeatable)"),
         find_cross: bool = typer.Option(True, "--find-cross/--no-find-cross", help="include runs beside RUN that start from its models"),
+        device: Optional[str] = typer.Option(None, "--device", help="auto (default: the GPU if any), cpu, cuda, cuda:N"),
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (1 is much faster on a busy machine)"),
         no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
     ) -> None:
@@ -148,7 +150,8 @@ def register(app: typer.Typer) -> None:
         with _RichProgress(console, enabled=not no_progress) as progress:
             res = compare_run(run, out, suite, seed, tasks=tasks, revision=revision, dynamics=dynamics,
                               max_checkpoints=checkpoints, limit=limit, tokenizer=tokenizer, baselines=baselines,
-                              threads=threads, cross=cross, find_cross=find_cross, progress=progress)
+                              threads=threads, cross=cross, find_cross=find_cross, device=device,
+                              progress=progress)
         console.print(f"compared {', '.join(res['models'])} on {len(res['tasks'])} tasks in {res['seconds']:.0f}s")
         for f in res["files"]:
             console.print(f"  wrote {f}")

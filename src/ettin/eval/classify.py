@@ -88,7 +88,8 @@ def _train_one(em: EvalModel, train_ids: list[list[int]], train_y: list[int], nu
     torch.manual_seed(seed)
     model = copy.deepcopy(em.model)
     model.train()
-    head = torch.nn.Linear(model.config.hidden_size, num_classes)
+    device = next(model.parameters()).device
+    head = torch.nn.Linear(model.config.hidden_size, num_classes).to(device)
     how = cfg.pooling or default_pooling(model.config.arch)
     params = [p for p in model.parameters()] + list(head.parameters())
     decay = [p for p in params if p.dim() >= 2]
@@ -100,7 +101,7 @@ def _train_one(em: EvalModel, train_ids: list[list[int]], train_y: list[int], nu
     total = steps_per_epoch * cfg.epochs
     warmup = max(1, int(cfg.warmup * total))
     step = 0
-    y_all = torch.tensor(train_y, dtype=torch.long)
+    y_all = torch.tensor(train_y, dtype=torch.long, device=device)
     for _ in range(cfg.epochs):
         order = torch.randperm(len(train_ids), generator=g).tolist()
         for k in range(0, len(order), cfg.batch_size):
@@ -123,7 +124,7 @@ def _train_one(em: EvalModel, train_ids: list[list[int]], train_y: list[int], nu
 def _predict(model, head, ids: list[list[int]], how: str, batch_tokens: int) -> torch.Tensor:
     out = torch.zeros(len(ids), head.out_features)
     for batch in token_batches([len(s) for s in ids], batch_tokens):
-        out[torch.tensor(batch)] = torch.softmax(head(pooled(model, [ids[i] for i in batch], how)), -1).float()
+        out[torch.tensor(batch)] = torch.softmax(head(pooled(model, [ids[i] for i in batch], how)), -1).float().cpu()
     return out
 
 

@@ -159,6 +159,22 @@ def hidden_flat(model: "EttinModel", seqs: Sequence[Sequence[int]]) -> tuple["to
 # -------------------------------------------------------------------------------------- loading
 
 
+def resolve_device(device: str) -> "torch.device":
+    """'auto' is the GPU when there is one; anything else must be a device torch knows and has."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise EttinError(f"unknown device '{device}'", field="device", fix="use auto, cpu, cuda or cuda:N") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise EttinError(f"device '{device}' asked for, but this machine has no CUDA GPU", field="device",
+                         fix="use --device cpu (or auto)")
+    return d
+
+
 def find_tokenizer(model_dir: Path) -> Path | None:
     """The tokenizer that goes with a model folder: its own, else one beside it in the run."""
     for d in (model_dir, *list(model_dir.parents)[:4]):
@@ -176,12 +192,17 @@ def load_eval_model(
     name: str | None = None,
     max_length: int = DEFAULT_MAX_LENGTH,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    device: str | None = None,
 ) -> EvalModel:
     """An EvalModel from a folder, a training run (+ revision), or a model already in memory.
 
     A model in memory needs `tokenizer` (a folder or a loaded tokenizer); a folder brings its own.
+    `device`: where to run ("cpu", "cuda", "cuda:1"); by default a model read from disk goes to the
+    GPU when there is one and a model in memory stays where it is.
     """
     if isinstance(model_or_path, EvalModel):
+        if device is not None:
+            model_or_path.model.to(resolve_device(device))
         return model_or_path
     from ettin.tokenizer import load_tokenizer
 
@@ -190,7 +211,7 @@ def load_eval_model(
 
         path = Path(model_or_path)
         model_dir = hf.resolve(path, revision)
-        model = hf.load_dir(model_dir)
+        model = hf.load_dir(model_dir).to(resolve_device(device or "auto"))
         if tokenizer is None:
             tok_dir = find_tokenizer(Path(model_dir))
             if tok_dir is None:
@@ -201,6 +222,8 @@ def load_eval_model(
         label = name or (f"{path.name}@{revision}" if revision else path.name)
     else:
         model = model_or_path
+        if device is not None:
+            model.to(resolve_device(device))
         if revision is not None:
             raise EttinError("--revision needs a training run's folder, not a model in memory", field="revision")
         if tokenizer is None:
@@ -215,7 +238,7 @@ def load_eval_model(
                          field="tokenizer", fix="use the tokenizer the model was trained with")
     model.eval()
     max_length = min(max_length, model.config.max_position_embeddings)
-    info.update({"arch": model.config.arch, "parameters": model.num_parameters(),
+    info.update({"device": str(next(model.parameters()).device), "arch": model.config.arch, "parameters": model.num_parameters(),
                  "hidden_size": model.config.hidden_size, "layers": model.config.num_hidden_layers,
                  "vocab_size": model.config.vocab_size})
     return EvalModel(model, tokenizer, label, max_length=max_length, batch_tokens=batch_tokens, info=info)

@@ -266,17 +266,18 @@ def evaluate_model(model_or_path: "EvalModel | Any | str | os.PathLike", tasks: 
                    suite: str = "quick", out_dir: str | os.PathLike | None = None, seed: int = 0, *,
                    revision: str | None = None, tokenizer: Any = None, name: str | None = None,
                    pooling: str | None = None, limit: int | None = None, threads: int | None = None,
-                   progress: Progress | None = None) -> dict:
+                   device: str | None = None, progress: Progress | None = None) -> dict:
     """Evaluate one model on tasks (default: the suite's) and write per-task JSON plus results.json.
 
     `model_or_path`: a model folder, a training run's model folder (with `revision`), an EttinModel
     (with `tokenizer`) or an EvalModel. Bad input (unknown task, not a model, no such revision)
     raises EttinError before any task runs; failures inside a task are recorded and skipped.
-    `limit` caps the items per task (see Suite.limited); `threads` sets torch's intra-op threads.
+    `limit` caps the items per task (see Suite.limited); `threads` sets torch's intra-op threads;
+    `device` as in `load_eval_model` (default: the GPU if any for a model read from disk).
     """
     the_suite = get_suite(suite).limited(limit)
     names = resolve_tasks(tasks, suite)
-    em = load_eval_model(model_or_path, revision=revision, tokenizer=tokenizer, name=name)
+    em = load_eval_model(model_or_path, revision=revision, tokenizer=tokenizer, name=name, device=device)
     check_pooling(pooling, em.arch)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -346,7 +347,7 @@ def compare_models(models: dict[str, Any], out_dir: str | os.PathLike, suite: st
                    checkpoints: dict[str, dict] | None = None, dynamics_note: str | None = None,
                    baselines: bool = False, pretraining_sources: Sequence[str] | None = None,
                    threads: int | None = None, cross_of: dict[str, str] | None = None,
-                   progress: Progress | None = None) -> dict:
+                   device: str | None = None, progress: Progress | None = None) -> dict:
     """Evaluate several models on the same tasks and write the report.
 
     `models` maps a label to anything `load_eval_model` takes; the first encoder and the first
@@ -365,7 +366,7 @@ def compare_models(models: dict[str, Any], out_dir: str | os.PathLike, suite: st
     the_suite = get_suite(suite)
     names = resolve_tasks(tasks, suite)
     out = Path(out_dir)
-    loaded = {label: load_eval_model(m, tokenizer=tokenizer, name=label) for label, m in models.items()}
+    loaded = {label: load_eval_model(m, tokenizer=tokenizer, name=label, device=device) for label, m in models.items()}
     enc = "encoder" if loaded.get("encoder") and loaded["encoder"].arch == "encoder" else next(
         (k for k, v in loaded.items() if v.arch == "encoder"), None)
     dec = "decoder" if loaded.get("decoder") and loaded["decoder"].arch == "decoder" else next(
@@ -403,7 +404,7 @@ def compare_models(models: dict[str, Any], out_dir: str | os.PathLike, suite: st
             if meta.get("final") and label in results_by_model:
                 res = results_by_model[label]["tasks"]
             else:
-                em = load_eval_model(m, tokenizer=tokenizer, name=f"{label}@{meta.get('tag')}")
+                em = load_eval_model(m, tokenizer=tokenizer, name=f"{label}@{meta.get('tag')}", device=device)
                 res = evaluate_model(em, dyn_names, suite, None, seed, limit=limit, threads=threads,
                                      progress=progress)["tasks"]
             dyn_out[label].append({**{k: v for k, v in meta.items() if k != "final"},
@@ -560,7 +561,7 @@ def compare_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, suite: s
                 max_checkpoints: int = 4, dynamics_tasks: Sequence[str] | None = None, limit: int | None = None,
                 tokenizer: Any = None, baselines: bool = False, threads: int | None = None,
                 cross: Sequence[str | os.PathLike] | None = None, find_cross: bool = True,
-                progress: Progress | None = None) -> dict:
+                device: str | None = None, progress: Progress | None = None) -> dict:
     """Evaluate a run's encoder and decoder on the same tasks, and up to `max_checkpoints`
     checkpoints of each for the dynamics plot.
 
@@ -633,7 +634,7 @@ def compare_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, suite: s
                           dynamics=dyn, dynamics_tasks=dynamics_tasks, run_name=Path(run_dir).resolve().name,
                           checkpoints=checkpoints, dynamics_note=note, baselines=baselines,
                           pretraining_sources=recipe_sources(run_dir), threads=threads, cross_of=cross_of,
-                          progress=progress)
+                          device=device, progress=progress)
 
 
 def suite_names() -> list[str]:
