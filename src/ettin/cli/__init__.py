@@ -40,6 +40,7 @@ _register_all()
 
 
 _REFUSALS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
+_WRONG_KIND = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR}
 
 
 def _usage_error_types() -> tuple[type, ...]:
@@ -71,11 +72,14 @@ def main() -> None:
     except OSError as exc:
         # The machine refused (disk full, quota, read-only folder, no permission, I/O error): not a bug,
         # and every write is atomic, so what was there before is intact. Anything else is a bug.
-        if exc.errno not in _REFUSALS:
+        if exc.errno in _REFUSALS:
+            fix = "nothing half-written was left in place; free space or fix the permissions, then run the command again"
+        elif exc.errno in _WRONG_KIND:
+            fix = "a file stands where a folder is needed, or the reverse; choose another path"
+        else:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {where}{exc.strerror or exc} (nothing half-written was left in place; "
-              "free space or fix the permissions, then run the command again)", file=sys.stderr)
+        print(f"error: {where}{exc.strerror or exc} ({fix})", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:  # usage errors come through here in non-standalone mode
         if not isinstance(exc, _usage_error_types()):
