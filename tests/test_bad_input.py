@@ -486,6 +486,18 @@ CASES = [
          chain(copy("enc"), truncate("enc/model.safetensors", 1000))),
     Case("compare-not-a-pair", "compare enc --out res", r"enc: is a single model, not a run of a pair", copy("enc")),
     Case("mteb-unknown-task", "mteb enc --task nosuch", r"field 'tasks': unknown task 'nosuch'", copy("enc")),
+    # ---------------------------------------------------------------- an output path that is a file
+    Case("out-is-a-file-init", "init --size tiny --arch encoder --out corpus.txt", r"corpus.txt: exists and is not a directory",
+         copy("corpus.txt")),
+    Case("out-is-a-file-tokenizer", "tokenizer train --corpus corpus.txt --vocab-size 300 --out corpus.txt",
+         r"corpus.txt: exists and is not a directory", copy("corpus.txt")),
+    Case("out-is-a-file-prepare", "data prepare --source c=text:corpus.txt --tokenizer tok --out corpus.txt",
+         r"corpus.txt: File exists \(a file stands where a folder is needed", copy("tok", "corpus.txt")),
+    Case("out-is-a-file-train", "train r.yaml --out corpus.txt", r"corpus.txt: exists and is not an empty folder",
+         chain(copy("corpus.txt"), edit_recipe(lambda r: None))),
+    Case("out-is-a-file-eval", "eval enc --out corpus.txt", r"corpus.txt: exists and is not a directory", copy("enc", "corpus.txt")),
+    Case("out-is-a-file-lm-eval-tasks", "lm-eval-tasks --out corpus.txt", r"corpus.txt: File exists", copy("corpus.txt")),
+    Case("out-under-a-file", "lm-eval-tasks --out corpus.txt/tasks", r"corpus.txt/tasks: Not a directory", copy("corpus.txt")),
 ]
 
 
