@@ -55,14 +55,6 @@ class _RichProgress:
                                soft_wrap=True)
 
 
-def _check_not_pair(path: str) -> None:
-    p = Path(path)
-    if p.is_dir() and not (p / "config.json").is_file() and ((p / "encoder").is_dir() or (p / "decoder").is_dir()):
-        raise EttinError("is the run of a pair, not one model", path=p,
-                         fix=f"evaluate one member ({p / 'encoder'} or {p / 'decoder'}) or compare them with "
-                         f"`ettin compare {p} --out DIR`")
-
-
 def _print_tasks(console) -> None:
     from rich.table import Table
 
@@ -107,7 +99,6 @@ def register(app: typer.Typer) -> None:
             raise EttinError("missing --out", field="out", fix="give a folder for the results, e.g. --out evals/mine")
         from ettin.eval.runner import evaluate_model
 
-        _check_not_pair(model)
         with _RichProgress(console, enabled=not no_progress) as progress:
             res = evaluate_model(model, tasks, suite, out, seed, revision=revision, tokenizer=tokenizer,
                                  pooling=pooling, limit=limit, threads=threads, device=device, progress=progress)

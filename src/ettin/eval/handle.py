@@ -210,6 +210,11 @@ def load_eval_model(
         from ettin import hf
 
         path = Path(model_or_path)
+        if path.is_dir() and not (path / "config.json").is_file() and (
+                (path / "encoder").is_dir() or (path / "decoder").is_dir()):
+            raise EttinError("is the run of a pair, not one model", path=path,
+                             fix=f"evaluate one member ({path / 'encoder'} or {path / 'decoder'}) or compare them "
+                             f"with `ettin compare {path} --out DIR`")
         model_dir = hf.resolve(path, revision)
         model = hf.load_dir(model_dir).to(resolve_device(device or "auto"))
         if tokenizer is None:

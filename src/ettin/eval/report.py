@@ -220,6 +220,8 @@ def render_markdown(results: dict) -> str:
         lines.append("")
     lines += ["## Files", "", f"- `{RESULTS_FILE}`: everything above, with per-item scores.",
               "- `models/<model>/<task>.json`: one file per model and task."]
+    if results.get("command"):
+        lines += ["", f"Reproduce (same numbers for the same models and seed): `{results['command']}`"]
     return "\n".join(lines) + "\n"
 
 

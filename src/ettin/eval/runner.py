@@ -347,7 +347,8 @@ def compare_models(models: dict[str, Any], out_dir: str | os.PathLike, suite: st
                    checkpoints: dict[str, dict] | None = None, dynamics_note: str | None = None,
                    baselines: bool = False, pretraining_sources: Sequence[str] | None = None,
                    threads: int | None = None, cross_of: dict[str, str] | None = None,
-                   device: str | None = None, progress: Progress | None = None) -> dict:
+                   device: str | None = None, command: str | None = None,
+                   progress: Progress | None = None) -> dict:
     """Evaluate several models on the same tasks and write the report.
 
     `models` maps a label to anything `load_eval_model` takes; the first encoder and the first
@@ -417,6 +418,7 @@ def compare_models(models: dict[str, Any], out_dir: str | os.PathLike, suite: st
                        for t, r in p["tasks"].items() if r["status"] != "ok"]
     results = {
         "run_name": run_name,
+        "command": command,
         "suite": the_suite.name,
         "seed": seed,
         "limit": limit,
@@ -630,11 +632,20 @@ def compare_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, suite: s
                           for t in _pick_tags(tags, max_checkpoints)]
         if not dyn:
             note = "The run has fewer than two exported checkpoints per model: no training dynamics to plot."
+    flags = [f"--suite {suite}", f"--seed {seed}"]
+    flags += [f"--tasks {','.join(resolve_tasks(tasks, suite))}"] if tasks else []
+    flags += [f"--revision {revision}"] if revision else []
+    flags += [f"--limit {limit}"] if limit else []
+    flags += ["--baselines"] if baselines else []
+    flags += [] if dynamics else ["--no-dynamics"]
+    flags += [f"--checkpoints {max_checkpoints}"] if dynamics and max_checkpoints != 4 else []
+    flags += [f"--cross {c}" for c in (cross or [])] + ([] if find_cross else ["--no-find-cross"])
+    command = f"ettin compare {run_dir} --out {out_dir} " + " ".join(flags)
     return compare_models(models, out_dir, suite, seed, tasks=tasks, tokenizer=tokenizer, limit=limit,
                           dynamics=dyn, dynamics_tasks=dynamics_tasks, run_name=Path(run_dir).resolve().name,
                           checkpoints=checkpoints, dynamics_note=note, baselines=baselines,
                           pretraining_sources=recipe_sources(run_dir), threads=threads, cross_of=cross_of,
-                          device=device, progress=progress)
+                          device=device, command=command, progress=progress)
 
 
 def suite_names() -> list[str]:
