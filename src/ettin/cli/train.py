@@ -82,6 +82,9 @@ def register(app: typer.Typer) -> None:
         for name, value in (("--max-steps", max_steps), ("--nproc", nproc), ("--threads", threads)):
             if value is not None and value < 1:
                 raise EttinError(f"{value} must be at least 1", field=name)
+        if force and not resume:
+            raise EttinError("--force only applies with --resume (it accepts a changed recipe)", field="--force",
+                             fix="add --resume to continue a run, or drop --force")
         if nproc > 1 and "WORLD_SIZE" not in os.environ:
             raise typer.Exit(_launch(nproc))
         from rich.console import Console
