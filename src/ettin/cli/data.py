@@ -212,6 +212,9 @@ def register(app: typer.Typer) -> None:
         """Show, export or check the recorded data order (one row per training sequence)."""
         from ettin.data.order import order_steps, read_order, read_plan, regenerate_order
 
+        if check and (export is not None or step is not None or tokenizer is not None):
+            raise EttinError("--check compares the whole order; it does not combine with --export, --step or --tokenizer",
+                             field="--check", fix="run --check on its own")
         folder = _order_folder(run, arch)
         console = _console()
         if check:
