@@ -466,6 +466,10 @@ CASES = [
          chain(edit_recipe(lambda r: None), copy("enc"), remove("enc/model.safetensors"),
                write("enc/pytorch_model.bin", pickle.dumps(Payload())))),
     Case("train-unknown-device", "train r.yaml --out o --device tpu", r"field 'device': unknown device 'tpu'", edit_recipe(lambda r: None)),
+    Case("train-force-without-resume", "train r.yaml --out o --force", r"field '--force': --force only applies with --resume",
+         edit_recipe(lambda r: None)),
+    Case("order-check-with-export", "data order run --check --export rows.jsonl",
+         r"field '--check': --check compares the whole order; it does not combine with --export", copy("run")),
     Case("train-max-steps-negative", "train r.yaml --out o --max-steps -1", r"field '--max-steps': -1 must be at least 1",
          edit_recipe(lambda r: None)),
     # ---------------------------------------------------------------- runs: checkpoints, plot, export by revision
