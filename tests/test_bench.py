@@ -1,0 +1,115 @@
+"""The benchmark's code paths on tiny shapes: inputs, FLOP counts, reports, CLI. No timing is asserted."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ettin.attention import window_mask
+from ettin.bench import Spec, run
+from ettin.bench.run import measure_memory
+from ettin.bench.scaling import markdown
+from ettin.bench.workloads import attention_pairs, forward_flops, make_batch
+from ettin.cli import app
+from ettin.errors import EttinError
+
+
+def tiny(task="train", arch="encoder", **kw) -> Spec:
+    return Spec(task=task, size="tiny", arch=arch, dtype="fp32", vocab_size=512, batch=3, min_len=20, max_len=90, **kw)
+
+
+def test_spec_rejects_what_cannot_run():
+    with pytest.raises(EttinError, match="generation needs a decoder"):
+        Spec(task="generate", arch="encoder")
+    with pytest.raises(EttinError, match="unknown benchmark task"):
+        Spec(task="fly")
+
+
+def test_lengths_are_spread_over_the_range_and_repeatable():
+    spec = Spec(task="infer", size="tiny", batch=5, min_len=32, max_len=512)
+    assert sorted(spec.lengths()) == [32, 152, 272, 392, 512]
+    assert spec.lengths() == Spec(task="infer", size="tiny", batch=5, min_len=32, max_len=512).lengths()
+
+
+@pytest.mark.parametrize("arch", ["encoder", "decoder"])
+def test_padded_and_flat_batches_hold_the_same_tokens_and_labels(arch):
+    spec = tiny(arch=arch)
+    b = make_batch(spec, spec.config(), with_labels=True)
+    mask = b.attention_mask.bool()
+    assert torch.equal(b.padded_ids[mask], b.ids)
+    if arch == "encoder":  # the same masked positions on both sides
+        assert torch.equal(b.padded_labels[mask], b.labels)
+        assert ((b.labels != -100) == (b.ids == spec.config().mask_token_id)).all()
+    else:  # ettin's labels are shifted already; transformers shifts inside its loss
+        first = b.seqs[0]
+        assert b.labels[: len(first)].tolist() == first[1:].tolist() + [-100]
+        assert torch.equal(b.padded_labels[mask], b.ids)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("window", [None, 64])
+@pytest.mark.parametrize("length", [1, 50, 65, 200])
+def test_attention_pairs_count_the_mask(causal, window, length):
+    mask = window_mask(length, window, causal, "cpu")
+    if mask is None:
+        mask = torch.ones(length, length, dtype=torch.bool)
+        mask = mask.tril() if causal else mask
+    assert attention_pairs(length, window, causal) == int(mask.sum())
+
+
+def test_forward_flops_are_matmuls_plus_attention_plus_head():
+    cfg = Spec(task="train", size="tiny", vocab_size=512).config()
+    h, i, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    matmul_params = layers * (4 * h * h + 3 * h * i)  # Wqkv, Wo, Wi, mlp.Wo
+    n = 10  # shorter than the window: every layer attends to all n x n pairs
+    assert forward_flops(cfg, [n], 0) == 2 * matmul_params * n + layers * 4 * h * n * n
+    assert forward_flops(cfg, [n], 3) - forward_flops(cfg, [n], 0) == 3 * 2 * (h * h + h * 512)
+
+
+@pytest.mark.parametrize("task,arch", [("train", "encoder"), ("train", "decoder"), ("infer", "encoder"),
+                                       ("generate", "decoder")])
+def test_run_reports_both_sides_and_they_agree_in_fp32(task, arch):
+    spec = tiny(task, arch, new_tokens=4)
+    r = run(spec, repeats=1, warmup=1, memory=False, matmul_n=256)
+    for side in ("ettin", "hf"):
+        assert r[side]["median_s"] > 0 and r[side]["tokens_per_s"] > 0 and r[side]["mfu"] > 0
+    assert r["ratio"] == pytest.approx(r["hf"]["median_s"] / r["ettin"]["median_s"])
+    check = r["check"]
+    if task == "train":
+        assert check["abs_diff"] < 1e-4
+    elif task == "infer":
+        assert check["max_abs_diff"] < 1e-4
+    else:
+        assert check["tokens_equal"]
+    json.dumps(r)  # the report is JSON as it stands
+
+
+def test_memory_is_measured_in_a_fresh_process():
+    m = measure_memory(tiny(), "ettin", steps=1)
+    assert "error" not in m, m
+    assert m["peak_rss_mb"] >= m["rss_before_mb"] > 0 and m["step_peak_mb"] >= 0
+
+
+def test_cli_prints_json_reports():
+    args = ["bench", "infer", "--size", "tiny", "--vs", "none", "--dtype", "fp32", "--batch", "2",
+            "--min-len", "20", "--max-len", "40", "--repeats", "1", "--warmup", "1", "--no-memory", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    reports = json.loads(result.stdout)
+    assert [r["spec"]["arch"] for r in reports] == ["encoder"] and "hf" not in reports[0]
+
+
+def test_cli_data_skips_without_the_checkout_script(monkeypatch, tmp_path):
+    import ettin.cli.bench as cli_bench
+
+    monkeypatch.setattr(cli_bench, "_data_script", lambda: tmp_path / "missing.py")
+    result = CliRunner().invoke(app, ["bench", "data"])
+    assert result.exit_code == 0 and "skipped" in result.output
+
+
+def test_scaling_table_is_markdown():
+    row = {"task": "train", "size": "demo", "seq": 128, "batch": 32, "ettin_s": 0.5, "hf_s": 1.0, "ratio": 2.0,
+           "ettin_mb": 100.0, "hf_mb": None, "ettin_mfu": 0.1, "hf_mfu": 0.05}
+    text = markdown([row])
+    assert "| train | demo | 128 | 32 | 0.500 | 1.000 | 2.00 | 100 | - | 10.0% | 5.0% |" in text
