@@ -10,9 +10,7 @@ run again through the installed console script to prove the same end to end.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import pickle
@@ -26,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from reliability_support import run_in_process
 
 ETTIN_BIN = Path(sys.executable).with_name("ettin")
 
@@ -525,24 +524,6 @@ def snapshot(root: Path) -> dict[str, tuple]:
             st = p.stat()
             out[rel] = ("file", st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
     return out
-
-
-def run_in_process(args: list[str]) -> tuple[int, str, str]:
-    from ettin.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = ["ettin", *args]
-    code: object = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main()
-            except SystemExit as exc:
-                code = exc.code
-    finally:
-        sys.argv = argv
-    return (code if isinstance(code, int) else 1), out.getvalue(), err.getvalue()
 
 
 def run_console_script(args: list[str], cwd: Path) -> tuple[int, str, str]:

@@ -9,7 +9,6 @@ scripts/crash_trials.py, which also runs any number of random trials; see docs/r
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import random
 import shutil
@@ -18,22 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability_support import crash_trials
 
 from ettin.errors import EttinError
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script():
-    if "crash_trials" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("crash_trials", ROOT / "scripts" / "crash_trials.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return sys.modules["crash_trials"]
-
-
-ct = _load_script()
+ct = crash_trials()
 
 
 @pytest.fixture(scope="module")

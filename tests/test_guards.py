@@ -6,36 +6,22 @@ Policy and exit codes: docs/reliability.md.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from reliability_support import crash_trials, run_in_process
 
 from ettin.train import checkpoint as ck
 from ettin.train.metrics import read_metrics
 from ettin.train.trainer import NonFiniteLoss, Trainer, TrainOptions, train
 
-ROOT = Path(__file__).resolve().parents[1]
 BAD_STEP = 5
-
-
-def _crash_trials():
-    """scripts/crash_trials.py (its tiny recipe and assets), loaded once per session."""
-    if "crash_trials" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("crash_trials", ROOT / "scripts" / "crash_trials.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return sys.modules["crash_trials"]
 
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory, small_tokenizer_dir) -> Path:
-    ct = _crash_trials()
+    ct = crash_trials()
     root = tmp_path_factory.mktemp("guards")
     assets = ct.make_assets(root / "assets", small_tokenizer_dir)
     return ct.write_recipe(root / "recipe.yaml", assets["tokenizer"], assets["data"])
@@ -66,23 +52,6 @@ def poison(monkeypatch, arch: str, how: str) -> None:
     monkeypatch.setattr(Trainer, "_member_step", member_step)
 
 
-def run_cli(args: list[str]) -> tuple[int, str]:
-    from ettin.cli import main
-
-    err = io.StringIO()
-    argv, sys.argv = sys.argv, ["ettin", *args]
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-            try:
-                main()
-                code = 0
-            except SystemExit as exc:
-                code = exc.code
-    finally:
-        sys.argv = argv
-    return code, err.getvalue()
-
-
 def assert_nothing_written_for_the_bad_step(run: Path) -> None:
     for arch in ("encoder", "decoder"):
         assert all(t.step < BAD_STEP for t in ck.list_tags(run / arch)), ck.list_tags(run / arch)
@@ -92,7 +61,7 @@ def assert_nothing_written_for_the_bad_step(run: Path) -> None:
 def test_nan_loss_stops_the_cli_with_exit_3_naming_step_model_and_checkpoint(recipe, tmp_path, monkeypatch):
     poison(monkeypatch, "decoder", "nan-weight")
     run = tmp_path / "run"
-    code, err = run_cli(["train", str(recipe), "--out", str(run), "--no-progress"])
+    code, _, err = run_in_process(["train", str(recipe), "--out", str(run), "--no-progress"])
     lines = [x for x in err.splitlines() if x.strip()]
     assert code == 3, err
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -104,7 +73,7 @@ def test_nan_loss_stops_the_cli_with_exit_3_naming_step_model_and_checkpoint(rec
     assert_nothing_written_for_the_bad_step(run)
 
     monkeypatch.undo()  # the cause is gone (in real life: a lower learning rate): resume to the end
-    code, err = run_cli(["train", "--resume", "--out", str(run), "--no-progress"])
+    code, _, err = run_in_process(["train", "--resume", "--out", str(run), "--no-progress"])
     assert code == 0, err
     assert [t.step for t in ck.list_tags(run / "decoder")][-1] > BAD_STEP
 
