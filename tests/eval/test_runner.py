@@ -118,7 +118,7 @@ def test_compare_with_baselines_and_overlap(tiny_run, tmp_path):
     finally:
         (tiny_run / "recipe.yaml").unlink()
     assert list(res["models"]) == ["encoder", "decoder", "encoder-init", "decoder-init"]
-    assert res["models"]["encoder-init"]["baseline_of"] == "encoder"
+    assert res["models"]["encoder-init"]["baseline_of"] == "encoder" and res["models"]["encoder-init"]["tokens"] == 0
     assert set(res["models"]["decoder"]["vs_init"]) == {"wiki_topic", "lambada"}
     assert [p["tag"] for p in res["dynamics"]["encoder"]] == ["init", "step1", "step2"]
     assert res["pretraining_overlap"] == {"wiki_topic": ["wiki"]}
@@ -159,3 +159,9 @@ def test_compare_run_refuses_what_is_not_a_pair(tiny_run, tmp_path):
         runner.compare_run(tmp_path, tmp_path / "out")
     with pytest.raises(EttinError, match="no revision 'step7'"):
         runner.compare_run(tiny_run, tmp_path / "x", revision="step7")
+
+
+def test_report_token_counts():
+    from ettin.eval.report import _fmt_tokens
+
+    assert [_fmt_tokens(n) for n in (None, 0, 950, 202007, 1.7e12)] == ["unknown", "0", "950", "202k", "1.7T"]

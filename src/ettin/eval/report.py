@@ -38,8 +38,10 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 
 def _fmt_tokens(n: int | None) -> str:
-    if not n:
+    if n is None:
         return "unknown"
+    if n == 0:
+        return "0"
     for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= size:
             return f"{n / size:.3g}{unit}"
@@ -169,12 +171,13 @@ def render_markdown(results: dict) -> str:
                      f"texts of {', '.join(overlap)} (the documents, not their labels or queries). Scores there "
                      "may reflect memorised text as well as general ability.")
     params = [models[m]["info"].get("parameters", 0) for m in order]
-    tokens = [models[m].get("tokens") or 0 for m in order]
-    small = max(params) < PAPER_SMALLEST_PARAMS / 2 or (max(tokens) and max(tokens) < 1e9)
+    tokens = [t for m in order if (t := models[m].get("tokens"))]
+    small = max(params) < PAPER_SMALLEST_PARAMS / 2 or (tokens and max(tokens) < 1e9)
+    seen = f"saw {_fmt_tokens(max(tokens))} tokens" if tokens else "an unknown number of training tokens"
     if small:
         lines += [
-            f"- Scale: the largest model here has {max(params):,} parameters and saw "
-            f"{_fmt_tokens(max(tokens) or None)} tokens; the smallest Ettin pair has {PAPER_SMALLEST_PARAMS:,} and "
+            f"- Scale: the largest model here has {max(params):,} parameters and {seen}; "
+            f"the smallest Ettin pair has {PAPER_SMALLEST_PARAMS:,} and "
             f"about {_fmt_tokens(int(PAPER_TOKENS))}. At this scale most scores sit at or near chance, so the "
             "table tests the pipeline (same tasks, same items, both archs scored by their own method) rather "
             "than the paper's findings.",

@@ -391,7 +391,7 @@ def compare_models(models: dict[str, Any], out_dir: str | os.PathLike, suite: st
             model_records[label]["cross_of"] = native
             model_records[label]["vs_native"] = _pair_differences(results_by_model[label], results_by_model[native], seed)
     for label, init_label in baseline_of.items():
-        model_records[init_label]["baseline_of"] = label
+        model_records[init_label].update(baseline_of=label, tokens=0, tag=f"init (seed {seed})")
         model_records[label]["vs_init"] = _pair_differences(results_by_model[label], results_by_model[init_label], seed)
     dyn_out: dict[str, list[dict]] = {}
     dyn_names = [t for t in (dynamics_tasks or DYNAMICS_TASKS) if t in names]
