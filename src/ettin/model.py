@@ -230,9 +230,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None, None, None
 
 
-def linear_cross_entropy(h, weight, bias, labels, chunk_elements: int = 1 << 20) -> torch.Tensor:
-    """Training loss of the vocabulary projection; every label must be a real class (no -100)."""
+def linear_cross_entropy(h, weight, bias, labels, chunk_elements: int | None = None) -> torch.Tensor:
+    """Training loss of the vocabulary projection; every label must be a real class (no -100).
+
+    Slices of `chunk_elements` logits: 4 MB of float32 on CPU (stays in cache), 512 MB on a GPU
+    (where each slice costs kernel launches, not cache misses).
+    """
     dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+    if chunk_elements is None:
+        chunk_elements = 1 << 20 if h.device.type == "cpu" else 1 << 27
     chunk = max(1, chunk_elements // weight.shape[0])
     return _LinearCrossEntropy.apply(h, weight, bias, labels, dtype, chunk)
 

@@ -40,6 +40,7 @@ class Spec:
     device: str = "cpu"
     compile: bool = False
     threads: int | None = None  # torch threads (None: torch's default, one per core)
+    hf_attn: str = "sdpa"  # transformers' attention: sdpa, or flash_attention_2 on a GPU with flash-attn
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -208,7 +209,7 @@ def build_ettin(spec: Spec):
 
 
 def build_hf(spec: Spec, ettin_model=None, *, with_head: bool = True):
-    """transformers' ModernBertForMaskedLM / ModernBertDecoderForCausalLM with the same weights (SDPA)."""
+    """transformers' ModernBertForMaskedLM / ModernBertDecoderForCausalLM with the same weights."""
     from transformers import (
         ModernBertConfig,
         ModernBertDecoderConfig,
@@ -224,7 +225,7 @@ def build_hf(spec: Spec, ettin_model=None, *, with_head: bool = True):
         hf_cfg, cls = ModernBertConfig(**(d | {"sparse_prediction": True})), ModernBertForMaskedLM
     else:
         hf_cfg, cls = ModernBertDecoderConfig(**d), ModernBertDecoderForCausalLM
-    hf_cfg._attn_implementation = "sdpa"
+    hf_cfg._attn_implementation = spec.hf_attn
     torch.manual_seed(spec.seed)
     model = cls(hf_cfg)
     if ettin_model is not None:
