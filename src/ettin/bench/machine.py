@@ -91,7 +91,7 @@ def cpu_name() -> str:
 def describe(device: str = "cpu") -> dict:
     """Machine facts that belong next to every number measured on it."""
     info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "cpu": cpu_name()}
+            "cpu": cpu_name(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")}
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     try:
