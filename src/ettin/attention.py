@@ -181,5 +181,12 @@ def cache_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, k_valid: torch.Tensor, 
 
 
 def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, *, scale: float):
-    """Causal attention of new queries q [B, H, Tq, D] against a cache k, v [B, H, S, D]."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    """Causal attention of new queries q [B, H, Tq, D] against a cache k, v [B, H, S, D].
+
+    The cache may be wider than q: on CPU it holds float32 (values rounded to the compute dtype first),
+    because PyTorch's fused CPU kernel is 3-4x slower in bfloat16 for a few queries. Autocast would cast
+    the cache back down on every call, so it is off here; the result comes back in q's dtype.
+    """
+    with torch.autocast(q.device.type, enabled=False):
+        out = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask, scale=scale)
+    return out.to(q.dtype)
