@@ -59,3 +59,17 @@ def test_demo_writes_the_report_for_the_pair(demo):
 def test_demo_is_idempotent(demo):
     again = run_demo(demo.out, overrides=TINY, tasks=["sst2"], limit=12, progress=False, log=lambda s: None)
     assert again.train_stats == [] or all(s.steps == 0 for s in again.train_stats)
+
+
+def test_demo_summary_prints_every_task_and_path(demo):
+    import io
+
+    from rich.console import Console
+
+    from ettin.cli.demo import _summary
+
+    buf = io.StringIO()
+    _summary(Console(file=buf, width=160), demo)
+    text = buf.getvalue()
+    assert "sst2" in text and "arc_easy" in text and "total" in text
+    assert str(demo.out / "report.md") in text

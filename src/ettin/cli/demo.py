@@ -24,8 +24,8 @@ def _summary(console, result) -> None:
         for col in ("task", "metric", "encoder", "decoder", "decoder - encoder", "chance"):
             table.add_column(col, justify="left" if col in ("task", "metric") else "right")
         for task in res["tasks"]:
-            e = models[enc]["tasks"].get(task, {})
-            d = models[dec]["tasks"].get(task, {})
+            e = models[enc]["results"]["tasks"].get(task, {})
+            d = models[dec]["results"]["tasks"].get(task, {})
             if e.get("status") != "ok" or d.get("status") != "ok":
                 table.add_row(task, "", e.get("status", "-"), d.get("status", "-"), "", "")
                 continue
