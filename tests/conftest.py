@@ -10,7 +10,10 @@ read-only.
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the `ettin` command does (see ettin.cli)
 
 import pytest
 
