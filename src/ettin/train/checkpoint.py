@@ -42,6 +42,8 @@ STATE_FILE = "trainer_state.json"
 TAG_FILE = "ettin_checkpoint.json"
 TIED_KEY = "decoder.weight"
 EMBEDDING_KEY = "model.embeddings.tok_embeddings.weight"
+# --resume has no tag option: it takes the newest full state, so a damaged one is moved out of the way
+DAMAGED_FIX = "move this tag's folder out of checkpoints/ to resume from the one before it (`ettin checkpoints RUN`)"
 _TAG_RE = re.compile(r"^[A-Za-z][A-Za-z_-]*[0-9]+$")
 
 
@@ -127,7 +129,7 @@ def read_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
         raise EttinError(f"cannot read the checkpoint's training state: {exc}", path=path,
-                         fix="move this tag's folder out of checkpoints/ to resume from the one before it (`ettin checkpoints RUN`)") from None
+                         fix=DAMAGED_FIX) from None
 
 
 def load_checkpoint(ckpt_dir: Path) -> FullState:
@@ -137,16 +139,17 @@ def load_checkpoint(ckpt_dir: Path) -> FullState:
     missing = [n for n in (MODEL_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE) if not (ckpt_dir / n).is_file()]
     if missing:
         raise EttinError(f"incomplete checkpoint (missing {', '.join(missing)})", path=ckpt_dir,
-                         fix="move this tag's folder out of checkpoints/ to resume from the one before it (`ettin checkpoints RUN`)")
+                         fix=DAMAGED_FIX)
+
     def read(name: str, loader):
         try:
             return loader(ckpt_dir / name)
         except pickle.UnpicklingError:
             raise EttinError("holds Python objects besides tensors and numbers; refused without running them",
-                             path=ckpt_dir / name, fix="move this tag's folder out of checkpoints/ to resume from the one before it (`ettin checkpoints RUN`)") from None
+                             path=ckpt_dir / name, fix=DAMAGED_FIX) from None
         except Exception as exc:  # safetensors and torch raise their own types for damaged files
             raise EttinError(f"cannot be read ({type(exc).__name__}: {exc})".splitlines()[0], path=ckpt_dir / name,
-                             fix="move this tag's folder out of checkpoints/ to resume from the one before it (`ettin checkpoints RUN`)") from None
+                             fix=DAMAGED_FIX) from None
 
     return FullState(
         path=ckpt_dir,
