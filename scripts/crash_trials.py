@@ -160,17 +160,16 @@ def install_faults(fault: str | None, slow: float = 0.0) -> None:
 
     prep._write_shard = write_shard
 
-    real_write_json = prep.atomic_write_json
+    real_write_json, real_prep_atomic_path = prep.atomic_write_json, prep.atomic_path
 
     def write_json(path, obj, **kw):
         if Path(path).name == "manifest.json":
-            with real_atomic_path_prep(path) as tmp:
+            with real_prep_atomic_path(path) as tmp:
                 tmp.write_text(json.dumps(obj, indent=2) + "\n")
                 hit("prepare-manifest")  # the manifest written, not yet renamed into place
             return Path(path)
         return real_write_json(path, obj, **kw)
 
-    real_atomic_path_prep = prep.atomic_path
     prep.atomic_write_json = write_json
 
     real_swap = prep._swap_into_place
