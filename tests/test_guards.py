@@ -66,7 +66,7 @@ def test_nan_loss_stops_the_cli_with_exit_3_naming_step_model_and_checkpoint(rec
     assert code == 3, err
     assert len(lines) == 1 and "Traceback" not in err, err
     last = ck.latest_full_state(run / "decoder")
-    assert last is not None and ck.load_checkpoint(last).trainer["step"] < BAD_STEP
+    assert last is not None and ck.load_checkpoint(last).trainer["step"] == BAD_STEP - 1
     assert lines[0].startswith(f"error: stopped at step {BAD_STEP} (pretrain): decoder loss is nan; "
                                f"last good checkpoint: {last}"), lines[0]
     assert "encoder loss" not in lines[0]  # the encoder's loss was finite
@@ -87,3 +87,66 @@ def test_infinite_loss_stops_the_library_call(recipe, tmp_path, monkeypatch):
         train(load_recipe(recipe), TrainOptions(out=run, progress=False, tensorboard=False, log=lambda *_: None))
     assert info.value.exit_code == 3
     assert_nothing_written_for_the_bad_step(run)
+
+
+# ------------------------------------------------------------------ exploding gradients (guards)
+
+
+def test_exploding_gradient_stops_after_max_skips_and_writes_nothing_for_the_step(recipe, tmp_path):
+    """Every gradient exceeds a tiny limit: the first step's update is skipped, the second stops the run."""
+    run = tmp_path / "run"
+    code, _, err = run_in_process(["train", str(recipe), "--out", str(run), "--no-progress",
+                                   "--set", "guards.max_grad_norm=1e-9", "--set", "guards.max_skips=1"])
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 3, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("error: stopped at step 2 (pretrain): the encoder's update was skipped 2 time(s)"), lines[0]
+    assert "exceeds guards.max_grad_norm 1e-09" in lines[0] and "last good checkpoint: none yet" in lines[0]
+    assert ck.list_tags(run / "encoder") == []
+
+
+def test_skipped_updates_leave_weights_alone_and_are_logged(recipe, tmp_path):
+    from ettin.recipe import load_recipe
+
+    r = load_recipe(recipe, ["guards.max_grad_norm=1e-9", "guards.max_skips=1000", "arch=decoder"])
+    result = train(r, TrainOptions(out=tmp_path / "run", progress=False, log=lambda s: None))
+    assert result.finished
+    rows = [x for x in read_metrics(tmp_path / "run" / "decoder") if x.get("kind") == "train"]
+    assert rows and all(x["skipped"] and x["grad_norm"] > 1e-9 for x in rows)
+    init = Trainer(load_recipe(recipe, ["arch=decoder"]), TrainOptions(out=tmp_path / "fresh", progress=False))
+    init.setup()
+    saved = ck.load_checkpoint(ck.latest_full_state(tmp_path / "run" / "decoder"))
+    for name, p in saved.model.items():
+        assert torch.equal(p, init.members[0].model.state_dict()[name]), name  # no update was applied
+
+
+def test_default_guards_let_a_normal_run_through_and_log_the_norm(recipe, tmp_path):
+    from ettin.recipe import load_recipe
+
+    r = load_recipe(recipe, ["arch=encoder"])
+    assert r.guards.max_grad_norm is None and r.guards.max_skips == 0
+    train(r, TrainOptions(out=tmp_path / "run", progress=False, log=lambda s: None))
+    rows = [x for x in read_metrics(tmp_path / "run" / "encoder") if x.get("kind") == "train"]
+    assert rows and all(x["skipped"] is None and 0 < x["grad_norm"] < float("inf") for x in rows)
+
+
+def test_non_finite_weights_are_never_checkpointed(recipe, tmp_path, monkeypatch):
+    """A finite loss whose update leaves NaN weights: the checkpoint after it is refused, not written."""
+    real = Trainer._member_step
+
+    def member_step(self, m, samples, phase, lr):
+        value = real(self, m, samples, phase, lr)
+        if m.arch == "encoder" and self.step + 1 == BAD_STEP:
+            with torch.no_grad():
+                m.model.get_parameter("head.norm.weight")[0] = float("nan")
+        return value
+
+    monkeypatch.setattr(Trainer, "_member_step", member_step)
+    from ettin.recipe import load_recipe
+
+    r = load_recipe(recipe, ["arch=encoder", "checkpoint.every_tokens=1"])  # a checkpoint after every step
+    with pytest.raises(NonFiniteLoss, match=f"step {BAD_STEP} .*weights hold NaN or inf, so checkpoint was not written"):
+        train(r, TrainOptions(out=tmp_path / "run", progress=False, log=lambda s: None))
+    last = ck.latest_full_state(tmp_path / "run" / "encoder")
+    assert last is not None and ck.load_checkpoint(last).trainer["step"] == BAD_STEP - 1
+    assert all(torch.isfinite(v).all() for v in ck.load_checkpoint(last).model.values())

@@ -108,6 +108,18 @@ class OptimizerSection:
 
 
 @dataclass
+class GuardsSection:
+    """What a step with an exploding or non-finite gradient does (docs/reliability.md).
+
+    Such a step's update is skipped (the batch still counts as consumed, so resume stays exact) and
+    logged; more than `max_skips` skipped steps in a row stop the run. A non-finite loss always stops.
+    """
+
+    max_grad_norm: float | None = field(default=None, metadata={"gt": 0.0})  # None: only non-finite norms
+    max_skips: int = field(default=0, metadata={"min": 0})
+
+
+@dataclass
 class LRSection:
     """Learning rate within a phase, as fractions of the peak.
 
@@ -222,6 +234,7 @@ class Recipe:
     precision: Literal["fp32", "bf16"] = field(default="bf16", metadata={"choices_name": "precision"})
     micro_batch_size: int = field(default=96, metadata={"min": 1})
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    guards: GuardsSection = field(default_factory=GuardsSection)
     objective: ObjectiveSection = field(default_factory=ObjectiveSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     eval: EvalSection = field(default_factory=EvalSection)

@@ -53,6 +53,10 @@ class NonFiniteLoss(EttinError):
     exit_code = 3
 
 
+class UnstableUpdate(EttinError):
+    exit_code = 3
+
+
 class DataOrderMismatch(EttinError):
     exit_code = 4
 
@@ -83,6 +87,9 @@ class Member:
     metrics: MetricsLog | None = None
     order: Any = None  # ettin.data.order.OrderWriter on rank 0
     order_chain: str = ""  # running hash over every step's batch hash
+    grad_norm: float = float("nan")  # of the last step
+    skipped: str | None = None  # why the last step's update was skipped (guards), or None
+    skips: int = 0  # skipped steps in a row
     last_loss: float = float("nan")
     phase_time: float = 0.0
     phase_tokens: int = 0
@@ -160,6 +167,34 @@ def _check_finite(losses: dict[str, float], step: int, phase: Phase, members: li
         f"stopped at step {step} ({phase.name}): " + "; ".join(parts),
         fix="nothing was written for this step; lower the learning rate (--set optimizer.lr=...) "
         "and continue with --resume --force, or inspect the data",
+    )
+
+
+def _grad_norm(model: nn.Module) -> float:
+    """Global L2 norm of the gradients (whole model, also when FSDP2 shards them)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = torch.nn.utils.get_total_norm(grads)
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def _check_finite_weights(m: Member, step: int, phase: Phase, ctx: DistContext) -> None:
+    """An update can make weights non-finite while the loss that produced it was finite: never save them.
+
+    Every rank checks its own shard and all ranks agree on the verdict, so they stop together.
+    """
+    local = (p.to_local() if hasattr(p, "to_local") else p for p in m.model.parameters())
+    bad = 0.0 if all(bool(torch.isfinite(t).all()) for t in local) else 1.0
+    if ctx.all_reduce_sum([bad])[0] == 0.0:
+        return
+    last = ck.latest_full_state(m.dir)
+    raise NonFiniteLoss(
+        f"stopped at step {step} ({phase.name}): the {m.arch}'s weights hold NaN or inf, so checkpoint was not "
+        f"written; last good checkpoint: {last if last else 'none yet'}",
+        fix="lower the learning rate (--set optimizer.lr=...) and continue with --resume --force",
     )
 
 
@@ -346,6 +381,7 @@ class Trainer:
             st = states[m.arch]
             load_full_state(m.wrapped, m.optimizer, st.model, st.optimizer, self.strategy)
             m.order_chain = st.trainer["order_chain"]
+            m.skips = int(st.trainer.get("skips", 0))
             m.last_loss = float(st.trainer.get("loss", float("nan")))
         self.step, self.tokens = int(first["step"]), int(first["tokens"])
         self.phase_index, self.phase_step = int(first["phase"]), int(first["phase_step"])
@@ -442,11 +478,36 @@ class Trainer:
                 loss.backward()
         total = ctx.all_reduce_sum([float(loss_sum)])[0]
         value = total / total_labels if total_labels else 0.0
-        if math.isfinite(value):
+        m.grad_norm = _grad_norm(m.wrapped) if math.isfinite(value) else float("nan")
+        m.skipped = self._skip_reason(m.grad_norm) if math.isfinite(value) else None
+        if math.isfinite(value) and m.skipped is None:
             set_lr(m.optimizer, lr)
             m.optimizer.step()
         m.optimizer.zero_grad(set_to_none=True)
         return value
+
+    def _skip_reason(self, norm: float) -> str | None:
+        limit = self.recipe.guards.max_grad_norm
+        if not math.isfinite(norm):
+            return f"gradient norm is {norm}"
+        if limit is not None and norm > limit:
+            return f"gradient norm {norm:.4g} exceeds guards.max_grad_norm {limit:g}"
+        return None
+
+    def _check_skips(self, step: int, phase: Phase) -> None:
+        """Count skipped updates; too many in a row stop the run before anything of the step is kept."""
+        limit = self.recipe.guards.max_skips
+        for m in self.members:
+            m.skips = m.skips + 1 if m.skipped else 0
+            if m.skips > limit:
+                last = ck.latest_full_state(m.dir)
+                raise UnstableUpdate(
+                    f"stopped at step {step} ({phase.name}): the {m.arch}'s update was skipped {m.skips} time(s) "
+                    f"in a row ({m.skipped}; guards.max_skips is {limit}); "
+                    f"last good checkpoint: {last if last else 'none yet'}",
+                    fix="lower the learning rate or raise guards.max_grad_norm / guards.max_skips "
+                    "(--set ...), then continue with --resume --force",
+                )
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -472,6 +533,7 @@ class Trainer:
         gathered = ctx.all_gather_objects((rng_tensors, rng_extra))
         error = None
         for m in self.members:
+            _check_finite_weights(m, self.step, phase, ctx)
             model_state = full_model_state(m.wrapped, self.strategy)
             optim_state = full_optimizer_state(m.wrapped, m.optimizer, self.strategy)
             if not ctx.is_main or error is not None:
@@ -490,6 +552,7 @@ class Trainer:
                 "loss": m.last_loss,
                 "data": self.batches.state_dict(),
                 "order_chain": m.order_chain,
+                "skips": m.skips,
                 "world_size": ctx.world_size,
                 "strategy": self.strategy,
                 "tokenizer_fingerprint": self.fingerprint,
@@ -636,6 +699,7 @@ class Trainer:
             m.phase_time += time.perf_counter() - t
             m.phase_tokens += n_tokens
         _check_finite(losses, step, phase, self.members)
+        self._check_skips(step, phase)
         self.step = step
         self.tokens += n_tokens
         self.phase_step += 1
@@ -647,7 +711,7 @@ class Trainer:
                 m.metrics.log({
                     "kind": "train", "step": step, "phase": phase.name, "phase_step": self.phase_step,
                     "tokens": self.tokens, "phase_tokens": self.phase_tokens, "loss": losses[m.arch], "lr": lr,
-                    "batch_size": len(samples), "batch_tokens": n_tokens,
+                    "grad_norm": m.grad_norm, "skipped": m.skipped, "batch_size": len(samples), "batch_tokens": n_tokens,
                     "tokens_per_s": m.phase_tokens / m.phase_time if m.phase_time else None,
                 })
         if bar is not None:  # tokens of the stream per second, all models of the run together
