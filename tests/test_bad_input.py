@@ -481,6 +481,8 @@ CASES = [
     # ---------------------------------------------------------------- evaluation
     Case("eval-model-missing", "eval nowhere --out res", r"nowhere: no such model folder"),
     Case("eval-no-out", "eval enc", r"field 'out': missing --out", copy("enc")),
+    Case("eval-out-holds-results", "eval enc --out res", r"res: field 'out': already holds evaluation results",
+         lambda w, a: (copy("enc")(w, a), (w / "res").mkdir(), (w / "res" / "results.json").write_text("{}"))),
     Case("eval-unknown-task", "eval enc --tasks nosuch --out res", r"field 'tasks': unknown task 'nosuch'", copy("enc")),
     Case("eval-unknown-suite", "eval enc --suite huge --out res", r"field 'suite': unknown suite 'huge'", copy("enc")),
     Case("eval-unknown-pooling", "eval enc --pooling max --out res", r"field 'pooling': unknown pooling 'max'", copy("enc")),

@@ -55,6 +55,13 @@ class _RichProgress:
                                soft_wrap=True)
 
 
+def _check_out(out: str, overwrite: bool) -> None:
+    """Finished results are not overwritten by a new run unless asked."""
+    if (Path(out) / "results.json").is_file() and not overwrite:
+        raise EttinError("already holds evaluation results (results.json)", path=out, field="out",
+                         fix="choose another --out, or pass --overwrite to replace them")
+
+
 def _print_tasks(console) -> None:
     from rich.table import Table
 
@@ -84,6 +91,7 @@ def register(app: typer.Typer) -> None:
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (1 is much faster on a busy machine)"),
         device: Optional[str] = typer.Option(None, "--device", help="auto (default: the GPU if any), cpu, cuda, cuda:N"),
         list_tasks: bool = typer.Option(False, "--list-tasks", help="list the tasks and suites, then exit"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="replace results already in --out"),
         no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
     ) -> None:
         """Evaluate one model: per-task JSON with metric, n, 95% interval and seconds."""
@@ -97,6 +105,7 @@ def register(app: typer.Typer) -> None:
             raise EttinError("missing MODEL", fix="give a model folder or a model's run folder (or --list-tasks)")
         if out is None:
             raise EttinError("missing --out", field="out", fix="give a folder for the results, e.g. --out evals/mine")
+        _check_out(out, overwrite)
         from ettin.eval.runner import evaluate_model
 
         with _RichProgress(console, enabled=not no_progress) as progress:
@@ -128,6 +137,7 @@ def register(app: typer.Typer) -> None:
         find_cross: bool = typer.Option(True, "--find-cross/--no-find-cross", help="include runs beside RUN that start from its models"),
         device: Optional[str] = typer.Option(None, "--device", help="auto (default: the GPU if any), cpu, cuda, cuda:N"),
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (1 is much faster on a busy machine)"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="replace a report already in --out"),
         no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
     ) -> None:
         """Evaluate a run's encoder and decoder on the same tasks; write report.md, results.json, plots."""
@@ -137,6 +147,7 @@ def register(app: typer.Typer) -> None:
 
         if checkpoints < 1:
             raise EttinError(f"--checkpoints {checkpoints} must be at least 1", field="checkpoints")
+        _check_out(out, overwrite)
         console = Console()
         with _RichProgress(console, enabled=not no_progress) as progress:
             res = compare_run(run, out, suite, seed, tasks=tasks, revision=revision, dynamics=dynamics,
