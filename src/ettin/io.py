@@ -73,6 +73,22 @@ def atomic_write_json(path: str | os.PathLike, obj, *, indent: int = 2) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
 
 
+def replace_dir(staging: Path, final: Path) -> None:
+    """Move a finished folder into place, replacing an older one only once the new one is complete.
+
+    The old folder is renamed aside first (`.NAME.old-PID`), so at every moment `final` is either the
+    old complete folder or the new complete one.
+    """
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+    _fsync_dir(final.parent)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary name and rename it into place when complete.
@@ -92,14 +108,7 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
             _publish_mode(f)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        replace_dir(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -35,7 +35,7 @@ from ettin.data.shards import (
 )
 from ettin.data.sources import SourceReport, SourceSpec, as_spec, iter_documents, source_files, source_fingerprint
 from ettin.errors import EttinError
-from ettin.io import atomic_path, atomic_write_json
+from ettin.io import atomic_path, atomic_write_json, replace_dir
 
 DEFAULT_SHARD_TOKENS = 1 << 25
 DEFAULT_BATCH_CHARS = 1 << 20
@@ -177,13 +177,7 @@ def _swap_into_place(staging: Path, final: Path) -> None:
     for p in staging.glob("shard-*.json"):
         p.unlink()
     (staging / "plan.json").unlink(missing_ok=True)
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, final)
+    replace_dir(staging, final)
 
 
 def _check_dir_tokenizer(out_dir: Path, names: set[str], tok: _Tokenizer, overwrite: bool) -> None:
