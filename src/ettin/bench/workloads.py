@@ -277,7 +277,7 @@ def _maybe_compile(spec: Spec, model):
 
 def _train(spec, cfg, model, hf, sides):
     batch = _to(make_batch(spec, cfg, with_labels=True), spec.device)
-    head = batch.head_tokens if cfg.arch == "encoder" else batch.tokens
+    head = batch.head_tokens  # useful head work: labelled positions (transformers also runs unlabelled ones)
     flops = 3 * forward_flops(cfg, spec.lengths(), head)
     out = {}
     if "ettin" in sides:
