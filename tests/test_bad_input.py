@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from reliability_support import run_in_process
+from support import run_in_process
 
 ETTIN_BIN = Path(sys.executable).with_name("ettin")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability_support import crash_trials
+from support import crash_trials
 
 from ettin.errors import EttinError
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability_support import crash_trials, run_in_process
+from support import crash_trials, run_in_process
 
 from ettin.train import checkpoint as ck
 from ettin.train.metrics import read_metrics
@@ -27,12 +27,7 @@ def recipe(tmp_path_factory, small_tokenizer_dir) -> Path:
     return ct.write_recipe(root / "recipe.yaml", assets["tokenizer"], assets["data"])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def poison(monkeypatch, arch: str, how: str) -> None:

@@ -6,50 +6,28 @@ import subprocess
 import sys
 
 import pytest
+from support import assert_one_line_error, run_in_process
 
-from ettin.cli import main
 from ettin.data.order import OrderPlan, OrderWriter, PhasePlan, iter_order
-
-
-def run(argv, capsys):
-    old = sys.argv
-    sys.argv = ["ettin", *map(str, argv)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def assert_user_error(code, err, *words):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    for w in words:
-        assert w in lines[0], lines[0]
 
 
 def listing(path):
     return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else None
 
 
-def test_prepare_then_nothing_to_do(tmp_path, corpus_dir, small_tokenizer_dir, capsys):
+def test_prepare_then_nothing_to_do(tmp_path, corpus_dir, small_tokenizer_dir):
     args = ["data", "prepare", "--source", f"plays=text:{corpus_dir / 'plays'}", "--tokenizer", small_tokenizer_dir,
             "--out", tmp_path / "d"]
-    code, out, _ = run(args, capsys)
+    code, out, _ = run_in_process(args)
     assert code == 0 and "plays: prepared: 6 documents" in out and str(tmp_path / "d" / "plays") in out
-    code, out, _ = run(args, capsys)
+    code, out, _ = run_in_process(args)
     assert code == 0 and "plays: up to date" in out
-    code, out, _ = run(["data", "inspect", tmp_path / "d", "--verify", "--tokenizer", small_tokenizer_dir], capsys)
+    code, out, _ = run_in_process(["data", "inspect", tmp_path / "d", "--verify", "--tokenizer", small_tokenizer_dir])
     assert code == 0 and "sha256" in out and "ok" in out
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "utf8", "jsonl"])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, small_tokenizer_dir, capsys, case):
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, small_tokenizer_dir, case):
     if case == "missing":
         source, words = f"text:{tmp_path / 'nope'}", ["nope", "no such file"]
     elif case == "empty":
@@ -63,38 +41,38 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, small_toke
         (tmp_path / "j.jsonl").write_text('{"text": "fine"}\n{"text": 5}\nnot json\n')
         source, words = f"jsonl:{tmp_path / 'j.jsonl'}", ["j.jsonl", "line(s) 2", "3 (not JSON"]
     out_dir = tmp_path / "out"
-    code, _, err = run(["data", "prepare", "--source", source, "--tokenizer", small_tokenizer_dir, "--out", out_dir], capsys)
-    assert_user_error(code, err, *words)
+    code, _, err = run_in_process(["data", "prepare", "--source", source, "--tokenizer", small_tokenizer_dir, "--out", out_dir])
+    assert_one_line_error(code, err, *words)
     assert not out_dir.exists()
 
 
-def test_skip_mode_reports_counts(tmp_path, small_tokenizer_dir, capsys):
+def test_skip_mode_reports_counts(tmp_path, small_tokenizer_dir):
     (tmp_path / "u.txt").write_bytes(b"good text, then \xff\xfe and more words")
-    code, out, _ = run(["data", "prepare", "--source", f"text:{tmp_path / 'u.txt'}", "--on-error", "skip", "--tokenizer",
-                        small_tokenizer_dir, "--out", tmp_path / "out"], capsys)
+    code, out, _ = run_in_process(["data", "prepare", "--source", f"text:{tmp_path / 'u.txt'}", "--on-error", "skip", "--tokenizer",
+                        small_tokenizer_dir, "--out", tmp_path / "out"])
     assert code == 0 and "replaced 2 byte(s) that are not UTF-8" in out
 
 
-def test_tampered_shard_and_other_tokenizer(tmp_path, data_dir, corpus_dir, small_tokenizer_dir, modernbert_tokenizer_dir, capsys):
+def test_tampered_shard_and_other_tokenizer(tmp_path, data_dir, corpus_dir, small_tokenizer_dir, modernbert_tokenizer_dir):
     d = tmp_path / "d"
     shutil.copytree(data_dir, d)
-    code, _, err = run(["data", "inspect", d, "--tokenizer", modernbert_tokenizer_dir], capsys)
-    assert_user_error(code, err, "different tokenizer")
+    code, _, err = run_in_process(["data", "inspect", d, "--tokenizer", modernbert_tokenizer_dir])
+    assert_one_line_error(code, err, "different tokenizer")
     before = listing(d)
-    code, _, err = run(["data", "prepare", "--source", f"more=text:{corpus_dir / 'plays'}", "--tokenizer",
-                        modernbert_tokenizer_dir, "--out", d], capsys)
-    assert_user_error(code, err, "another tokenizer", "--overwrite")
+    code, _, err = run_in_process(["data", "prepare", "--source", f"more=text:{corpus_dir / 'plays'}", "--tokenizer",
+                        modernbert_tokenizer_dir, "--out", d])
+    assert_one_line_error(code, err, "another tokenizer", "--overwrite")
     assert listing(d) == before
     shard = d / "wiki" / "tokens-00000.npy"
     raw = bytearray(shard.read_bytes())
     raw[200] ^= 1
     shard.write_bytes(bytes(raw))
-    assert run(["data", "inspect", d], capsys)[0] == 0  # sizes only
-    code, _, err = run(["data", "inspect", d, "--verify"], capsys)
-    assert_user_error(code, err, "tokens-00000.npy", "sha256")
+    assert run_in_process(["data", "inspect", d])[0] == 0  # sizes only
+    code, _, err = run_in_process(["data", "inspect", d, "--verify"])
+    assert_one_line_error(code, err, "tokens-00000.npy", "sha256")
     shard.write_bytes(bytes(raw[:-10]))
-    code, _, err = run(["data", "inspect", d], capsys)
-    assert_user_error(code, err, "tokens-00000.npy", "bytes")
+    code, _, err = run_in_process(["data", "inspect", d])
+    assert_one_line_error(code, err, "tokens-00000.npy", "bytes")
 
 
 def _record(folder, plan):
@@ -103,32 +81,32 @@ def _record(folder, plan):
             w.record(step, phase, samples)
 
 
-def test_order_and_pair_verify(tmp_path, data_dir, capsys):
+def test_order_and_pair_verify(tmp_path, data_dir):
     plan = OrderPlan(21, [PhasePlan("pretrain", {"dir": str(data_dir), "mixture": ["wiki", "plays"]}, seq_len=64, steps=4,
                                     batch_size=6)])
     _record(tmp_path / "run" / "encoder" / "data_order", plan)
     _record(tmp_path / "run" / "decoder" / "data_order", plan)
-    code, out, _ = run(["pair", "verify", tmp_path / "run"], capsys)
+    code, out, _ = run_in_process(["pair", "verify", tmp_path / "run"])
     assert code == 0 and out.startswith("identical: 4 step(s), 24 sequences")
-    code, out, _ = run(["data", "order", tmp_path / "run", "--step", 3], capsys)
+    code, out, _ = run_in_process(["data", "order", tmp_path / "run", "--step", 3])
     assert code == 0 and out.startswith("step 3 (pretrain): 6 sequences") and out.count("\n") == 7
-    code, out, _ = run(["data", "order", tmp_path / "run", "--check"], capsys)
+    code, out, _ = run_in_process(["data", "order", tmp_path / "run", "--check"])
     assert code == 0 and "identical" in out
-    code, out, _ = run(["data", "order", tmp_path / "run", "--arch", "decoder", "--step", 2, "--export", tmp_path / "s.parquet"], capsys)
+    code, out, _ = run_in_process(["data", "order", tmp_path / "run", "--arch", "decoder", "--step", 2, "--export", tmp_path / "s.parquet"])
     assert code == 0 and "wrote 6 row(s)" in out
     import pyarrow.parquet as pq
 
     assert pq.read_table(tmp_path / "s.parquet").column("step").to_pylist() == [2] * 6
-    code, _, err = run(["data", "order", tmp_path / "run", "--step", 99], capsys)
-    assert_user_error(code, err, "step 99 is not recorded")
+    code, _, err = run_in_process(["data", "order", tmp_path / "run", "--step", 99])
+    assert_one_line_error(code, err, "step 99 is not recorded")
 
     shutil.rmtree(tmp_path / "run" / "decoder")
     other = OrderPlan(22, plan.phases)
     _record(tmp_path / "run" / "decoder" / "data_order", other)
-    code, out, _ = run(["pair", "verify", tmp_path / "run"], capsys)
+    code, out, _ = run_in_process(["pair", "verify", tmp_path / "run"])
     assert code == 1 and out.startswith("differ: step 1, sequence 0")
-    code, _, err = run(["pair", "verify", tmp_path / "nothing"], capsys)
-    assert_user_error(code, err, "no encoder data order")
+    code, _, err = run_in_process(["pair", "verify", tmp_path / "nothing"])
+    assert_one_line_error(code, err, "no encoder data order")
 
 
 def test_real_process_exit_code(tmp_path):

@@ -17,14 +17,6 @@ def tiny_model(arch: str, seed: int = 0):
         return EttinModel(config_for_size("tiny", arch, 1024))
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two threads contend and run far slower.
-    Test modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

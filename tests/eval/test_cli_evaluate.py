@@ -5,72 +5,49 @@ import subprocess
 import sys
 
 import pytest
+from support import assert_one_line_error, run_in_process
 
 from ettin.eval import tasks as T
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def run_cli(args, capsys):
-    from ettin.cli import main
-
-    old = sys.argv
-    sys.argv = ["ettin", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def assert_one_line_error(code, err, *needles):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err
-    for n in needles:
-        assert n in lines[0]
-
-
-def test_unknown_task_lists_the_available_ones(tiny_run, tmp_path, capsys):
-    code, _, err = run_cli(["eval", str(tiny_run / "encoder"), "--tasks", "arc_easy,nope", "--out", str(tmp_path)], capsys)
+def test_unknown_task_lists_the_available_ones(tiny_run, tmp_path):
+    code, _, err = run_in_process(["eval", str(tiny_run / "encoder"), "--tasks", "arc_easy,nope", "--out", str(tmp_path)])
     assert_one_line_error(code, err, "unknown task 'nope'", "arc_challenge", "lambada", "quick")
 
 
-def test_not_a_model(tmp_path, capsys):
+def test_not_a_model(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
-    code, _, err = run_cli(["eval", str(tmp_path), "--out", str(tmp_path / "o")], capsys)
+    code, _, err = run_in_process(["eval", str(tmp_path), "--out", str(tmp_path / "o")])
     assert_one_line_error(code, err, "config.json is missing")
-    code, _, err = run_cli(["eval", str(tmp_path / "notes.txt"), "--out", str(tmp_path / "o")], capsys)
+    code, _, err = run_in_process(["eval", str(tmp_path / "notes.txt"), "--out", str(tmp_path / "o")])
     assert_one_line_error(code, err, "is a file")
 
 
-def test_missing_revision_lists_the_tags(tiny_run, tmp_path, capsys):
-    code, _, err = run_cli(["eval", str(tiny_run / "decoder"), "--revision", "decay9", "--out", str(tmp_path)], capsys)
+def test_missing_revision_lists_the_tags(tiny_run, tmp_path):
+    code, _, err = run_in_process(["eval", str(tiny_run / "decoder"), "--revision", "decay9", "--out", str(tmp_path)])
     assert_one_line_error(code, err, "no revision 'decay9'", "step1, step2")
 
 
-def test_the_pair_folder_is_pointed_to_its_members(tiny_run, tmp_path, capsys):
-    code, _, err = run_cli(["eval", str(tiny_run), "--out", str(tmp_path)], capsys)
+def test_the_pair_folder_is_pointed_to_its_members(tiny_run, tmp_path):
+    code, _, err = run_in_process(["eval", str(tiny_run), "--out", str(tmp_path)])
     assert_one_line_error(code, err, "run of a pair", "encoder", "ettin compare")
 
 
-def test_decoder_cannot_pool_cls(tiny_run, tmp_path, capsys):
-    code, _, err = run_cli(["eval", str(tiny_run / "decoder"), "--pooling", "cls", "--out", str(tmp_path)], capsys)
+def test_decoder_cannot_pool_cls(tiny_run, tmp_path):
+    code, _, err = run_in_process(["eval", str(tiny_run / "decoder"), "--pooling", "cls", "--out", str(tmp_path)])
     assert_one_line_error(code, err, "decoder cannot use CLS pooling", "'last'")
 
 
-def test_compare_needs_a_pair(tiny_run, tmp_path, capsys):
-    code, _, err = run_cli(["compare", str(tiny_run / "encoder"), "--out", str(tmp_path)], capsys)
+def test_compare_needs_a_pair(tiny_run, tmp_path):
+    code, _, err = run_in_process(["compare", str(tiny_run / "encoder"), "--out", str(tmp_path)])
     assert_one_line_error(code, err, "single model")
 
 
-def test_eval_runs_and_a_failed_task_exits_nonzero(tiny_run, tmp_path, capsys, monkeypatch):
-    code, out, _ = run_cli(["eval", str(tiny_run / "decoder"), "--tasks", "lambada", "--limit", "3",
-                            "--out", str(tmp_path / "ok"), "--no-progress"], capsys)
+def test_eval_runs_and_a_failed_task_exits_nonzero(tiny_run, tmp_path, monkeypatch):
+    code, out, _ = run_in_process(["eval", str(tiny_run / "decoder"), "--tasks", "lambada", "--limit", "3",
+                            "--out", str(tmp_path / "ok"), "--no-progress"])
     assert code == 0 and "wrote" in out and (tmp_path / "ok" / "lambada.json").is_file()
 
     def broken():
@@ -79,8 +56,8 @@ def test_eval_runs_and_a_failed_task_exits_nonzero(tiny_run, tmp_path, capsys, m
     monkeypatch.setitem(T.TASKS, "arc_easy", T.dataclasses.replace(T.TASKS["arc_easy"], loader=broken))
     T._cached_load.cache_clear()
     try:
-        code, out, _ = run_cli(["eval", str(tiny_run / "decoder"), "--tasks", "arc_easy,lambada", "--limit", "3",
-                                "--out", str(tmp_path / "bad"), "--no-progress"], capsys)
+        code, out, _ = run_in_process(["eval", str(tiny_run / "decoder"), "--tasks", "arc_easy,lambada", "--limit", "3",
+                                "--out", str(tmp_path / "bad"), "--no-progress"])
     finally:
         T._cached_load.cache_clear()
     assert code == 1 and "1 task(s) failed" in out and "arc_easy" in out
@@ -96,11 +73,11 @@ def test_real_process_exit_code_and_message(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "no such model folder" in proc.stderr
 
 
-def test_bad_device(tiny_run, tmp_path, capsys):
+def test_bad_device(tiny_run, tmp_path):
     import torch
 
-    code, _, err = run_cli(["eval", str(tiny_run / "encoder"), "--device", "warp9", "--out", str(tmp_path)], capsys)
+    code, _, err = run_in_process(["eval", str(tiny_run / "encoder"), "--device", "warp9", "--out", str(tmp_path)])
     assert_one_line_error(code, err, "unknown device 'warp9'")
     if not torch.cuda.is_available():
-        code, _, err = run_cli(["eval", str(tiny_run / "encoder"), "--device", "cuda", "--out", str(tmp_path)], capsys)
+        code, _, err = run_in_process(["eval", str(tiny_run / "encoder"), "--device", "cuda", "--out", str(tmp_path)])
         assert_one_line_error(code, err, "no CUDA GPU", "--device cpu")

@@ -40,14 +40,8 @@ TINY_RECIPE = {
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny shapes gain nothing from threads, and on a busy shared CPU extra threads only wait."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every training test runs with one torch thread (the root conftest's `one_thread`)."""
 
 
 @pytest.fixture(scope="session")
