@@ -88,9 +88,19 @@ def window_mask(length: int, half_window: int | None, causal: bool, device: str)
     return (i - j).abs() <= half_window
 
 
+@functools.lru_cache(maxsize=64)
+def _additive_window_mask(length: int, half_window: int | None, causal: bool, device: str, dtype: torch.dtype):
+    """`window_mask` as 0 / -inf: PyTorch's CPU kernel runs faster on an additive mask than a boolean one."""
+    mask = window_mask(length, half_window, causal, device)
+    return None if mask is None else torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, float("-inf"))
+
+
 def _sdpa(q, k, v, *, causal: bool, half_window: int | None, scale: float):
     """q, k, v [..., H, T, D] for one length T."""
-    mask = window_mask(q.shape[-2], half_window, causal, str(q.device))
+    if q.device.type == "cpu":
+        mask = _additive_window_mask(q.shape[-2], half_window, causal, str(q.device), q.dtype)
+    else:
+        mask = window_mask(q.shape[-2], half_window, causal, str(q.device))
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
@@ -100,10 +110,10 @@ def _block_mask(lengths: list[int], positions: torch.Tensor, w: int, causal: boo
     device = positions.device
     n = positions.numel()
     nb = math.ceil(n / w)
-    seq = torch.full((nb * w,), -1, dtype=torch.long, device=device)  # padding queries: sequence -1
-    seq[:n] = torch.repeat_interleave(torch.arange(len(lengths), device=device),
+    seq = torch.full((nb * w,), -1, dtype=torch.int32, device=device)  # padding queries: sequence -1
+    seq[:n] = torch.repeat_interleave(torch.arange(len(lengths), device=device, dtype=torch.int32),
                                       torch.tensor(lengths, device=device), output_size=n)
-    pos = torch.arange(nb * w, device=device)  # padding queries see only themselves (and other padding)
+    pos = torch.arange(nb * w, device=device, dtype=torch.int32)  # padding queries see only themselves
     pos[:n] = positions
     after = 0 if causal else w
     key_seq = F.pad(seq, (w, after), value=-2).unfold(0, 2 * w + after, w)  # [nb, K]; -2: matches nothing
@@ -159,7 +169,10 @@ def varlen_attention(
             softmax_scale=scale, causal=causal, window_size=window,
         )
     if half_window is not None and max(seqs.lengths) > half_window + (0 if causal else 1):
-        return local_attention(q, k, v, seqs, causal=causal, half_window=half_window, scale=scale)
+        # Block-local attention computes (2 or 3) x w keys per query; masked full attention sum(T^2).
+        keys_per_query = (2 if causal else 3) * half_window
+        if sum(n * n for n in seqs.lengths) > keys_per_query * sum(seqs.lengths):
+            return local_attention(q, k, v, seqs, causal=causal, half_window=half_window, scale=scale)
     if seqs.equal_lengths:
         b, t = len(seqs.lengths), seqs.lengths[0]
         h, d = q.shape[1], q.shape[2]
