@@ -76,3 +76,24 @@ def test_training_loss_under_bf16_autocast_stays_close_to_float32():
     low.backward()
     assert low.dtype == torch.float32 and abs(low.item() - ref.item()) < 0.02
     assert model.decoder.weight.grad.dtype == torch.float32 and torch.isfinite(model.decoder.weight.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotary_matches_transformers_formula_and_its_gradient(dtype):
+    from ettin.model import apply_rotary
+
+    torch.manual_seed(0)
+    x = torch.randn(50, 2, 3, 64).to(dtype).requires_grad_()
+    angles = torch.rand(50, 32) * 6
+    cos, sin = angles.cos()[:, None, None], angles.sin()[:, None, None]
+
+    def reference(x):  # transformers' apply_rotary_pos_emb: float32, full-width tables, rotate_half
+        xf, c, s = x.float(), torch.cat([cos, cos], -1), torch.cat([sin, sin], -1)
+        x1, x2 = xf.chunk(2, -1)
+        return (xf * c + torch.cat([-x2, x1], -1) * s).to(dtype)
+
+    out, ref = apply_rotary(x, cos, sin), reference(x)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-2)
+    g = torch.randn_like(out)
+    (a,), (b,) = torch.autograd.grad(out, x, g), torch.autograd.grad(ref, x, g)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5 if dtype == torch.float32 else 3e-2)

@@ -32,7 +32,10 @@ class EttinOutput:
 
 
 class RotaryTable(nn.Module):
-    """cos/sin per position for one theta, computed in float32 exactly as transformers does."""
+    """cos/sin per position for one theta, computed in float32 exactly as transformers does.
+
+    Returns half the head dim: transformers' tables repeat the same D/2 frequencies twice.
+    """
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
@@ -51,22 +54,42 @@ class RotaryTable(nn.Module):
         if self._cache is None or self._cache[0].shape[0] < needed or self._cache[0].device != positions.device:
             size = max(needed, 2048)
             freqs = torch.arange(size, device=positions.device).float()[:, None] * inv_freq[None, :]
-            emb = torch.cat((freqs, freqs), dim=-1)
-            self._cache = (emb.cos(), emb.sin())
+            self._cache = (freqs.cos(), freqs.sin())
         cos, sin = self._cache
         return cos[positions], sin[positions]
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
+    """[x1, x2] -> [x1 cos - sign x2 sin, x2 cos + sign x1 sin] in float32, each half written once."""
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    o1, o2 = out[..., :d], out[..., d:]
+    torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-sign)
+    torch.mul(x2, cos, out=o2).addcmul_(x1, sin, value=sign)
+    return out.to(x.dtype)
+
+
+class _Rotary(torch.autograd.Function):
+    """Rotary embedding, `x * cos + rotate_half(x) * sin` as transformers computes it (float32, rounded
+    back to x's dtype), in fewer passes; the backward is the opposite rotation, so x is not kept."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, sin, -1.0), None, None
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [..., D]; cos/sin broadcastable to x. Computed in float32 like transformers."""
-    dtype = x.dtype
-    x = x.float()
-    return (x * cos + rotate_half(x) * sin).to(dtype)
+    """x [..., D]; cos/sin [..., D/2] broadcastable to x's halves."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Rotary.apply(x, cos, sin)
+    return _rotate(x, cos, sin, 1.0)
 
 
 class Embeddings(nn.Module):
