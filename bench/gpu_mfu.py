@@ -120,7 +120,7 @@ def main() -> int:
         torch.backends.cudnn.allow_tf32 = True
         from ettin.attention import _flash_varlen
         from ettin.bench.machine import matmul_peak
-        from ettin.bench.run import run
+        from ettin.bench.timing import run
         from ettin.bench.workloads import Spec
 
         report["ettin_attention"] = ("flash-attn varlen (sliding window on local layers)" if _flash_varlen is not None

@@ -16,8 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see ettin.cli.bench
-
 HERE = Path(__file__).resolve().parent
 
 # (name, task, size, arch, dtype, target ratio)
@@ -61,12 +59,16 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--only", default="", help="comma-separated tasks or case names")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--out-dir", type=Path, default=HERE / "results")
     args = ap.parse_args()
+    from ettin.bench.omp import choose_wait_policy
+
+    policy = choose_wait_policy()  # before torch loads
     from ettin.bench import Spec, run
 
     only = [x for x in args.only.split(",") if x]
-    out_dir = HERE / "results"
-    out_dir.mkdir(exist_ok=True)
+    out_dir = args.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
     lines = [HEADER]
     for name, task, size, arch, dtype, target in CASES:
         if only and task not in only and name not in only:
@@ -75,10 +77,12 @@ def main() -> int:
         spec = Spec(task=task, size=size, arch=arch, dtype=dtype, threads=args.threads)
         r = run(spec, repeats=3 if args.quick else args.repeats, warmup=2, memory=not args.quick)
         r["target_ratio"] = target
+        r["machine"]["omp_wait_policy"] = policy
         (out_dir / f"{name}.json").write_text(json.dumps(r, indent=2) + "\n")
         lines.append(row(name, r, target))
         print(lines[-1] + f"  ({time.perf_counter() - t:.0f}s)", file=sys.stderr, flush=True)
     print("\n".join(lines))
+    print(f"\nOpenMP waits: {policy}; threads: {args.threads or 'default'}")
     return 0
 
 

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from ettin.attention import window_mask
 from ettin.bench import Spec, run
-from ettin.bench.run import measure_memory
+from ettin.bench.timing import measure_memory
 from ettin.bench.scaling import markdown
 from ettin.bench.workloads import attention_pairs, forward_flops, make_batch
 from ettin.cli import app
@@ -113,3 +113,13 @@ def test_scaling_table_is_markdown():
            "ettin_mb": 100.0, "hf_mb": None, "ettin_mfu": 0.1, "hf_mfu": 0.05}
     text = markdown([row])
     assert "| train | demo | 128 | 32 | 0.500 | 1.000 | 2.00 | 100 | - | 10.0% | 5.0% |" in text
+
+
+def test_openmp_wait_policy_respects_the_user_and_a_loaded_torch(monkeypatch):
+    from ettin.bench.omp import choose_wait_policy
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert choose_wait_policy() == "ACTIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert choose_wait_policy().startswith("default")  # torch is loaded here: too late to choose
+    assert "OMP_WAIT_POLICY" not in __import__("os").environ

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ettin.bench.run import run
+from ettin.bench.timing import run
 from ettin.bench.workloads import Spec
 from ettin.io import atomic_write_json, atomic_write_text
 

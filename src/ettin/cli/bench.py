@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,22 +68,12 @@ def _write(reports, out: Optional[Path]) -> None:
         atomic_write_json(out, reports)
 
 
-def _passive_openmp_waits() -> str:
-    """Let idle OpenMP threads sleep rather than spin, if torch is not loaded yet and the user has not chosen.
-
-    On a CPU shared with other processes a spinning thread steals the core its partner needs: two-thread
-    steps measured here took 5-10x longer, and erratically, with spinning than with sleeping (both
-    sides alike). It only applies to this process (and its children), before OpenMP starts.
-    """
-    if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    return os.environ.get("OMP_WAIT_POLICY", "default")
-
-
 def _run(task: str, size: str, arch: Optional[str], vs: str, dtype: str, repeats: int, warmup: int,
          batch: Optional[int], min_len: Optional[int], max_len: Optional[int], new_tokens: int, memory: bool,
          compile_: bool, threads: Optional[int], device: str, as_json: bool, out: Optional[Path]) -> None:
-    wait_policy = _passive_openmp_waits()
+    from ettin.bench.omp import choose_wait_policy
+
+    wait_policy = choose_wait_policy()
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -182,7 +171,9 @@ def register(app: typer.Typer) -> None:
         threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: one per core)"),
     ) -> None:
         """How time and memory grow with sequence length and model size, ettin vs transformers."""
-        _passive_openmp_waits()
+        from ettin.bench.omp import choose_wait_policy
+
+        choose_wait_policy()
         from rich.console import Console
 
         from ettin.bench.scaling import scaling

@@ -61,7 +61,7 @@ def time_interleaved(
 def measure_memory(spec: Spec, side: str, steps: int = 2) -> dict:
     """Peak resident memory of one side's step, in a fresh process (see module docstring)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    code = "import sys; from ettin.bench.run import _memory_child; _memory_child(sys.argv[1], sys.argv[2], int(sys.argv[3]))"
+    code = "import sys; from ettin.bench.timing import _memory_child; _memory_child(sys.argv[1], sys.argv[2], int(sys.argv[3]))"
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec.to_dict()), side, str(steps)],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
