@@ -61,7 +61,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out-dir", type=Path, default=HERE / "results")
     args = ap.parse_args()
-    from ettin.bench.omp import choose_wait_policy
+    from ettin.omp import choose_wait_policy
 
     policy = choose_wait_policy()  # before torch loads
     from ettin.bench import Spec, run

@@ -10,10 +10,11 @@ read-only.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the `ettin` command does (see ettin.cli)
+from ettin.omp import choose_wait_policy  # noqa: E402
+
+choose_wait_policy()  # as the `ettin` command does, before torch loads (see ettin.omp)
 
 import pytest
 

@@ -116,7 +116,7 @@ def test_scaling_table_is_markdown():
 
 
 def test_openmp_wait_policy_respects_the_user_and_a_loaded_torch(monkeypatch):
-    from ettin.bench.omp import choose_wait_policy
+    from ettin.omp import choose_wait_policy
 
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert choose_wait_policy() == "ACTIVE"

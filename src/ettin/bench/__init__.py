@@ -4,7 +4,7 @@
 and reports medians, their ratio (above 1 when ettin is faster), tokens/s, the fraction of the
 machine's measured matmul peak reached, and peak memory. See docs/performance.md.
 
-Importing this package does not load torch (`ettin.bench.omp` must run before torch starts OpenMP).
+Importing this package does not load torch (`ettin.omp` must run before torch starts OpenMP).
 """
 
 __all__ = ["Spec", "run"]

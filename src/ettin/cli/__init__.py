@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import errno
 import importlib
-import os
 import sys
 
-# Idle OpenMP threads sleep instead of spinning. On a busy CPU (shared machines, CI, a laptop with
-# other work) spinning threads steal the cores the working ones need: a 2-thread training step
-# measured 5-10x slower with the default policy. Set before torch loads; a user's own value wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from ettin.omp import choose_wait_policy  # noqa: E402  (before torch loads; see ettin.omp)
+
+choose_wait_policy()
 
 import typer
 

@@ -71,7 +71,7 @@ def _write(reports, out: Optional[Path]) -> None:
 def _run(task: str, size: str, arch: Optional[str], vs: str, dtype: str, repeats: int, warmup: int,
          batch: Optional[int], min_len: Optional[int], max_len: Optional[int], new_tokens: int, memory: bool,
          compile_: bool, threads: Optional[int], device: str, as_json: bool, out: Optional[Path]) -> None:
-    from ettin.bench.omp import choose_wait_policy
+    from ettin.omp import choose_wait_policy
 
     wait_policy = choose_wait_policy()
     from rich.console import Console
@@ -171,7 +171,7 @@ def register(app: typer.Typer) -> None:
         threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: one per core)"),
     ) -> None:
         """How time and memory grow with sequence length and model size, ettin vs transformers."""
-        from ettin.bench.omp import choose_wait_policy
+        from ettin.omp import choose_wait_policy
 
         choose_wait_policy()
         from rich.console import Console
