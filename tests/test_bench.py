@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from ettin.attention import window_mask
 from ettin.bench import Spec, run
 from ettin.bench.timing import measure_memory
-from ettin.bench.scaling import markdown
+from ettin.bench.scaling import markdown, scaling
 from ettin.bench.workloads import attention_pairs, forward_flops, make_batch
 from ettin.cli import app
 from ettin.errors import EttinError
@@ -123,3 +123,10 @@ def test_openmp_wait_policy_respects_the_user_and_a_loaded_torch(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY")
     assert choose_wait_policy().startswith("default")  # torch is loaded here: too late to choose
     assert "OMP_WAIT_POLICY" not in __import__("os").environ
+
+
+def test_scaling_quick_writes_the_table_and_its_json(tmp_path):
+    out = scaling(tmp_path / "scaling.md", quick=True, repeats=1, memory=False)
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert [(r["task"], r["size"]) for r in rows] == [("train", "tiny"), ("infer", "tiny")]
+    assert out.read_text().count("| tiny |") == 2

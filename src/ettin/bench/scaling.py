@@ -34,7 +34,7 @@ SKIPPED = ("training at 4k-8k tokens per sequence (minutes per step on 2 cores),
            "150m, decoders (their layers cost what the encoder's do), fp32 (bf16 only)")
 
 
-def scaling(out: Path, *, quick: bool = False, repeats: int = 3, threads: int | None = None,
+def scaling(out: Path, *, quick: bool = False, repeats: int = 3, threads: int | None = None, memory: bool = True,
             on_point: Callable[[str], None] | None = None) -> Path:
     rows = []
     for task, size, n in grid(quick):
@@ -44,10 +44,11 @@ def scaling(out: Path, *, quick: bool = False, repeats: int = 3, threads: int | 
         if on_point:
             on_point(f"{task} {size} seq {n}")
         t = time.perf_counter()
-        r = run(spec, repeats=repeats, warmup=1)
+        r = run(spec, repeats=repeats, warmup=1, memory=memory)
         rows.append({"task": task, "size": size, "seq": n, "batch": spec.batch, "tokens": r["tokens_per_step"],
                      "ettin_s": r["ettin"]["median_s"], "hf_s": r["hf"]["median_s"], "ratio": r["ratio"],
-                     "ettin_mb": r["ettin"]["memory"].get("step_peak_mb"), "hf_mb": r["hf"]["memory"].get("step_peak_mb"),
+                     "ettin_mb": r["ettin"].get("memory", {}).get("step_peak_mb"),
+                     "hf_mb": r["hf"].get("memory", {}).get("step_peak_mb"),
                      "ettin_mfu": r["ettin"]["mfu"], "hf_mfu": r["hf"]["mfu"], "load": r["load_average"],
                      "seconds": time.perf_counter() - t})
     out = Path(out)
