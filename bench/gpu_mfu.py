@@ -154,6 +154,12 @@ def main() -> int:
                             raise
                         batch //= 2
                         log(f"out of memory; retrying with batch {batch}")
+                    except Exception as exc:  # noqa: BLE001 - transformers refusing flash_attention_2: use sdpa
+                        if hf_attn != "flash_attention_2":
+                            raise
+                        report["hf_attention"] = hf_attn = "sdpa"
+                        report["hf_flash_attention_2_error"] = f"{type(exc).__name__}: {exc}"[:500]
+                        log(f"transformers with flash_attention_2 failed ({exc}); retrying with sdpa")
                 row = summarize(r, nominal)
                 report["results"].append(row)
                 log(json.dumps(row))
