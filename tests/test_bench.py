@@ -24,6 +24,9 @@ def test_spec_rejects_what_cannot_run():
         Spec(task="generate", arch="encoder")
     with pytest.raises(EttinError, match="unknown benchmark task"):
         Spec(task="fly")
+    if not torch.cuda.is_available():
+        with pytest.raises(EttinError, match="no CUDA device"):
+            Spec(device="cuda")
 
 
 def test_lengths_are_spread_over_the_range_and_repeatable():

@@ -49,6 +49,8 @@ class Spec:
             raise EttinError(f"unknown size '{self.size}'", field="size", fix=f"use one of {', '.join(SIZES)}")
         if self.dtype not in ("fp32", "bf16"):
             raise EttinError(f"unknown dtype '{self.dtype}'", field="dtype", fix="use fp32 or bf16")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise EttinError("no CUDA device is visible to torch", field="device", fix="use --device cpu")
         if self.task == "generate" and self.arch != "decoder":
             raise EttinError("generation needs a decoder", field="arch", fix="use --arch decoder")
         batch, lo, hi = DEFAULT_SHAPES[self.task]
