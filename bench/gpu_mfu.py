@@ -70,24 +70,35 @@ def patch_optimizer_if_missing(env: dict) -> None:
     import ettin.bench.workloads as w
 
     def adamw(model):
-        return torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=1e-5,
-                                 fused=True)
+        return torch.optim.AdamW(
+            model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=1e-5, fused=True
+        )
 
     w.optimizer = adamw
 
 
 def summarize(r: dict, peak_nominal: float | None) -> dict:
     s = r["spec"]
-    out = {"arch": s["arch"], "lengths": f"{s['min_len']}..{s['max_len']}", "batch": s["batch"],
-           "tokens_per_step": r["tokens_per_step"], "padded_fraction": round(r["lengths"]["padded_fraction"], 3),
-           "flops_per_step": r["flops_per_step"], "check": r["check"]}
+    out = {
+        "arch": s["arch"],
+        "lengths": f"{s['min_len']}..{s['max_len']}",
+        "batch": s["batch"],
+        "tokens_per_step": r["tokens_per_step"],
+        "padded_fraction": round(r["lengths"]["padded_fraction"], 3),
+        "flops_per_step": r["flops_per_step"],
+        "check": r["check"],
+    }
     for side in ("ettin", "hf"):
         if side not in r:
             continue
         x = r[side]
-        out[side] = {"median_s": round(x["median_s"], 4), "tokens_per_s": round(x["tokens_per_s"]),
-                     "tflops": round(x["flops_per_s"] / 1e12, 1), "mfu_measured_peak": round(x["mfu"], 4),
-                     "step_peak_mb": x.get("memory", {}).get("step_peak_mb")}
+        out[side] = {
+            "median_s": round(x["median_s"], 4),
+            "tokens_per_s": round(x["tokens_per_s"]),
+            "tflops": round(x["flops_per_s"] / 1e12, 1),
+            "mfu_measured_peak": round(x["mfu"], 4),
+            "step_peak_mb": x.get("memory", {}).get("step_peak_mb"),
+        }
         if peak_nominal:
             out[side]["mfu_nominal_peak"] = round(x["flops_per_s"] / (peak_nominal * 1e12), 4)
     if "ratio" in r:
@@ -123,18 +134,25 @@ def main() -> int:
         from ettin.bench.timing import run
         from ettin.bench.workloads import Spec
 
-        report["ettin_attention"] = ("flash-attn varlen (sliding window on local layers)" if _flash_varlen is not None
-                                     else "SDPA (flash-attn not importable; see env.flash_attn_error)")
+        report["ettin_attention"] = (
+            "flash-attn varlen (sliding window on local layers)"
+            if _flash_varlen is not None
+            else "SDPA (flash-attn not importable; see env.flash_attn_error)"
+        )
         hf = env.get("transformers") is not None and not args.no_hf
         hf_attn = "flash_attention_2" if env.get("flash_attn") else "sdpa"
         report["hf_attention"] = hf_attn if hf else None
-        report["optimizer"] = "optimi.StableAdamW" if env.get("optimi") else "torch.optim.AdamW(fused=True) (torch-optimi missing)"
+        report["optimizer"] = (
+            "optimi.StableAdamW" if env.get("optimi") else "torch.optim.AdamW(fused=True) (torch-optimi missing)"
+        )
         patch_optimizer_if_missing(env)
         peak = matmul_peak("bf16", args.device, 8192 if args.device == "cuda" else 1024)
         report["matmul_peak_bf16_tflops"] = round(peak / 1e12, 1)
         nominal = next((v for k, v in NOMINAL_BF16_TFLOPS.items() if k in env.get("gpu", "")), None)
         report["nominal_peak_bf16_tflops"] = nominal
-        log(f"{env.get('gpu')}: measured bf16 matmul peak {peak / 1e12:.0f} TFLOP/s; ettin attention: {report['ettin_attention']}")
+        log(
+            f"{env.get('gpu')}: measured bf16 matmul peak {peak / 1e12:.0f} TFLOP/s; ettin attention: {report['ettin_attention']}"
+        )
         archs = ("encoder", "decoder") if args.arch == "both" else (args.arch,)
         shapes = [(args.seq, args.seq)] if args.quick else [(args.seq, args.seq), (args.seq // 8, args.seq)]
         repeats = 5 if args.quick else args.repeats
@@ -142,8 +160,17 @@ def main() -> int:
             for lo, hi in shapes:
                 batch = max(1, args.tokens // hi) if lo == hi else max(1, 2 * args.tokens // (lo + hi))
                 while True:
-                    spec = Spec(task="train", size=args.size, arch=arch, dtype="bf16", batch=batch, min_len=lo,
-                                max_len=hi, device=args.device, hf_attn=hf_attn)
+                    spec = Spec(
+                        task="train",
+                        size=args.size,
+                        arch=arch,
+                        dtype="bf16",
+                        batch=batch,
+                        min_len=lo,
+                        max_len=hi,
+                        device=args.device,
+                        hf_attn=hf_attn,
+                    )
                     log(f"{arch} lengths {lo}..{hi} batch {batch}")
                     try:
                         r = run(spec, vs="hf" if hf else None, repeats=repeats, warmup=args.warmup, memory=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -41,16 +40,25 @@ def row(name: str, r: dict, target: float) -> str:
     e, h = r["ettin"], r["hf"]
     mem = lambda x: f"{x['memory']['step_peak_mb']:,.0f}" if "step_peak_mb" in x.get("memory", {}) else "-"  # noqa: E731
     c = r["check"]
-    check = (f"loss Δ {c['abs_diff']:.0e}" if "abs_diff" in c else f"max Δ {c['max_abs_diff']:.0e}" if "max_abs_diff" in c
-             else ("same tokens" if c.get("tokens_equal") else f"{c.get('agree', 0):.0%} same tokens"))
+    check = (
+        f"loss Δ {c['abs_diff']:.0e}"
+        if "abs_diff" in c
+        else f"max Δ {c['max_abs_diff']:.0e}"
+        if "max_abs_diff" in c
+        else ("same tokens" if c.get("tokens_equal") else f"{c.get('agree', 0):.0%} same tokens")
+    )
     ok = "yes" if r["ratio"] >= target else "NO"
-    return (f"| {name} | {e['median_s']:.3f} | {h['median_s']:.3f} | **{r['ratio']:.2f}** | {target:.1f} {ok} | "
-            f"{e['tokens_per_s']:,.0f} | {h['tokens_per_s']:,.0f} | {e['mfu']:.1%} | {h['mfu']:.1%} | {mem(e)} | {mem(h)} | "
-            f"{check} | {r['load_average'][0]:.1f} |")
+    return (
+        f"| {name} | {e['median_s']:.3f} | {h['median_s']:.3f} | **{r['ratio']:.2f}** | {target:.1f} {ok} | "
+        f"{e['tokens_per_s']:,.0f} | {h['tokens_per_s']:,.0f} | {e['mfu']:.1%} | {h['mfu']:.1%} | {mem(e)} | {mem(h)} | "
+        f"{check} | {r['load_average'][0]:.1f} |"
+    )
 
 
-HEADER = ("| case | ettin s | hf s | ratio | target | ettin tok/s | hf tok/s | ettin MFU | hf MFU | ettin MB | hf MB "
-          "| numerics (fp32: parity) | load |\n|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|")
+HEADER = (
+    "| case | ettin s | hf s | ratio | target | ettin tok/s | hf tok/s | ettin MFU | hf MFU | ettin MB | hf MB "
+    "| numerics (fp32: parity) | load |\n|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|"
+)
 
 
 def main() -> int:

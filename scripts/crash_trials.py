@@ -210,12 +210,26 @@ def child_main(argv: list[str]) -> None:
 
 
 def child_env() -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-                PYTHONHASHSEED="0", NO_COLOR="1", COLUMNS="200")
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONHASHSEED="0",
+        NO_COLOR="1",
+        COLUMNS="200",
+    )
 
 
-def run_child(args: list[str], *, fault: str | None = None, slow: float = 0.0, cwd: Path | None = None,
-              timeout: float = 600, timing: Path | None = None) -> subprocess.CompletedProcess:
+def run_child(
+    args: list[str],
+    *,
+    fault: str | None = None,
+    slow: float = 0.0,
+    cwd: Path | None = None,
+    timeout: float = 600,
+    timing: Path | None = None,
+) -> subprocess.CompletedProcess:
     """Run `ettin ARGS` in a child with the fault armed; with `timing`, the child writes there how many
     seconds its work took (from the start of training or preparation to the exit)."""
     cmd = [sys.executable, str(HERE), "child"]
@@ -225,8 +239,9 @@ def run_child(args: list[str], *, fault: str | None = None, slow: float = 0.0, c
         cmd += ["--slow", str(slow)]
     cmd += ["--", *map(str, args)]
     env = child_env() | ({"ETTIN_CRASH_TIMING": str(timing)} if timing else {})
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
 
 
 def make_assets(root: Path, tokenizer: Path | None = None) -> dict[str, Path]:
@@ -266,11 +281,25 @@ def write_recipe(path: Path, tokenizer: Path, data: Path) -> Path:
         "optimizer": {"lr": 3e-3, "weight_decay": 3e-4},
         "checkpoint": {"every_tokens": 256, "keep_last": 2},
         "phases": [
-            {"name": "pretrain", "tokens": 1100, "seq_len": 32, "batch_size": 4, "batch_warmup_tokens": 128,
-             "lr": {"warmup_tokens": 256}, "data": {"mixture": {"wiki": 1}}},
-            {"name": "decay", "tokens": 400, "seq_len": 48, "batch_size": 3, "mask_rate": 0.15,
-             "lr": {"schedule": "1-sqrt", "start": 1.0, "end": 0.02},
-             "rope": {"global_theta": 160000, "local_theta": 160000}, "data": {"mixture": {"wiki": 1}}},
+            {
+                "name": "pretrain",
+                "tokens": 1100,
+                "seq_len": 32,
+                "batch_size": 4,
+                "batch_warmup_tokens": 128,
+                "lr": {"warmup_tokens": 256},
+                "data": {"mixture": {"wiki": 1}},
+            },
+            {
+                "name": "decay",
+                "tokens": 400,
+                "seq_len": 48,
+                "batch_size": 3,
+                "mask_rate": 0.15,
+                "lr": {"schedule": "1-sqrt", "start": 1.0, "end": 0.02},
+                "rope": {"global_theta": 160000, "local_theta": 160000},
+                "data": {"mixture": {"wiki": 1}},
+            },
         ],
     }
     path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
@@ -283,8 +312,18 @@ def train_args(recipe: Path, run: Path) -> list[str]:
 
 
 def prepare_args(assets: dict[str, Path], out: Path) -> list[str]:
-    return ["data", "prepare", "--source", f"wiki=jsonl:{assets['corpus']}", "--tokenizer", str(assets["tokenizer"]),
-            "--out", str(out), "--shard-tokens", "2000"]
+    return [
+        "data",
+        "prepare",
+        "--source",
+        f"wiki=jsonl:{assets['corpus']}",
+        "--tokenizer",
+        str(assets["tokenizer"]),
+        "--out",
+        str(out),
+        "--shard-tokens",
+        "2000",
+    ]
 
 
 # --------------------------------------------------------------------------------------- checks
@@ -342,8 +381,13 @@ def _same(a, b) -> bool:
     import torch
 
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
-                and a.shape == b.shape and torch.equal(a, b))
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and torch.equal(a, b)
+        )
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
@@ -388,8 +432,10 @@ def compare_runs(run: Path, reference: Path) -> list[str]:
                 ta = {k: v for k, v in sa.trainer.items() if k not in ("time", "rng")}
                 tb = {k: v for k, v in sb.trainer.items() if k not in ("time", "rng")}
                 if not _same(ta, tb):
-                    diffs.append(f"{arch}/{tag}: trainer state differs: "
-                                 + ", ".join(k for k in ta.keys() | tb.keys() if not _same(ta.get(k), tb.get(k))))
+                    diffs.append(
+                        f"{arch}/{tag}: trainer state differs: "
+                        + ", ".join(k for k in ta.keys() | tb.keys() if not _same(ta.get(k), tb.get(k)))
+                    )
             if hf:
                 fa = sorted(p.name for p in (a / ck.HF_DIR / tag).iterdir())
                 fb = sorted(p.name for p in (b / ck.HF_DIR / tag).iterdir())
@@ -457,8 +503,9 @@ def _tail(text: str, n: int = 1500) -> str:
     return text[-n:].strip()
 
 
-def run_train_trial(workdir: Path, recipe: Path, reference: Path, faults: list[str], *, slow: float = 0.0,
-                    max_launches: int = 12) -> Trial:
+def run_train_trial(
+    workdir: Path, recipe: Path, reference: Path, faults: list[str], *, slow: float = 0.0, max_launches: int = 12
+) -> Trial:
     """Kill at each fault in turn (resuming in between), then finish and compare with the reference."""
     trial = Trial("train", list(faults), slow)
     t0 = time.perf_counter()
@@ -472,7 +519,9 @@ def run_train_trial(workdir: Path, recipe: Path, reference: Path, faults: list[s
                 trial.landed_in_write += 1
             trial.problems += [f"after kill at {fault}: {p}" for p in scan_run(run)]
         elif proc.returncode != 0:
-            trial.errors.append(f"launch {trial.launches} ({fault or 'no fault'}) exit {proc.returncode}: {_tail(proc.stderr)}")
+            trial.errors.append(
+                f"launch {trial.launches} ({fault or 'no fault'}) exit {proc.returncode}: {_tail(proc.stderr)}"
+            )
             break
     if not trial.errors:
         trial.diffs = compare_runs(run, reference)
@@ -494,7 +543,9 @@ def run_prepare_trial(workdir: Path, assets: dict[str, Path], reference: Path, f
             if out.exists():
                 trial.problems += [f"after kill at {fault}: {p}" for p in scan_data(out)]
         elif proc.returncode != 0:
-            trial.errors.append(f"launch {trial.launches} ({fault or 'no fault'}) exit {proc.returncode}: {_tail(proc.stderr)}")
+            trial.errors.append(
+                f"launch {trial.launches} ({fault or 'no fault'}) exit {proc.returncode}: {_tail(proc.stderr)}"
+            )
             break
     if not trial.errors:
         trial.diffs = compare_data(out, reference)
@@ -547,7 +598,10 @@ def main(argv: list[str] | None = None) -> int:
     reference = work / "reference"
     shutil.rmtree(reference, ignore_errors=True)  # always from the code as it is now
     seconds = {}
-    for kind, args in (("training", train_args(recipe, reference / "run")), ("prepare", prepare_args(assets, reference / "data"))):
+    for kind, args in (
+        ("training", train_args(recipe, reference / "run")),
+        ("prepare", prepare_args(assets, reference / "data")),
+    ):
         proc = run_child(args, timing=work / f"{kind}.seconds")
         if proc.returncode != 0:
             print(f"the uninterrupted {kind} failed:\n{proc.stderr}")
@@ -570,8 +624,10 @@ def main(argv: list[str] | None = None) -> int:
             trial = run_prepare_trial(tdir, assets, reference / "data", random_prepare_faults(rng, prep_s))
         trials.append(trial)
         status = "ok" if trial.ok else "FAIL"
-        print(f"{kind} {i:3d}: {status}  faults {', '.join(trial.faults)}{' slow' if trial.slow else ''}; "
-              f"{trial.kills} kill(s), {trial.landed_in_write} inside a write, {trial.launches} launches, {trial.seconds:.0f}s")
+        print(
+            f"{kind} {i:3d}: {status}  faults {', '.join(trial.faults)}{' slow' if trial.slow else ''}; "
+            f"{trial.kills} kill(s), {trial.landed_in_write} inside a write, {trial.launches} launches, {trial.seconds:.0f}s"
+        )
         for line in trial.problems + trial.diffs + trial.errors:
             print(f"    {line}")
         if trial.ok and not ns.keep:
@@ -581,10 +637,12 @@ def main(argv: list[str] | None = None) -> int:
         ts = [t for t in trials if t.kind == kind]
         if not ts:
             continue
-        print(f"{kind}: {sum(t.ok for t in ts)}/{len(ts)} trials ok; {sum(t.kills for t in ts)} kills "
-              f"({sum(t.landed_in_write for t in ts)} found a write in progress), {sum(t.launches for t in ts)} launches; "
-              f"{sum(len(t.problems) for t in ts)} false-complete finds, {sum(bool(t.diffs) for t in ts)} runs not identical, "
-              f"{sum(bool(t.errors) for t in ts)} failed launches")
+        print(
+            f"{kind}: {sum(t.ok for t in ts)}/{len(ts)} trials ok; {sum(t.kills for t in ts)} kills "
+            f"({sum(t.landed_in_write for t in ts)} found a write in progress), {sum(t.launches for t in ts)} launches; "
+            f"{sum(len(t.problems) for t in ts)} false-complete finds, {sum(bool(t.diffs) for t in ts)} runs not identical, "
+            f"{sum(bool(t.errors) for t in ts)} failed launches"
+        )
     if not ns.keep and all(t.ok for t in trials):
         shutil.rmtree(work, ignore_errors=True)
     return 0 if all(t.ok for t in trials) else 1

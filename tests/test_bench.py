@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from ettin.attention import window_mask
 from ettin.bench import Spec, run
-from ettin.bench.timing import measure_memory
 from ettin.bench.scaling import markdown, scaling
+from ettin.bench.timing import measure_memory
 from ettin.bench.workloads import attention_pairs, forward_flops, make_batch
 from ettin.cli import app
 from ettin.errors import EttinError
@@ -70,8 +70,9 @@ def test_forward_flops_are_matmuls_plus_attention_plus_head():
     assert forward_flops(cfg, [n], 3) - forward_flops(cfg, [n], 0) == 3 * 2 * (h * h + h * 512)
 
 
-@pytest.mark.parametrize("task,arch", [("train", "encoder"), ("train", "decoder"), ("infer", "encoder"),
-                                       ("generate", "decoder")])
+@pytest.mark.parametrize(
+    "task,arch", [("train", "encoder"), ("train", "decoder"), ("infer", "encoder"), ("generate", "decoder")]
+)
 def test_run_reports_both_sides_and_they_agree_in_fp32(task, arch):
     spec = tiny(task, arch, new_tokens=4)
     r = run(spec, repeats=1, warmup=1, memory=False, matmul_n=256)
@@ -95,8 +96,28 @@ def test_memory_is_measured_in_a_fresh_process():
 
 
 def test_cli_prints_json_reports():
-    args = ["bench", "infer", "--size", "tiny", "--vs", "none", "--dtype", "fp32", "--batch", "2",
-            "--min-len", "20", "--max-len", "40", "--repeats", "1", "--warmup", "1", "--no-memory", "--json"]
+    args = [
+        "bench",
+        "infer",
+        "--size",
+        "tiny",
+        "--vs",
+        "none",
+        "--dtype",
+        "fp32",
+        "--batch",
+        "2",
+        "--min-len",
+        "20",
+        "--max-len",
+        "40",
+        "--repeats",
+        "1",
+        "--warmup",
+        "1",
+        "--no-memory",
+        "--json",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     reports = json.loads(result.stdout)
@@ -112,8 +133,19 @@ def test_cli_data_skips_without_the_checkout_script(monkeypatch, tmp_path):
 
 
 def test_scaling_table_is_markdown():
-    row = {"task": "train", "size": "demo", "seq": 128, "batch": 32, "ettin_s": 0.5, "hf_s": 1.0, "ratio": 2.0,
-           "ettin_mb": 100.0, "hf_mb": None, "ettin_mfu": 0.1, "hf_mfu": 0.05}
+    row = {
+        "task": "train",
+        "size": "demo",
+        "seq": 128,
+        "batch": 32,
+        "ettin_s": 0.5,
+        "hf_s": 1.0,
+        "ratio": 2.0,
+        "ettin_mb": 100.0,
+        "hf_mb": None,
+        "ettin_mfu": 0.1,
+        "hf_mfu": 0.05,
+    }
     text = markdown([row])
     assert "| train | demo | 128 | 32 | 0.500 | 1.000 | 2.00 | 100 | - | 10.0% | 5.0% |" in text
 

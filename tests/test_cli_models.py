@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -45,41 +44,117 @@ def test_sizes_table_and_json(monkeypatch, capsys):
 
 
 def test_init_is_seeded_and_records_special_ids(monkeypatch, capsys, tmp_path):
-    code, out, _ = run(monkeypatch, capsys, "init", "--size", "tiny", "--arch", "decoder", "--vocab-size", "512",
-                       "--seed", "3", "--out", tmp_path / "a")
+    code, out, _ = run(
+        monkeypatch,
+        capsys,
+        "init",
+        "--size",
+        "tiny",
+        "--arch",
+        "decoder",
+        "--vocab-size",
+        "512",
+        "--seed",
+        "3",
+        "--out",
+        tmp_path / "a",
+    )
     assert code == 0
     assert str(tmp_path / "a") in out and "model.safetensors" in out and "config.json" in out
     cfg = json.loads((tmp_path / "a" / "config.json").read_text())
     assert cfg["model_type"] == "modernbert-decoder" and cfg["vocab_size"] == 512
     assert {k: cfg[k] for k in special_ids_for(512)} == special_ids_for(512)
-    run(monkeypatch, capsys, "init", "--size", "tiny", "--arch", "decoder", "--vocab-size", "512", "--seed", "3",
-        "--out", tmp_path / "b")
-    run(monkeypatch, capsys, "init", "--size", "tiny", "--arch", "decoder", "--vocab-size", "512", "--seed", "4",
-        "--out", tmp_path / "c")
+    run(
+        monkeypatch,
+        capsys,
+        "init",
+        "--size",
+        "tiny",
+        "--arch",
+        "decoder",
+        "--vocab-size",
+        "512",
+        "--seed",
+        "3",
+        "--out",
+        tmp_path / "b",
+    )
+    run(
+        monkeypatch,
+        capsys,
+        "init",
+        "--size",
+        "tiny",
+        "--arch",
+        "decoder",
+        "--vocab-size",
+        "512",
+        "--seed",
+        "4",
+        "--out",
+        tmp_path / "c",
+    )
     a, b, c = (ettin.load(tmp_path / n) for n in "abc")
     assert same_weights(a, b) and not same_weights(a, c)
     # the spec's init: truncated normal at +-2 std, std 0.02 (0.02 / sqrt(2 n) for output projections)
     emb = a.model.embeddings.tok_embeddings.weight
     assert emb.abs().max() <= 0.04 + 1e-6 and 0.015 < emb.std() < 0.02
-    assert a.model.layers[0].attn.Wo.weight.abs().max() <= 2 * 0.02 / 8 ** 0.5 + 1e-6
+    assert a.model.layers[0].attn.Wo.weight.abs().max() <= 2 * 0.02 / 8**0.5 + 1e-6
     assert torch.equal(a.decoder.bias, torch.zeros_like(a.decoder.bias))
 
 
 def test_init_with_tokenizer(monkeypatch, capsys, tmp_path, small_tokenizer_dir):
-    code, _, _ = run(monkeypatch, capsys, "init", "--size", "tiny", "--arch", "encoder", "--tokenizer",
-                     small_tokenizer_dir, "--out", tmp_path / "m")
+    code, _, _ = run(
+        monkeypatch,
+        capsys,
+        "init",
+        "--size",
+        "tiny",
+        "--arch",
+        "encoder",
+        "--tokenizer",
+        small_tokenizer_dir,
+        "--out",
+        tmp_path / "m",
+    )
     assert code == 0
     assert (tmp_path / "m" / "tokenizer.json").read_bytes() == (small_tokenizer_dir / "tokenizer.json").read_bytes()
     model = ettin.load(tmp_path / "m")
     assert model.config.vocab_size == 1024 and model.config.mask_token_id == 1023
-    code, _, err = run(monkeypatch, capsys, "init", "--size", "tiny", "--arch", "encoder", "--tokenizer",
-                       small_tokenizer_dir, "--vocab-size", "512", "--out", tmp_path / "small")
+    code, _, err = run(
+        monkeypatch,
+        capsys,
+        "init",
+        "--size",
+        "tiny",
+        "--arch",
+        "encoder",
+        "--tokenizer",
+        small_tokenizer_dir,
+        "--vocab-size",
+        "512",
+        "--out",
+        tmp_path / "small",
+    )
     assert code == 2 and "vocab_size" in err and not (tmp_path / "small").exists()
 
 
 def test_export_and_convert(monkeypatch, capsys, tmp_path):
-    run(monkeypatch, capsys, "init", "--size", "tiny", "--arch", "encoder", "--vocab-size", "512", "--seed", "1",
-        "--out", tmp_path / "enc")
+    run(
+        monkeypatch,
+        capsys,
+        "init",
+        "--size",
+        "tiny",
+        "--arch",
+        "encoder",
+        "--vocab-size",
+        "512",
+        "--seed",
+        "1",
+        "--out",
+        tmp_path / "enc",
+    )
     code, out, _ = run(monkeypatch, capsys, "export", tmp_path / "enc", tmp_path / "copy")
     assert code == 0 and str(tmp_path / "copy") in out
     assert same_weights(ettin.load(tmp_path / "enc"), ettin.load(tmp_path / "copy"))

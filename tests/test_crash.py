@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import crash_trials
 
 from ettin.errors import EttinError
+from support import crash_trials
 
 ct = crash_trials()
 
@@ -118,13 +118,16 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_says_so(world,
     torch.set_num_threads(1)
     try:
         with pytest.raises(EttinError) as info:
-            train(load_recipe(world["recipe"]), TrainOptions(out=run, progress=False, tensorboard=False, log=lambda *_: None))
+            train(
+                load_recipe(world["recipe"]),
+                TrainOptions(out=run, progress=False, tensorboard=False, log=lambda *_: None),
+            )
     finally:
         torch.set_num_threads(before)
     message = str(info.value)
     first = [t.tag for t in ck.list_tags(run / "encoder") if t.full_state]
     assert len(first) == 1, first
-    assert f"could not write checkpoint" in message and "of the encoder (No space left on device)" in message
+    assert "could not write checkpoint" in message and "of the encoder (No space left on device)" in message
     assert f"the previous checkpoint {run / 'encoder' / ck.STATE_DIR / first[0]} is intact" in message
     assert ct.scan_run(run) == []
     assert ct.leftovers(run) == []
@@ -158,12 +161,19 @@ def test_disk_full_during_prepare_is_one_error_line_and_a_rerun_continues(world,
     )
     import subprocess
 
-    proc = subprocess.run([sys.executable, str(script), *ct.prepare_args(world["assets"], out)], capture_output=True,
-                          text=True, env=ct.child_env(), timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script), *ct.prepare_args(world["assets"], out)],
+        capture_output=True,
+        text=True,
+        env=ct.child_env(),
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "tokens-00003.npy: No space left on device" in lines[0]
+    assert (
+        len(lines) == 1 and lines[0].startswith("error: ") and "tokens-00003.npy: No space left on device" in lines[0]
+    )
     assert not (out / "wiki").exists()  # nothing looks prepared
     assert ct.run_child(ct.prepare_args(world["assets"], out)).returncode == 0
     assert ct.compare_data(out, reference) == []

@@ -12,8 +12,14 @@ from ettin.model import IGNORE_INDEX, EttinModel, linear_cross_entropy
 def per_sequence(q, k, v, lengths, causal):
     outs = []
     for a, b, c in zip(q.split(lengths), k.split(lengths), v.split(lengths)):
-        o = _sdpa(a.transpose(0, 1)[None], b.transpose(0, 1)[None], c.transpose(0, 1)[None],
-                  causal=causal, half_window=64, scale=0.125)
+        o = _sdpa(
+            a.transpose(0, 1)[None],
+            b.transpose(0, 1)[None],
+            c.transpose(0, 1)[None],
+            causal=causal,
+            half_window=64,
+            scale=0.125,
+        )
         outs.append(o[0].transpose(0, 1))
     return torch.cat(outs)
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import crash_trials, run_in_process
 
 from ettin.train import checkpoint as ck
 from ettin.train.metrics import read_metrics
 from ettin.train.trainer import NonFiniteLoss, Trainer, TrainOptions, train
+from support import crash_trials, run_in_process
 
 BAD_STEP = 5
 
@@ -62,8 +62,9 @@ def test_nan_loss_stops_the_cli_with_exit_3_naming_step_model_and_checkpoint(rec
     assert len(lines) == 1 and "Traceback" not in err, err
     last = ck.latest_full_state(run / "decoder")
     assert last is not None and ck.load_checkpoint(last).trainer["step"] == BAD_STEP - 1
-    assert lines[0].startswith(f"error: stopped at step {BAD_STEP} (pretrain): decoder loss is nan; "
-                               f"last good checkpoint: {last}"), lines[0]
+    assert lines[0].startswith(
+        f"error: stopped at step {BAD_STEP} (pretrain): decoder loss is nan; last good checkpoint: {last}"
+    ), lines[0]
     assert "encoder loss" not in lines[0]  # the encoder's loss was finite
     assert_nothing_written_for_the_bad_step(run)
 
@@ -90,12 +91,25 @@ def test_infinite_loss_stops_the_library_call(recipe, tmp_path, monkeypatch):
 def test_exploding_gradient_stops_after_max_skips_and_writes_nothing_for_the_step(recipe, tmp_path):
     """Every gradient exceeds a tiny limit: the first step's update is skipped, the second stops the run."""
     run = tmp_path / "run"
-    code, _, err = run_in_process(["train", str(recipe), "--out", str(run), "--no-progress",
-                                   "--set", "guards.max_grad_norm=1e-9", "--set", "guards.max_skips=1"])
+    code, _, err = run_in_process(
+        [
+            "train",
+            str(recipe),
+            "--out",
+            str(run),
+            "--no-progress",
+            "--set",
+            "guards.max_grad_norm=1e-9",
+            "--set",
+            "guards.max_skips=1",
+        ]
+    )
     lines = [x for x in err.splitlines() if x.strip()]
     assert code == 3, err
     assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("error: stopped at step 2 (pretrain): the encoder's update was skipped 2 time(s)"), lines[0]
+    assert lines[0].startswith("error: stopped at step 2 (pretrain): the encoder's update was skipped 2 time(s)"), (
+        lines[0]
+    )
     assert "exceeds guards.max_grad_norm 1e-09" in lines[0] and "last good checkpoint: none yet" in lines[0]
     assert ck.list_tags(run / "encoder") == []
 
@@ -140,7 +154,9 @@ def test_non_finite_weights_are_never_checkpointed(recipe, tmp_path, monkeypatch
     from ettin.recipe import load_recipe
 
     r = load_recipe(recipe, ["arch=encoder", "checkpoint.every_tokens=1"])  # a checkpoint after every step
-    with pytest.raises(NonFiniteLoss, match=f"step {BAD_STEP} .*weights hold NaN or inf, so checkpoint was not written"):
+    with pytest.raises(
+        NonFiniteLoss, match=f"step {BAD_STEP} .*weights hold NaN or inf, so checkpoint was not written"
+    ):
         train(r, TrainOptions(out=tmp_path / "run", progress=False, log=lambda s: None))
     last = ck.latest_full_state(tmp_path / "run" / "encoder")
     assert last is not None and ck.load_checkpoint(last).trainer["step"] == BAD_STEP - 1

@@ -77,11 +77,19 @@ def test_decoder_round_trip(tmp_path):
     assert (cfg["local_attention"], cfg["sliding_window"]) == (128, 64)
     gen = json.loads((out / "generation_config.json").read_text())
     ids = special_ids_for(VOCAB)
-    assert gen == {"bos_token_id": ids["bos_token_id"], "eos_token_id": ids["eos_token_id"],
-                   "pad_token_id": ids["pad_token_id"]}
+    assert gen == {
+        "bos_token_id": ids["bos_token_id"],
+        "eos_token_id": ids["eos_token_id"],
+        "pad_token_id": ids["pad_token_id"],
+    }
     keys = keys_of(out)
-    assert {"model.layers.0.attn.q_proj.weight", "model.layers.0.attn.k_proj.weight",
-            "model.layers.0.attn.v_proj.weight", "lm_head.dense.weight", "lm_head.norm.weight"} <= keys
+    assert {
+        "model.layers.0.attn.q_proj.weight",
+        "model.layers.0.attn.k_proj.weight",
+        "model.layers.0.attn.v_proj.weight",
+        "lm_head.dense.weight",
+        "lm_head.norm.weight",
+    } <= keys
     assert not any("Wqkv" in k or k.startswith("head.") for k in keys)
     # the split is by rows: Q, then K, then V
     h = model.config.hidden_size
@@ -128,8 +136,15 @@ def test_config_written_by_transformers_reads_back_the_same(tmp_path):
     from transformers import AutoConfig
 
     for arch in ("encoder", "decoder"):
-        config = config_for_size("tiny", arch, VOCAB, global_rope_theta=10_000.0, local_rope_theta=20_000.0,
-                                 local_attention=96, max_position_embeddings=1024)
+        config = config_for_size(
+            "tiny",
+            arch,
+            VOCAB,
+            global_rope_theta=10_000.0,
+            local_rope_theta=20_000.0,
+            local_attention=96,
+            max_position_embeddings=1024,
+        )
         path = hf.save_pretrained(make_model(arch).__class__(config), tmp_path / arch)
         AutoConfig.from_pretrained(path).save_pretrained(tmp_path / f"{arch}-hf")
         assert hf.read_config(tmp_path / f"{arch}-hf") == config
@@ -139,21 +154,44 @@ def test_legacy_config_keys(tmp_path):
     from transformers import AutoConfig
 
     legacy = {  # as transformers 4.x and the hub's Ettin configs write it
-        "architectures": ["ModernBertDecoderForCausalLM"], "model_type": "modernbert-decoder",
-        "vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 7,
-        "num_attention_heads": 1, "global_attn_every_n_layers": 3, "global_rope_theta": 160000.0,
-        "local_attention": 128, "max_position_embeddings": 7999, "torch_dtype": "float32",
-        "norm_bias": False, "tie_word_embeddings": True, "reference_compile": False,
-        "pad_token_id": 1022, "bos_token_id": 1020, "eos_token_id": 1021, "cls_token_id": 1020, "sep_token_id": 1021,
+        "architectures": ["ModernBertDecoderForCausalLM"],
+        "model_type": "modernbert-decoder",
+        "vocab_size": VOCAB,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 7,
+        "num_attention_heads": 1,
+        "global_attn_every_n_layers": 3,
+        "global_rope_theta": 160000.0,
+        "local_attention": 128,
+        "max_position_embeddings": 7999,
+        "torch_dtype": "float32",
+        "norm_bias": False,
+        "tie_word_embeddings": True,
+        "reference_compile": False,
+        "pad_token_id": 1022,
+        "bos_token_id": 1020,
+        "eos_token_id": 1021,
+        "cls_token_id": 1020,
+        "sep_token_id": 1021,
     }
     (tmp_path / "config.json").write_text(json.dumps(legacy))
     config = hf.read_config(tmp_path)
     theirs = AutoConfig.from_pretrained(tmp_path)
     assert config.arch == "decoder"
-    assert config.layer_types == list(theirs.layer_types) == ["full_attention", "sliding_attention",
-                                                              "sliding_attention", "full_attention",
-                                                              "sliding_attention", "sliding_attention",
-                                                              "full_attention"]
+    assert (
+        config.layer_types
+        == list(theirs.layer_types)
+        == [
+            "full_attention",
+            "sliding_attention",
+            "sliding_attention",
+            "full_attention",
+            "sliding_attention",
+            "sliding_attention",
+            "full_attention",
+        ]
+    )
     # a missing local theta takes transformers' default, so both libraries build the same model
     assert config.global_rope_theta == theirs.rope_parameters["full_attention"]["rope_theta"] == 160_000.0
     assert config.local_rope_theta == theirs.rope_parameters["sliding_attention"]["rope_theta"] == 10_000.0
@@ -214,8 +252,13 @@ def test_revision_of_a_training_run(tmp_path):
     models = {}
     for i, tag in enumerate(("step10", "step20")):
         models[tag] = make_model("encoder", seed=10 + i)
-        info = {"step": 10 * (i + 1), "tokens": 1000 * (i + 1), "phase": 0, "phase_name": "pretraining",
-                "phase_step": 10 * (i + 1)}
+        info = {
+            "step": 10 * (i + 1),
+            "tokens": 1000 * (i + 1),
+            "phase": 0,
+            "phase_name": "pretraining",
+            "phase_step": 10 * (i + 1),
+        }
         write_hf_export(run, tag, models[tag], info)
     assert_same_weights(models["step10"], ettin.load(run, "step10"))
     assert_same_weights(models["step20"], ettin.load(run))  # latest
@@ -266,8 +309,11 @@ def _truncate(path: Path) -> None:
 
 def _backbone_only(path: Path) -> None:
     sd = load_file(str(path / "model.safetensors"))
-    save_file({k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")},
-              str(path / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")},
+        str(path / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
 
 
 def _classifier(path: Path) -> None:
@@ -287,9 +333,16 @@ def _big_tokenizer(path: Path, tok_dir: Path) -> None:
 
 def _missing_shard(path: Path) -> None:
     (path / "model.safetensors").rename(path / "model-00001-of-00002.safetensors")
-    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
-        "model.embeddings.norm.weight": "model-00001-of-00002.safetensors",
-        "head.norm.weight": "model-00002-of-00002.safetensors"}}))
+    (path / "model.safetensors.index.json").write_text(
+        json.dumps(
+            {
+                "weight_map": {
+                    "model.embeddings.norm.weight": "model-00001-of-00002.safetensors",
+                    "head.norm.weight": "model-00002-of-00002.safetensors",
+                }
+            }
+        )
+    )
 
 
 BAD_DIRS = {
@@ -306,8 +359,10 @@ BAD_DIRS = {
     "backbone only": (lambda p, t: _backbone_only(p), "only a backbone"),
     "classifier model": (lambda p, t: _classifier(p), "do not match the config"),
     "shape mismatch": (lambda p, t: _edit_config(p, intermediate_size=128), "the config implies"),
-    "rope scaling": (lambda p, t: _edit_config(p, rope_scaling={"rope_type": "yarn", "factor": 4.0}),
-                     "RoPE type 'yarn'"),
+    "rope scaling": (
+        lambda p, t: _edit_config(p, rope_scaling={"rope_type": "yarn", "factor": 4.0}),
+        "RoPE type 'yarn'",
+    ),
     "tokenizer too big": (lambda p, t: _big_tokenizer(p, t), "vocab_size"),
 }
 
@@ -417,12 +472,25 @@ def test_console_script_reports_bad_input_in_one_line(tmp_path):
 
 
 def test_model_config_fields_survive_the_round_trip():
-    config = ModelConfig(arch="decoder", vocab_size=2048, hidden_size=96, intermediate_size=100, num_hidden_layers=5,
-                         num_attention_heads=3, global_attn_every_n_layers=2, local_attention=32,
-                         global_rope_theta=1234.0, local_rope_theta=567.0, max_position_embeddings=333,
-                         norm_eps=1e-6, initializer_range=0.03, initializer_cutoff_factor=3.0, attention_dropout=0.1,
-                         layer_types=["full_attention", "sliding_attention", "sliding_attention", "sliding_attention",
-                                      "full_attention"], **special_ids_for(2048))
+    config = ModelConfig(
+        arch="decoder",
+        vocab_size=2048,
+        hidden_size=96,
+        intermediate_size=100,
+        num_hidden_layers=5,
+        num_attention_heads=3,
+        global_attn_every_n_layers=2,
+        local_attention=32,
+        global_rope_theta=1234.0,
+        local_rope_theta=567.0,
+        max_position_embeddings=333,
+        norm_eps=1e-6,
+        initializer_range=0.03,
+        initializer_cutoff_factor=3.0,
+        attention_dropout=0.1,
+        layer_types=["full_attention", "sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
+        **special_ids_for(2048),
+    )
     d = hf.config_to_hf(config)
     assert d["layer_types"] == config.layer_types  # what transformers 5.x builds from, whatever the pattern
     assert hf.config_from_hf(json.loads(json.dumps(d))) == config

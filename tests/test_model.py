@@ -70,7 +70,9 @@ def test_decoder_is_causal_and_encoder_is_not():
 
 def test_local_layer_ignores_tokens_beyond_the_window():
     # One local layer alone: position 0's output cannot depend on a token 100 positions away.
-    cfg = config_for_size("tiny", "encoder", vocab_size=VOCAB).replace(num_hidden_layers=2, global_attn_every_n_layers=3)
+    cfg = config_for_size("tiny", "encoder", vocab_size=VOCAB).replace(
+        num_hidden_layers=2, global_attn_every_n_layers=3
+    )
     cfg.layer_types = ["sliding_attention", "sliding_attention"]
     torch.manual_seed(0)
     model = EttinModel(cfg).eval()

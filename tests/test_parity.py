@@ -23,19 +23,34 @@ LENGTHS = [320, 203, 77]  # longest > 2 x window, shortest inside one window
 
 CONFIGS = {
     # head dim 64, windows of 128 (encoder |i-j| <= 64; decoder 64 keys), thetas as in pretraining/extension
-    "h128": dict(hidden_size=128, intermediate_size=192, num_hidden_layers=4, num_attention_heads=2,
-                 global_attn_every_n_layers=3, local_attention=128, global_rope_theta=160_000.0,
-                 local_rope_theta=10_000.0),
+    "h128": dict(
+        hidden_size=128,
+        intermediate_size=192,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        global_attn_every_n_layers=3,
+        local_attention=128,
+        global_rope_theta=160_000.0,
+        local_rope_theta=10_000.0,
+    ),
     # head dim 32, global every 2nd layer, a narrower window, the thetas the other way round
-    "h96": dict(hidden_size=96, intermediate_size=160, num_hidden_layers=5, num_attention_heads=3,
-                global_attn_every_n_layers=2, local_attention=64, global_rope_theta=10_000.0,
-                local_rope_theta=160_000.0),
+    "h96": dict(
+        hidden_size=96,
+        intermediate_size=160,
+        num_hidden_layers=5,
+        num_attention_heads=3,
+        global_attn_every_n_layers=2,
+        local_attention=64,
+        global_rope_theta=10_000.0,
+        local_rope_theta=160_000.0,
+    ),
 }
 
 
 def ettin_config(name: str, arch: str) -> ModelConfig:
-    return ModelConfig(arch=arch, vocab_size=VOCAB, max_position_embeddings=512, **special_ids_for(VOCAB),
-                       **CONFIGS[name])
+    return ModelConfig(
+        arch=arch, vocab_size=VOCAB, max_position_embeddings=512, **special_ids_for(VOCAB), **CONFIGS[name]
+    )
 
 
 def hf_config(name: str, arch: str):
@@ -175,8 +190,8 @@ def test_left_padded_batch_generation_matches_transformers(hf_saved):
     ids = torch.full((3, 100), model.config.pad_token_id)
     mask = torch.zeros(3, 100, dtype=torch.long)
     for i, n in enumerate(lengths):
-        ids[i, 100 - n:] = torch.randint(0, VOCAB - 8, (n,), generator=g)
-        mask[i, 100 - n:] = 1
+        ids[i, 100 - n :] = torch.randint(0, VOCAB - 8, (n,), generator=g)
+        mask[i, 100 - n :] = 1
     with torch.no_grad():
         ours = model.generate(ids, mask, max_new_tokens=20)
         theirs = ref.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20, do_sample=False)

@@ -66,9 +66,14 @@ def test_pickle_weights_are_refused_without_being_opened(model_dir, tmp_path):
 def test_checkpoint_optimizer_pickle_is_refused_by_the_weights_only_loader(tmp_path):
     marker = tmp_path / "PWNED"
     run = tmp_path / "run" / "encoder"
-    ck.write_checkpoint(run, "step1", model_state={"w": torch.ones(2)}, optimizer_state={"state": {}, "param_groups": []},
-                        trainer_state={"step": 1, "tokens": 8, "phase": 0, "phase_step": 1},
-                        rng_tensors={"torch_cpu": torch.get_rng_state()})
+    ck.write_checkpoint(
+        run,
+        "step1",
+        model_state={"w": torch.ones(2)},
+        optimizer_state={"state": {}, "param_groups": []},
+        trainer_state={"step": 1, "tokens": 8, "phase": 0, "phase_step": 1},
+        rng_tensors={"torch_cpu": torch.get_rng_state()},
+    )
     bad = run / "checkpoints" / "step1" / "optimizer.pt"
     torch.save({"state": Payload(marker), "param_groups": []}, bad)
     _control(lambda: torch.load(bad, weights_only=False)["state"], marker)
@@ -142,10 +147,25 @@ def test_tokenizer_with_custom_code_is_refused_without_a_prompt(tmp_path, small_
 # ------------------------------------------------------------------------------------- source scan
 
 UNSAFE_MODULE_LOADERS = {
-    ("pickle", "load"), ("pickle", "loads"), ("pickle", "Unpickler"), ("cPickle", "load"), ("cPickle", "loads"),
-    ("dill", "load"), ("dill", "loads"), ("joblib", "load"), ("marshal", "load"), ("marshal", "loads"),
-    ("shelve", "open"), ("yaml", "load"), ("yaml", "load_all"), ("yaml", "unsafe_load"), ("yaml", "unsafe_load_all"),
-    ("yaml", "full_load"), ("yaml", "full_load_all"), ("pd", "read_pickle"), ("pandas", "read_pickle"),
+    ("pickle", "load"),
+    ("pickle", "loads"),
+    ("pickle", "Unpickler"),
+    ("cPickle", "load"),
+    ("cPickle", "loads"),
+    ("dill", "load"),
+    ("dill", "loads"),
+    ("joblib", "load"),
+    ("marshal", "load"),
+    ("marshal", "loads"),
+    ("shelve", "open"),
+    ("yaml", "load"),
+    ("yaml", "load_all"),
+    ("yaml", "unsafe_load"),
+    ("yaml", "unsafe_load_all"),
+    ("yaml", "full_load"),
+    ("yaml", "full_load_all"),
+    ("pd", "read_pickle"),
+    ("pandas", "read_pickle"),
 }
 
 
@@ -184,13 +204,18 @@ def test_the_scan_finds_each_unsafe_pattern():
         "AutoTokenizer.from_pretrained(p)\nnp.load(p, allow_pickle=True)\nf(trust_remote_code=True)\neval(s)\n"
     )
     assert [line for line, _ in unsafe_calls(ast.parse(bad))] == [1, 2, 3, 4, 5, 6, 7, 8]
-    good = "yaml.safe_load(s)\ntorch.load(p, weights_only=True)\nA.from_pretrained(p, trust_remote_code=False)\nm.eval()\n"
+    good = (
+        "yaml.safe_load(s)\ntorch.load(p, weights_only=True)\nA.from_pretrained(p, trust_remote_code=False)\nm.eval()\n"
+    )
     assert unsafe_calls(ast.parse(good)) == []
 
 
 def test_source_has_no_unsafe_loader():
     files = sorted(SRC.rglob("*.py"))
     assert len(files) > 10
-    problems = [f"{f.relative_to(SRC.parent)}:{line}: {why}"
-                for f in files for line, why in unsafe_calls(ast.parse(f.read_text(encoding="utf-8"), str(f)))]
+    problems = [
+        f"{f.relative_to(SRC.parent)}:{line}: {why}"
+        for f in files
+        for line, why in unsafe_calls(ast.parse(f.read_text(encoding="utf-8"), str(f)))
+    ]
     assert problems == []

@@ -107,7 +107,9 @@ def test_train_rounds_up_and_fills_with_unused(tmp_path, requested, total):
     # a corpus this small learns few merges: [unused0].. fill the ids between the BPE and the specials
     first = tok.convert_tokens_to_ids("[unused0]")
     assert 256 <= first < total - 5
-    assert tok.convert_ids_to_tokens(list(range(first, total - 5))) == [f"[unused{k}]" for k in range(total - 5 - first)]
+    assert tok.convert_ids_to_tokens(list(range(first, total - 5))) == [
+        f"[unused{k}]" for k in range(total - 5 - first)
+    ]
 
 
 def test_train_refuses_a_vocabulary_without_room_for_bytes(tmp_path):
@@ -200,7 +202,17 @@ def test_cli_train_and_modernbert(tmp_path):
     (tmp_path / "c.txt").write_text("the cat sat on the mat. " * 50)
     runner = CliRunner()
     result = runner.invoke(
-        app, ["tokenizer", "train", "--corpus", str(tmp_path / "c.txt"), "--vocab-size", "300", "--out", str(tmp_path / "t")]
+        app,
+        [
+            "tokenizer",
+            "train",
+            "--corpus",
+            str(tmp_path / "c.txt"),
+            "--vocab-size",
+            "300",
+            "--out",
+            str(tmp_path / "t"),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "vocab size 320" in result.output and "mask=319" in result.output
@@ -214,7 +226,17 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("café\n".encode("latin-1"))
     out = tmp_path / "out"
     result = subprocess.run(
-        [str(ETTIN), "tokenizer", "train", "--corpus", str(tmp_path / "latin1.txt"), "--vocab-size", "512", "--out", str(out)],
+        [
+            str(ETTIN),
+            "tokenizer",
+            "train",
+            "--corpus",
+            str(tmp_path / "latin1.txt"),
+            "--vocab-size",
+            "512",
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

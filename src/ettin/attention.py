@@ -92,7 +92,9 @@ def window_mask(length: int, half_window: int | None, causal: bool, device: str)
 def _additive_window_mask(length: int, half_window: int | None, causal: bool, device: str, dtype: torch.dtype):
     """`window_mask` as 0 / -inf: PyTorch's CPU kernel runs faster on an additive mask than a boolean one."""
     mask = window_mask(length, half_window, causal, device)
-    return None if mask is None else torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, float("-inf"))
+    return (
+        None if mask is None else torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, float("-inf"))
+    )
 
 
 def _sdpa(q, k, v, *, causal: bool, half_window: int | None, scale: float):
@@ -111,8 +113,11 @@ def _block_mask(lengths: list[int], positions: torch.Tensor, w: int, causal: boo
     n = positions.numel()
     nb = math.ceil(n / w)
     seq = torch.full((nb * w,), -1, dtype=torch.int32, device=device)  # padding queries: sequence -1
-    seq[:n] = torch.repeat_interleave(torch.arange(len(lengths), device=device, dtype=torch.int32),
-                                      torch.tensor(lengths, device=device), output_size=n)
+    seq[:n] = torch.repeat_interleave(
+        torch.arange(len(lengths), device=device, dtype=torch.int32),
+        torch.tensor(lengths, device=device),
+        output_size=n,
+    )
     pos = torch.arange(nb * w, device=device, dtype=torch.int32)  # padding queries see only themselves
     pos[:n] = positions
     after = 0 if causal else w
@@ -165,8 +170,16 @@ def varlen_attention(
         else:
             window = (half_window - 1, 0) if causal else (half_window, half_window)
         return _flash_varlen(
-            q, k, v, seqs.cu_seqlens, seqs.cu_seqlens, seqs.max_seqlen, seqs.max_seqlen,
-            softmax_scale=scale, causal=causal, window_size=window,
+            q,
+            k,
+            v,
+            seqs.cu_seqlens,
+            seqs.cu_seqlens,
+            seqs.max_seqlen,
+            seqs.max_seqlen,
+            softmax_scale=scale,
+            causal=causal,
+            window_size=window,
         )
     if half_window is not None and max(seqs.lengths) > half_window + (0 if causal else 1):
         # Block-local attention computes (2 or 3) x w keys per query; masked full attention sum(T^2).
@@ -182,13 +195,21 @@ def varlen_attention(
     outs = []
     for qs, ks, vs in zip(q.split(seqs.lengths), k.split(seqs.lengths), v.split(seqs.lengths)):
         # 4-d inputs: PyTorch's fused CPU kernel takes only those (3-d falls back to the slow math path).
-        o = _sdpa(qs.transpose(0, 1)[None], ks.transpose(0, 1)[None], vs.transpose(0, 1)[None],
-                  causal=causal, half_window=half_window, scale=scale)
+        o = _sdpa(
+            qs.transpose(0, 1)[None],
+            ks.transpose(0, 1)[None],
+            vs.transpose(0, 1)[None],
+            causal=causal,
+            half_window=half_window,
+            scale=scale,
+        )
         outs.append(o[0].transpose(0, 1))
     return torch.cat(outs)
 
 
-def cache_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, k_valid: torch.Tensor, half_window: int | None) -> torch.Tensor:
+def cache_mask(
+    q_pos: torch.Tensor, k_pos: torch.Tensor, k_valid: torch.Tensor, half_window: int | None
+) -> torch.Tensor:
     """[B, 1, Tq, S] mask for new queries against a key/value cache (generation).
 
     q_pos [B, Tq] and k_pos [B, S] are positions inside each sequence; k_valid [B, S] marks real

@@ -61,8 +61,16 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise EttinError(f"unknown arch '{self.arch}'", field="arch", fix="use 'encoder' or 'decoder'")
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "global_attn_every_n_layers", "local_attention", "max_position_embeddings"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "global_attn_every_n_layers",
+            "local_attention",
+            "max_position_embeddings",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise EttinError(f"{name} must be a positive integer, got {value!r}", field=name)

@@ -9,9 +9,9 @@ every step is idempotent, so an interrupted demo picks up where it stopped.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ettin.errors import EttinError
 
@@ -65,14 +65,19 @@ def check_with_transformers(model_dir: Path, arch: str, text: str) -> dict:
     with torch.no_grad():
         a = theirs(**enc).logits
         b = ours(enc["input_ids"], enc["attention_mask"]).logits
-    check = {"class": type(theirs).__name__, "tokens": int(enc["input_ids"].shape[1]),
-             "max_abs_diff": float((a - b).abs().max())}
+    check = {
+        "class": type(theirs).__name__,
+        "tokens": int(enc["input_ids"].shape[1]),
+        "max_abs_diff": float((a - b).abs().max()),
+    }
     if arch == "decoder":
         prompt = tok("The history of", return_tensors="pt", add_special_tokens=False)
         ids = torch.cat([torch.tensor([[tok.cls_token_id]]), prompt["input_ids"]], 1)
         out = theirs.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
         check["sample"] = tok.decode(out[0, 1:], skip_special_tokens=True)
-        check["generate_matches_ettin"] = bool(torch.equal(out, ours.generate(ids, max_new_tokens=12)[:, : out.shape[1]]))
+        check["generate_matches_ettin"] = bool(
+            torch.equal(out, ours.generate(ids, max_new_tokens=12)[:, : out.shape[1]])
+        )
     else:
         masked = tok(f"The capital of France is {tok.mask_token}.", return_tensors="pt")
         with torch.no_grad():
@@ -113,8 +118,9 @@ def run_demo(
         trained = train(r, TrainOptions(out=run_dir, resume=resume, progress=progress, log=log))
         result.train_stats = trained.stats
         if not trained.finished:
-            raise EttinError("training stopped before the end of the recipe", path=run_dir,
-                             fix="run `make demo` again to continue")
+            raise EttinError(
+                "training stopped before the end of the recipe", path=run_dir, fix="run `make demo` again to continue"
+            )
     result.written += [("tokenizer", Path(r.tokenizer)), ("prepared data", Path(r.data_dir)), ("training run", run_dir)]
 
     exports = {}
@@ -134,8 +140,9 @@ def run_demo(
             log(f"{arch}: {check['class']} max |logits - ettin| = {check['max_abs_diff']:.2e}; {check['sample']}")
 
     with _step(result, f"evaluate both on the {suite} suite and write the report", log):
-        result.results = compare_run(run_dir, out, suite=suite, seed=r.seed, tasks=tasks, limit=limit,
-                                     progress=eval_progress)
+        result.results = compare_run(
+            run_dir, out, suite=suite, seed=r.seed, tasks=tasks, limit=limit, progress=eval_progress
+        )
     for name in ("report.md", "results.json"):
         result.written.append((name, out / name))
     result.written += [(p.name, p) for p in sorted(out.glob("*.png"))]

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ettin import runs
 from ettin.config import (
     MODERNBERT_SPECIAL_IDS,
     MODERNBERT_VOCAB_SIZE,
@@ -59,17 +60,34 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
-DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-          "float16": "float16", "fp16": "float16"}
+DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # Our name (= modernbert name) -> modernbert-decoder name, per layer i. Wqkv rows are Q, then K, then V.
 CONVERSION_TABLE: tuple[tuple[str, str, str], ...] = (
-    ("model.embeddings.tok_embeddings.weight", "model.embeddings.tok_embeddings.weight", "model.embeddings.tok_embeddings.weight"),
+    (
+        "model.embeddings.tok_embeddings.weight",
+        "model.embeddings.tok_embeddings.weight",
+        "model.embeddings.tok_embeddings.weight",
+    ),
     ("model.embeddings.norm.weight", "model.embeddings.norm.weight", "model.embeddings.norm.weight"),
-    ("model.layers.{i}.attn_norm.weight (i >= 1)", "model.layers.{i}.attn_norm.weight", "model.layers.{i}.attn_norm.weight"),
-    ("model.layers.{i}.attn.Wqkv.weight [3h, h]", "model.layers.{i}.attn.Wqkv.weight",
-     "model.layers.{i}.attn.q_proj.weight, k_proj.weight, v_proj.weight (rows 0:h, h:2h, 2h:3h)"),
+    (
+        "model.layers.{i}.attn_norm.weight (i >= 1)",
+        "model.layers.{i}.attn_norm.weight",
+        "model.layers.{i}.attn_norm.weight",
+    ),
+    (
+        "model.layers.{i}.attn.Wqkv.weight [3h, h]",
+        "model.layers.{i}.attn.Wqkv.weight",
+        "model.layers.{i}.attn.q_proj.weight, k_proj.weight, v_proj.weight (rows 0:h, h:2h, 2h:3h)",
+    ),
     ("model.layers.{i}.attn.Wo.weight", "model.layers.{i}.attn.Wo.weight", "model.layers.{i}.attn.Wo.weight"),
     ("model.layers.{i}.mlp_norm.weight", "model.layers.{i}.mlp_norm.weight", "model.layers.{i}.mlp_norm.weight"),
     ("model.layers.{i}.mlp.Wi.weight [2I, h]", "model.layers.{i}.mlp.Wi.weight", "model.layers.{i}.mlp.Wi.weight"),
@@ -129,12 +147,23 @@ def config_to_hf(config: ModelConfig, *, dtype: str = "float32") -> dict[str, An
         "global_attn_every_n_layers": config.global_attn_every_n_layers,
     }
     if arch == "encoder":
-        d |= {"classifier_pooling": "cls", "sparse_prediction": False, "sparse_pred_ignore_index": -100,
-              "deterministic_flash_attn": False}
+        d |= {
+            "classifier_pooling": "cls",
+            "sparse_prediction": False,
+            "sparse_pred_ignore_index": -100,
+            "deterministic_flash_attn": False,
+        }
     else:
         d |= {"sliding_window": config.local_attention // 2, "use_cache": True}
-    for name in ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id",
-                 "mask_token_id", "unk_token_id"):
+    for name in (
+        "pad_token_id",
+        "bos_token_id",
+        "eos_token_id",
+        "cls_token_id",
+        "sep_token_id",
+        "mask_token_id",
+        "unk_token_id",
+    ):
         d[name] = getattr(config, name)
     d["dtype"] = dtype
     d["torch_dtype"] = dtype
@@ -152,7 +181,9 @@ def _theta(d: Mapping, layer_type: str, legacy_key: str, path) -> float:
     kind = p.get("rope_type", p.get("type", "default"))
     if kind != "default":
         raise EttinError(
-            f"RoPE type '{kind}' for {layer_type} layers is not supported", path=path, field="rope_parameters",
+            f"RoPE type '{kind}' for {layer_type} layers is not supported",
+            path=path,
+            field="rope_parameters",
             fix="ettin implements plain RoPE ('default'); convert the model without RoPE scaling",
         )
     if "rope_theta" in p:
@@ -162,8 +193,9 @@ def _theta(d: Mapping, layer_type: str, legacy_key: str, path) -> float:
     return HF_DEFAULT_THETA[layer_type]
 
 
-def config_from_hf(d: Mapping[str, Any], *, path: object = None, arch: str | None = None,
-                   tokenizer_dir: Path | None = None) -> ModelConfig:
+def config_from_hf(
+    d: Mapping[str, Any], *, path: object = None, arch: str | None = None, tokenizer_dir: Path | None = None
+) -> ModelConfig:
     """A ModelConfig from a modernbert / modernbert-decoder config.json (5.x or legacy keys).
 
     The result loads exactly as transformers 5.x would build the model: a missing theta takes
@@ -172,23 +204,39 @@ def config_from_hf(d: Mapping[str, Any], *, path: object = None, arch: str | Non
     """
     model_type = d.get("model_type")
     if model_type is None:
-        raise EttinError("config.json has no 'model_type'", path=path, field="model_type",
-                         fix="this does not look like a Hugging Face model config")
+        raise EttinError(
+            "config.json has no 'model_type'",
+            path=path,
+            field="model_type",
+            fix="this does not look like a Hugging Face model config",
+        )
     if model_type not in ARCH_OF_MODEL_TYPE:
         raise EttinError(
-            f"is a '{model_type}' model, not ModernBERT", path=path, field="model_type",
+            f"is a '{model_type}' model, not ModernBERT",
+            path=path,
+            field="model_type",
             fix="ettin reads model_type 'modernbert' (encoders) and 'modernbert-decoder' (decoders)",
         )
     own_arch = ARCH_OF_MODEL_TYPE[model_type]
-    for key, want in (("norm_bias", False), ("attention_bias", False), ("mlp_bias", False),
-                      ("decoder_bias", True), ("tie_word_embeddings", True)):
+    for key, want in (
+        ("norm_bias", False),
+        ("attention_bias", False),
+        ("mlp_bias", False),
+        ("decoder_bias", True),
+        ("tie_word_embeddings", True),
+    ):
         if key in d and bool(d[key]) != want:
-            raise EttinError(f"{key}={d[key]} is not supported (ettin's ModernBERT has {key}={want})",
-                             path=path, field=key)
+            raise EttinError(
+                f"{key}={d[key]} is not supported (ettin's ModernBERT has {key}={want})", path=path, field=key
+            )
     act = d.get("hidden_activation", "gelu")
     if act != "gelu":
-        raise EttinError(f"hidden_activation '{act}' is not supported", path=path, field="hidden_activation",
-                         fix="ettin implements GeGLU with exact GELU ('gelu')")
+        raise EttinError(
+            f"hidden_activation '{act}' is not supported",
+            path=path,
+            field="hidden_activation",
+            fix="ettin implements GeGLU with exact GELU ('gelu')",
+        )
     try:
         n_layers = int(d["num_hidden_layers"])
         every = int(d.get("global_attn_every_n_layers", 3))
@@ -221,8 +269,9 @@ def config_from_hf(d: Mapping[str, Any], *, path: object = None, arch: str | Non
             layer_types=list(layer_types),
         )
     except KeyError as exc:
-        raise EttinError(f"config.json lacks the required key {exc.args[0]!r}", path=path,
-                         field=str(exc.args[0])) from None
+        raise EttinError(
+            f"config.json lacks the required key {exc.args[0]!r}", path=path, field=str(exc.args[0])
+        ) from None
     except (TypeError, ValueError) as exc:
         raise EttinError(f"config.json has a malformed value: {exc}", path=path) from None
     kw |= _special_ids(d, vocab_size, tokenizer_dir)
@@ -257,8 +306,13 @@ def _tokenizer_special_ids(tok_dir: Path) -> dict[str, int]:
     except (OSError, json.JSONDecodeError):
         return {}
     by_content = {a.get("content"): a.get("id") for a in added if isinstance(a, dict)}
-    names = {"unk_token_id": "[UNK]", "cls_token_id": "[CLS]", "sep_token_id": "[SEP]",
-             "pad_token_id": "[PAD]", "mask_token_id": "[MASK]"}
+    names = {
+        "unk_token_id": "[UNK]",
+        "cls_token_id": "[CLS]",
+        "sep_token_id": "[SEP]",
+        "pad_token_id": "[PAD]",
+        "mask_token_id": "[MASK]",
+    }
     return {name: by_content[tok] for name, tok in names.items() if isinstance(by_content.get(tok), int)}
 
 
@@ -284,7 +338,7 @@ def state_dict_to_hf(state_dict: Mapping[str, "torch.Tensor"], arch: str, config
                 out[base + "v_proj.weight"] = v.contiguous()
                 continue
             if name.startswith("head."):
-                name = "lm_head." + name[len("head."):]
+                name = "lm_head." + name[len("head.") :]
         out[name] = tensor.contiguous()
     return out
 
@@ -303,7 +357,7 @@ def state_dict_from_hf(state_dict: Mapping[str, "torch.Tensor"], model_type: str
                 qkv.setdefault(m.group(1), {})[m.group(2)] = tensor
                 continue
             if name.startswith("lm_head."):
-                name = "head." + name[len("lm_head."):]
+                name = "head." + name[len("lm_head.") :]
             out[name] = tensor
         for base, parts in qkv.items():
             missing = [f"{base}{p}_proj.weight" for p in "qkv" if p not in parts]
@@ -325,8 +379,9 @@ def _check_safetensors(path: Path) -> None:
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         if n <= 0 or n > min(size - 8, 100_000_000):
-            raise EttinError(f"is truncated or corrupt (header length {n} for a file of {size} bytes)",
-                             path=path, fix=fix)
+            raise EttinError(
+                f"is truncated or corrupt (header length {n} for a file of {size} bytes)", path=path, fix=fix
+            )
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -338,7 +393,8 @@ def _check_safetensors(path: Path) -> None:
     if 8 + n + end != size:
         raise EttinError(
             f"is truncated or corrupt: the header describes {8 + n + end:,} bytes, the file has {size:,}",
-            path=path, fix=fix,
+            path=path,
+            fix=fix,
         )
 
 
@@ -349,8 +405,9 @@ def _read_safetensors(path: Path) -> dict[str, "torch.Tensor"]:
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for damaged files
-        raise EttinError(f"is corrupt: {exc}".splitlines()[0], path=path,
-                         fix="copy or export the model again") from None
+        raise EttinError(
+            f"is corrupt: {exc}".splitlines()[0], path=path, fix="copy or export the model again"
+        ) from None
 
 
 def _read_weights(model_dir: Path) -> dict[str, "torch.Tensor"]:
@@ -366,13 +423,15 @@ def _read_weights(model_dir: Path) -> dict[str, "torch.Tensor"]:
         for shard in sorted(set(weight_map.values())):
             f = model_dir / shard
             if Path(shard).name != shard or not f.is_file():
-                raise EttinError(f"names the shard '{shard}', which is missing", path=index,
-                                 fix="copy the complete model folder")
+                raise EttinError(
+                    f"names the shard '{shard}', which is missing", path=index, fix="copy the complete model folder"
+                )
             out |= _read_safetensors(f)
         missing = sorted(set(weight_map) - set(out))
         if missing:
-            raise EttinError(f"lists {missing[0]} but no shard holds it", path=index,
-                             fix="copy the complete model folder")
+            raise EttinError(
+                f"lists {missing[0]} but no shard holds it", path=index, fix="copy the complete model folder"
+            )
         return out
     pickles = [p for p in PICKLE_NAMES if (model_dir / p).is_file()]
     if pickles:
@@ -386,7 +445,8 @@ def _read_weights(model_dir: Path) -> dict[str, "torch.Tensor"]:
     others = sorted(p.name for p in model_dir.glob("*.safetensors"))
     raise EttinError(
         f"has no weights ({WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} missing"
-        + (f"; found {', '.join(others)}" if others else "") + ")",
+        + (f"; found {', '.join(others)}" if others else "")
+        + ")",
         path=model_dir,
         fix="copy the complete model folder, or export one with `ettin export`",
     )
@@ -415,7 +475,8 @@ def _check_vocab_fits(tok_dir: Path, config: ModelConfig) -> None:
     if n is not None and n > config.vocab_size:
         raise EttinError(
             f"the tokenizer emits ids up to {n - 1} but the model's vocab_size is {config.vocab_size}",
-            path=tok_dir / "tokenizer.json", field="vocab_size",
+            path=tok_dir / "tokenizer.json",
+            field="vocab_size",
             fix="use the tokenizer the model was made for, or build the model with a larger vocab_size",
         )
 
@@ -433,12 +494,18 @@ def check_tokenizer(tok_dir: Path, config: ModelConfig) -> None:
         check_tokenizer_fits(tok, config, path=tok_dir)
         return
     # Hub tokenizers often leave some roles (bos/eos) unset: check only the ids the tokenizer defines.
-    wrong = [f"{k}: tokenizer {v}, model {getattr(config, k)}" for k, v in ids.items()
-             if v is not None and v != getattr(config, k)]
+    wrong = [
+        f"{k}: tokenizer {v}, model {getattr(config, k)}"
+        for k, v in ids.items()
+        if v is not None and v != getattr(config, k)
+    ]
     if wrong:
-        raise EttinError("the tokenizer's special-token ids differ from the model config's (" + "; ".join(wrong) + ")",
-                         path=tok_dir, field=wrong[0].split(":")[0],
-                         fix="use the tokenizer the model was made for")
+        raise EttinError(
+            "the tokenizer's special-token ids differ from the model config's (" + "; ".join(wrong) + ")",
+            path=tok_dir,
+            field=wrong[0].split(":")[0],
+            fix="use the tokenizer the model was made for",
+        )
 
 
 def _tokenizer_files(tok_dir: Path) -> list[Path]:
@@ -469,8 +536,13 @@ def _prepare_out(out_dir: Path, overwrite: bool) -> bool:
     return True
 
 
-def save_pretrained(model: "EttinModel", out_dir: str | os.PathLike, tokenizer: str | os.PathLike | Any = None,
-                    *, overwrite: bool = False) -> Path:
+def save_pretrained(
+    model: "EttinModel",
+    out_dir: str | os.PathLike,
+    tokenizer: str | os.PathLike | Any = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
     """Write `model` as a Hugging Face folder transformers loads with AutoModelForMaskedLM (encoder) or
     AutoModelForCausalLM (decoder): config.json, model.safetensors, generation_config.json for a decoder,
     and the tokenizer's files when `tokenizer` (a folder, or an object with save_pretrained) is given.
@@ -489,8 +561,11 @@ def save_pretrained(model: "EttinModel", out_dir: str | os.PathLike, tokenizer: 
     elif tokenizer is not None:
         tok_dir = Path(tokenizer)
         if not (tok_dir / "tokenizer.json").is_file():
-            raise EttinError("is not a tokenizer directory (no tokenizer.json)", path=tok_dir,
-                             fix="give the folder written by `ettin tokenizer ...` or a model folder with a tokenizer")
+            raise EttinError(
+                "is not a tokenizer directory (no tokenizer.json)",
+                path=tok_dir,
+                fix="give the folder written by `ettin tokenizer ...` or a model folder with a tokenizer",
+            )
         check_tokenizer(tok_dir, config)
     if model.decoder.weight.data_ptr() != model.model.embeddings.tok_embeddings.weight.data_ptr():
         raise ValueError("the vocabulary projection is not tied to the embedding; the HF formats require tying")
@@ -500,11 +575,14 @@ def save_pretrained(model: "EttinModel", out_dir: str | os.PathLike, tokenizer: 
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         atomic_write_json(tmp / "config.json", config_to_hf(config, dtype=dtype))
         if config.arch == "decoder":
-            atomic_write_json(tmp / "generation_config.json", {
-                "bos_token_id": config.bos_token_id,
-                "eos_token_id": config.eos_token_id,
-                "pad_token_id": config.pad_token_id,
-            })
+            atomic_write_json(
+                tmp / "generation_config.json",
+                {
+                    "bos_token_id": config.bos_token_id,
+                    "eos_token_id": config.eos_token_id,
+                    "pad_token_id": config.pad_token_id,
+                },
+            )
         if tok_dir is not None:
             from ettin.tokenizer import tokenizer_json_for
 
@@ -521,28 +599,20 @@ def save_pretrained(model: "EttinModel", out_dir: str | os.PathLike, tokenizer: 
 # ----------------------------------------------------------------------------------------- reading
 
 
-def _is_run_dir(path: Path) -> bool:
-    """A training run's model folder (or a run holding one per arch), rather than a model folder."""
-    if (path / "config.json").is_file():
-        return False
-    return any((path / sub).is_dir() for sub in ("checkpoints", "hf", "encoder", "decoder"))
-
-
 def resolve(path: str | os.PathLike, revision: str | None = None) -> Path:
     """The local model folder `path` (and `revision`) stand for: a model folder, a training run's
-    checkpoint (through ettin.train.checkpoint), or a hub repository downloaded for users with network."""
+    checkpoint (through ettin.runs), or a hub repository downloaded for users with network."""
     p = Path(path).expanduser()
-    if p.is_dir() and _is_run_dir(p):
-        try:
-            from ettin.train.checkpoint import resolve_revision
-        except ImportError:
-            raise EttinError("is a training run, but this ettin has no checkpoint support (ettin.train.checkpoint)",
-                             path=p) from None
-        return Path(resolve_revision(p, revision))
+    if p.is_dir() and runs.is_run_dir(p):
+        return runs.resolve_revision(p, revision)
     if p.is_dir():
         if revision is not None:
-            raise EttinError(f"is a model folder, so --revision {revision} does not apply", path=p, field="revision",
-                             fix="pass the training run's folder to pick a checkpoint, or drop --revision")
+            raise EttinError(
+                f"is a model folder, so --revision {revision} does not apply",
+                path=p,
+                field="revision",
+                fix="pass the training run's folder to pick a checkpoint, or drop --revision",
+            )
         return p
     if p.exists():
         raise EttinError("is a file, not a model folder", path=p, fix="give the folder that holds config.json")
@@ -558,17 +628,24 @@ def _hub_download(repo_id: str, revision: str | None) -> Path:
     if offline:
         raise EttinError(
             f"is not a local folder, and HF_HUB_OFFLINE is set so the hub repository '{repo_id}' cannot be fetched",
-            path=repo_id, fix="give a local model folder, or unset HF_HUB_OFFLINE on a machine with network",
+            path=repo_id,
+            fix="give a local model folder, or unset HF_HUB_OFFLINE on a machine with network",
         )
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo_id=repo_id, revision=revision,
-                                      allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]))
+        return Path(
+            snapshot_download(
+                repo_id=repo_id,
+                revision=revision,
+                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"],
+            )
+        )
     except Exception as exc:  # network, auth, missing repo: all user-fixable
         raise EttinError(
             f"is not a local folder, and fetching it from the hub failed: {type(exc).__name__}: {exc}".splitlines()[0],
-            path=repo_id, fix="check the path, or the repository name and your network",
+            path=repo_id,
+            fix="check the path, or the repository name and your network",
         ) from None
 
 
@@ -583,8 +660,11 @@ def _config_json(model_dir: Path) -> dict:
     f = model_dir / "config.json"
     if not f.is_file():
         hint = " (it holds a tokenizer only)" if (model_dir / "tokenizer.json").is_file() else ""
-        raise EttinError(f"is not a model folder: config.json is missing{hint}", path=model_dir,
-                         fix="give the folder written by `ettin export`, `ettin init` or transformers' save_pretrained")
+        raise EttinError(
+            f"is not a model folder: config.json is missing{hint}",
+            path=model_dir,
+            fix="give the folder written by `ettin export`, `ettin init` or transformers' save_pretrained",
+        )
     try:
         d = json.loads(f.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -627,13 +707,16 @@ def load_dir(model_dir: Path, *, arch: str | None = None, dtype=None) -> "EttinM
     raw = _read_weights(model_dir)
     if "model.embeddings.tok_embeddings.weight" not in raw and "embeddings.tok_embeddings.weight" in raw:
         raise EttinError(
-            "holds only a backbone (saved from ModernBertModel, no prediction head)", path=model_dir,
+            "holds only a backbone (saved from ModernBertModel, no prediction head)",
+            path=model_dir,
             fix="export the masked-LM / causal-LM model (ModernBertForMaskedLM or ModernBertDecoderForCausalLM)",
         )
     try:
         sd = state_dict_from_hf(raw, model_type)
     except KeyError as exc:
-        raise EttinError(f"the weights lack {exc.args[0]}", path=model_dir, fix="copy the complete model folder") from None
+        raise EttinError(
+            f"the weights lack {exc.args[0]}", path=model_dir, fix="copy the complete model folder"
+        ) from None
     model = _build(config)
     expected = model.state_dict()
     sd.pop("decoder.weight", None)  # tied: transformers re-ties it to the embedding on load, so do we
@@ -646,8 +729,10 @@ def load_dir(model_dir: Path, *, arch: str | None = None, dtype=None) -> "EttinM
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         if any(k.startswith("classifier.") for k in unexpected):
-            fix = ("a fine-tuned classifier cannot be loaded as a language model; "
-                   "use the masked-LM or causal-LM export of the model")
+            fix = (
+                "a fine-tuned classifier cannot be loaded as a language model; "
+                "use the masked-LM or causal-LM export of the model"
+            )
         else:
             fix = "the config.json and the weights come from different models"
         raise EttinError(f"the weights do not match the config ({'; '.join(parts)})", path=model_dir, fix=fix)
@@ -655,7 +740,8 @@ def load_dir(model_dir: Path, *, arch: str | None = None, dtype=None) -> "EttinM
         if tuple(v.shape) != tuple(expected[k].shape):
             raise EttinError(
                 f"weight {k} has shape {tuple(v.shape)}, the config implies {tuple(expected[k].shape)}",
-                path=model_dir, fix="the config.json and the weights come from different models",
+                path=model_dir,
+                fix="the config.json and the weights come from different models",
             )
     import torch
 
@@ -674,8 +760,7 @@ def _tie(model: "EttinModel") -> None:
         dec.weight = emb.weight
 
 
-def load(path: str | os.PathLike, revision: str | None = None, *, arch: str | None = None,
-         dtype=None) -> "EttinModel":
+def load(path: str | os.PathLike, revision: str | None = None, *, arch: str | None = None, dtype=None) -> "EttinModel":
     """An EttinModel from any modernbert / modernbert-decoder folder, a training run (with `revision`),
     or, for users with network, a hub repository id.
 
@@ -708,9 +793,16 @@ def convert(model_or_dir: "EttinModel | str | os.PathLike", arch: str) -> "Ettin
     return new.to(device=p.device, dtype=p.dtype).train(model.training)
 
 
-def export(src: str | os.PathLike, out: str | os.PathLike, *, revision: str | None = None, arch: str | None = None,
-           tokenizer: str | os.PathLike | None = None, overwrite: bool = False,
-           require_arch_change: bool = False) -> tuple[Path, "EttinModel"]:
+def export(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    arch: str | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    require_arch_change: bool = False,
+) -> tuple[Path, "EttinModel"]:
     """Anything ettin can load -> a Hugging Face folder (with the source's tokenizer unless one is given)."""
     out = Path(out)
     _prepare_out(out, overwrite)  # fail before the (possibly slow) load
@@ -719,17 +811,28 @@ def export(src: str | os.PathLike, out: str | os.PathLike, *, revision: str | No
     if arch is not None and arch not in MODEL_TYPES:
         raise EttinError(f"unknown arch '{arch}'", field="arch", fix="use 'encoder' or 'decoder'")
     if require_arch_change and arch == config.arch:
-        raise EttinError(f"is already a{'n' if arch == 'encoder' else ''} {arch}", path=src_dir, field="arch",
-                         fix=f"use --arch {'decoder' if arch == 'encoder' else 'encoder'}, or `ettin export` to copy")
+        raise EttinError(
+            f"is already a{'n' if arch == 'encoder' else ''} {arch}",
+            path=src_dir,
+            field="arch",
+            fix=f"use --arch {'decoder' if arch == 'encoder' else 'encoder'}, or `ettin export` to copy",
+        )
     model = load_dir(src_dir, arch=arch)
     if tokenizer is None and (src_dir / "tokenizer.json").is_file():
         tokenizer = src_dir
     return save_pretrained(model, out, tokenizer, overwrite=overwrite), model
 
 
-def init_model(size: str, arch: str, out: str | os.PathLike, *, vocab_size: int | None = None,
-               tokenizer: str | os.PathLike | None = None, seed: int = 21,
-               overwrite: bool = False) -> tuple[Path, "EttinModel"]:
+def init_model(
+    size: str,
+    arch: str,
+    out: str | os.PathLike,
+    *,
+    vocab_size: int | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    seed: int = 21,
+    overwrite: bool = False,
+) -> tuple[Path, "EttinModel"]:
     """A freshly initialised model (the spec's truncated-normal init, seeded) written as an HF folder.
 
     With a tokenizer the vocabulary and special ids come from it; without one they are ModernBERT's,
@@ -752,8 +855,10 @@ def init_model(size: str, arch: str, out: str | os.PathLike, *, vocab_size: int 
             vocab_size = round_vocab_size(len(tok))
         elif vocab_size < len(tok):
             raise EttinError(
-                f"the tokenizer has {len(tok)} tokens but vocab_size is {vocab_size}", path=tok_dir,
-                field="vocab_size", fix=f"leave vocab_size out (it defaults to {round_vocab_size(len(tok))}) or raise it",
+                f"the tokenizer has {len(tok)} tokens but vocab_size is {vocab_size}",
+                path=tok_dir,
+                field="vocab_size",
+                fix=f"leave vocab_size out (it defaults to {round_vocab_size(len(tok))}) or raise it",
             )
     vocab_size = MODERNBERT_VOCAB_SIZE if vocab_size is None else vocab_size
     config = config_for_size(size, arch, vocab_size, **ids)

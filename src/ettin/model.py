@@ -472,7 +472,9 @@ class EttinModel(nn.Module):
         dtype = next(self.parameters()).dtype
         if torch.is_autocast_enabled(device.type):
             dtype = torch.get_autocast_dtype(device.type)
-        cache_dtype = torch.promote_types(dtype, torch.float32) if device.type == "cpu" else dtype  # see cached_attention
+        cache_dtype = (
+            torch.promote_types(dtype, torch.float32) if device.type == "cpu" else dtype
+        )  # see cached_attention
         cache = KVCache(self.config, b, t + max_new_tokens, device, cache_dtype)
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)
         cache.start_step(positions, mask)

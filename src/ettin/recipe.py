@@ -144,7 +144,9 @@ class RopeSection:
 @dataclass
 class Phase:
     name: str = "pretrain"
-    tag: str | None = None  # revision-tag prefix; default from the name (pretrain -> step, extension -> ext, decay -> decay)
+    tag: str | None = (
+        None  # revision-tag prefix; default from the name (pretrain -> step, extension -> ext, decay -> decay)
+    )
     tokens: int = field(default=0, metadata={"count": True, "gt": 0})
     seq_len: int = field(default=1024, metadata={"min": 2})
     batch_size: int = field(default=4608, metadata={"min": 1})
@@ -418,7 +420,8 @@ def _check_recipe(r: Recipe) -> None:
         raise _Invalid("model.size", f"unknown size '{m.size}'", f"use one of: {', '.join(SIZES)}")
     if m.size is None and any(v is None for v in explicit) and not r.init.path:
         raise _Invalid(
-            "model", "gives neither a size nor the full shape",
+            "model",
+            "gives neither a size nor the full shape",
             "set model.size (see `ettin sizes`) or hidden_size, intermediate_size, num_hidden_layers, num_attention_heads",
         )
     b1, b2 = r.optimizer.betas
@@ -431,11 +434,17 @@ def _check_recipe(r: Recipe) -> None:
     for i, p in enumerate(r.phases):
         where = f"phases.{i}"
         if not re.fullmatch(r"[A-Za-z][A-Za-z_-]*", p.tag_prefix):
-            raise _Invalid(f"{where}.tag", f"tag prefix '{p.tag_prefix}' must be letters, '-' or '_'",
-                           "tags are PREFIX followed by the step number, e.g. ext1000")
+            raise _Invalid(
+                f"{where}.tag",
+                f"tag prefix '{p.tag_prefix}' must be letters, '-' or '_'",
+                "tags are PREFIX followed by the step number, e.g. ext1000",
+            )
         if p.tag_prefix in tags:
-            raise _Invalid(f"{where}.tag", f"tag prefix '{p.tag_prefix}' is already used by phase {tags[p.tag_prefix]}",
-                           "give each phase its own tag")
+            raise _Invalid(
+                f"{where}.tag",
+                f"tag prefix '{p.tag_prefix}' is already used by phase {tags[p.tag_prefix]}",
+                "give each phase its own tag",
+            )
         tags[p.tag_prefix] = i
         if p.seq_len > m.max_position_embeddings:
             raise _Invalid(
@@ -445,24 +454,36 @@ def _check_recipe(r: Recipe) -> None:
             )
         lr = p.lr
         if lr.schedule == "constant" and lr.end is not None and lr.end != lr.start:
-            raise _Invalid(f"{where}.lr.end", f"a constant schedule cannot end at {lr.end} after starting at {lr.start}",
-                           "use schedule 1-sqrt or linear, or drop end")
+            raise _Invalid(
+                f"{where}.lr.end",
+                f"a constant schedule cannot end at {lr.end} after starting at {lr.start}",
+                "use schedule 1-sqrt or linear, or drop end",
+            )
         if lr.schedule != "constant" and lr.end is None:
             raise _Invalid(f"{where}.lr.end", f"a {lr.schedule} schedule needs the fraction of the peak it ends at")
         decay = lr.decay_tokens if lr.decay_tokens is not None else p.tokens - lr.warmup_tokens
         if lr.warmup_tokens > p.tokens:
-            raise _Invalid(f"{where}.lr.warmup_tokens", f"warmup of {lr.warmup_tokens} tokens is longer than the phase ({p.tokens})")
+            raise _Invalid(
+                f"{where}.lr.warmup_tokens",
+                f"warmup of {lr.warmup_tokens} tokens is longer than the phase ({p.tokens})",
+            )
         if lr.warmup_tokens + decay > p.tokens:
-            raise _Invalid(f"{where}.lr.decay_tokens",
-                           f"warmup ({lr.warmup_tokens}) plus decay ({decay}) is longer than the phase ({p.tokens})")
+            raise _Invalid(
+                f"{where}.lr.decay_tokens",
+                f"warmup ({lr.warmup_tokens}) plus decay ({decay}) is longer than the phase ({p.tokens})",
+            )
         if p.batch_warmup_tokens > p.tokens:
-            raise _Invalid(f"{where}.batch_warmup_tokens",
-                           f"batch-size warmup of {p.batch_warmup_tokens} tokens is longer than the phase ({p.tokens})")
+            raise _Invalid(
+                f"{where}.batch_warmup_tokens",
+                f"batch-size warmup of {p.batch_warmup_tokens} tokens is longer than the phase ({p.tokens})",
+            )
         p.data = _normalise_data(p.data, r.data_dir, f"{where}.data")
     if r.eval.data:
         r.eval.data = _normalise_data(r.eval.data, r.data_dir, "eval.data")
     if r.init.revision and not r.init.path:
-        raise _Invalid("init.revision", "a revision without init.path", "set init.path (or --init) to a run's model dir")
+        raise _Invalid(
+            "init.revision", "a revision without init.path", "set init.path (or --init) to a run's model dir"
+        )
 
 
 def _normalise_data(data: dict, data_dir: str, where: str) -> dict:
@@ -499,7 +520,9 @@ def recipe_from_dict(raw: Any, path: str | os.PathLike | None = None) -> Recipe:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`phases.0.tokens=200000` -> (["phases", "0", "tokens"], 200000); the value is read as YAML."""
     if "=" not in text:
-        raise EttinError(f"override '{text}' has no '='", fix="write --set FIELD=VALUE, e.g. --set phases.0.tokens=200000")
+        raise EttinError(
+            f"override '{text}' has no '='", fix="write --set FIELD=VALUE, e.g. --set phases.0.tokens=200000"
+        )
     key, _, value = text.partition("=")
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
@@ -522,7 +545,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
                     raise EttinError(
-                        f"override '{text}': no item {part} in a list of {len(node)}", field=where,
+                        f"override '{text}': no item {part} in a list of {len(node)}",
+                        field=where,
                         fix=f"use an index from 0 to {len(node) - 1}" if node else "the list is empty",
                     )
                 if last:
@@ -537,7 +561,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                         node[part] = {}
                     node = node[part]
             else:
-                raise EttinError(f"override '{text}': '{'.'.join(parts[:depth])}' is not a mapping or list", field=where)
+                raise EttinError(
+                    f"override '{text}': '{'.'.join(parts[:depth])}' is not a mapping or list", field=where
+                )
     return raw
 
 

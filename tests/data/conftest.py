@@ -31,6 +31,10 @@ def data_dir(tmp_path_factory, corpus_dir, small_tokenizer_dir) -> Path:
     from ettin.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared") / "data"
-    prepare([f"wiki=jsonl:{corpus_dir / 'wiki.jsonl'}", f"plays=text:{corpus_dir / 'plays'}"], small_tokenizer_dir, out,
-            shard_tokens=20000)
+    prepare(
+        [f"wiki=jsonl:{corpus_dir / 'wiki.jsonl'}", f"plays=text:{corpus_dir / 'plays'}"],
+        small_tokenizer_dir,
+        out,
+        shard_tokens=20000,
+    )
     return out

@@ -31,7 +31,11 @@ def test_vectorised_matches_reference():
     lengths = rng.integers(0, 50, size=500)
     for max_tokens, min_tokens, backfill in [(8, 3, True), (8, 3, False), (1, 1, True), (16, 16, False), (49, 2, True)]:
         doc, start, end = chunk_spans(lengths, max_tokens, min_tokens, backfill)
-        expected = [(d, s, e) for d, n in enumerate(lengths) for s, e in chunk_document(int(n), max_tokens, min_tokens, backfill)]
+        expected = [
+            (d, s, e)
+            for d, n in enumerate(lengths)
+            for s, e in chunk_document(int(n), max_tokens, min_tokens, backfill)
+        ]
         assert list(zip(doc.tolist(), start.tolist(), end.tolist())) == expected
 
 

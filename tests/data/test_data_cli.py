@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from support import assert_one_line_error, run_in_process
 
 from ettin.data.order import OrderPlan, OrderWriter, PhasePlan, iter_order
+from support import assert_one_line_error, run_in_process
 
 
 def listing(path):
@@ -16,8 +16,16 @@ def listing(path):
 
 
 def test_prepare_then_nothing_to_do(tmp_path, corpus_dir, small_tokenizer_dir):
-    args = ["data", "prepare", "--source", f"plays=text:{corpus_dir / 'plays'}", "--tokenizer", small_tokenizer_dir,
-            "--out", tmp_path / "d"]
+    args = [
+        "data",
+        "prepare",
+        "--source",
+        f"plays=text:{corpus_dir / 'plays'}",
+        "--tokenizer",
+        small_tokenizer_dir,
+        "--out",
+        tmp_path / "d",
+    ]
     code, out, _ = run_in_process(args)
     assert code == 0 and "plays: prepared: 6 documents" in out and str(tmp_path / "d" / "plays") in out
     code, out, _ = run_in_process(args)
@@ -41,26 +49,52 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, small_toke
         (tmp_path / "j.jsonl").write_text('{"text": "fine"}\n{"text": 5}\nnot json\n')
         source, words = f"jsonl:{tmp_path / 'j.jsonl'}", ["j.jsonl", "line(s) 2", "3 (not JSON"]
     out_dir = tmp_path / "out"
-    code, _, err = run_in_process(["data", "prepare", "--source", source, "--tokenizer", small_tokenizer_dir, "--out", out_dir])
+    code, _, err = run_in_process(
+        ["data", "prepare", "--source", source, "--tokenizer", small_tokenizer_dir, "--out", out_dir]
+    )
     assert_one_line_error(code, err, *words)
     assert not out_dir.exists()
 
 
 def test_skip_mode_reports_counts(tmp_path, small_tokenizer_dir):
     (tmp_path / "u.txt").write_bytes(b"good text, then \xff\xfe and more words")
-    code, out, _ = run_in_process(["data", "prepare", "--source", f"text:{tmp_path / 'u.txt'}", "--on-error", "skip", "--tokenizer",
-                        small_tokenizer_dir, "--out", tmp_path / "out"])
+    code, out, _ = run_in_process(
+        [
+            "data",
+            "prepare",
+            "--source",
+            f"text:{tmp_path / 'u.txt'}",
+            "--on-error",
+            "skip",
+            "--tokenizer",
+            small_tokenizer_dir,
+            "--out",
+            tmp_path / "out",
+        ]
+    )
     assert code == 0 and "replaced 2 byte(s) that are not UTF-8" in out
 
 
-def test_tampered_shard_and_other_tokenizer(tmp_path, data_dir, corpus_dir, small_tokenizer_dir, modernbert_tokenizer_dir):
+def test_tampered_shard_and_other_tokenizer(
+    tmp_path, data_dir, corpus_dir, small_tokenizer_dir, modernbert_tokenizer_dir
+):
     d = tmp_path / "d"
     shutil.copytree(data_dir, d)
     code, _, err = run_in_process(["data", "inspect", d, "--tokenizer", modernbert_tokenizer_dir])
     assert_one_line_error(code, err, "different tokenizer")
     before = listing(d)
-    code, _, err = run_in_process(["data", "prepare", "--source", f"more=text:{corpus_dir / 'plays'}", "--tokenizer",
-                        modernbert_tokenizer_dir, "--out", d])
+    code, _, err = run_in_process(
+        [
+            "data",
+            "prepare",
+            "--source",
+            f"more=text:{corpus_dir / 'plays'}",
+            "--tokenizer",
+            modernbert_tokenizer_dir,
+            "--out",
+            d,
+        ]
+    )
     assert_one_line_error(code, err, "another tokenizer", "--overwrite")
     assert listing(d) == before
     shard = d / "wiki" / "tokens-00000.npy"
@@ -82,8 +116,14 @@ def _record(folder, plan):
 
 
 def test_order_and_pair_verify(tmp_path, data_dir):
-    plan = OrderPlan(21, [PhasePlan("pretrain", {"dir": str(data_dir), "mixture": ["wiki", "plays"]}, seq_len=64, steps=4,
-                                    batch_size=6)])
+    plan = OrderPlan(
+        21,
+        [
+            PhasePlan(
+                "pretrain", {"dir": str(data_dir), "mixture": ["wiki", "plays"]}, seq_len=64, steps=4, batch_size=6
+            )
+        ],
+    )
     _record(tmp_path / "run" / "encoder" / "data_order", plan)
     _record(tmp_path / "run" / "decoder" / "data_order", plan)
     code, out, _ = run_in_process(["pair", "verify", tmp_path / "run"])
@@ -92,7 +132,9 @@ def test_order_and_pair_verify(tmp_path, data_dir):
     assert code == 0 and out.startswith("step 3 (pretrain): 6 sequences") and out.count("\n") == 7
     code, out, _ = run_in_process(["data", "order", tmp_path / "run", "--check"])
     assert code == 0 and "identical" in out
-    code, out, _ = run_in_process(["data", "order", tmp_path / "run", "--arch", "decoder", "--step", 2, "--export", tmp_path / "s.parquet"])
+    code, out, _ = run_in_process(
+        ["data", "order", tmp_path / "run", "--arch", "decoder", "--step", 2, "--export", tmp_path / "s.parquet"]
+    )
     assert code == 0 and "wrote 6 row(s)" in out
     import pyarrow.parquet as pq
 
@@ -111,7 +153,23 @@ def test_order_and_pair_verify(tmp_path, data_dir):
 
 def test_real_process_exit_code(tmp_path):
     env = dict(os.environ, COLUMNS="200")
-    proc = subprocess.run([sys.executable, "-m", "ettin", "data", "prepare", "--source", f"jsonl:{tmp_path / 'x.jsonl'}",
-                           "--tokenizer", tmp_path, "--out", tmp_path / "out"], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ettin",
+            "data",
+            "prepare",
+            "--source",
+            f"jsonl:{tmp_path / 'x.jsonl'}",
+            "--tokenizer",
+            tmp_path,
+            "--out",
+            tmp_path / "out",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()

@@ -5,8 +5,15 @@ import torch
 from ettin.data.masking import IGNORE_INDEX, make_inputs
 from ettin.errors import EttinError
 
-SPECIAL = {"unk_token_id": 95, "cls_token_id": 96, "sep_token_id": 97, "pad_token_id": 98, "mask_token_id": 99,
-           "bos_token_id": 96, "eos_token_id": 97}
+SPECIAL = {
+    "unk_token_id": 95,
+    "cls_token_id": 96,
+    "sep_token_id": 97,
+    "pad_token_id": 98,
+    "mask_token_id": 99,
+    "bos_token_id": 96,
+    "eos_token_id": 97,
+}
 VOCAB = 100
 CLS, SEP, MASK = 96, 97, 99
 
@@ -23,7 +30,9 @@ def samples(n=64, seed=0, max_len=40, end_sep_every=3):
 
 def inputs(objective, s, **kw):
     kw.setdefault("mask_rate", 0.3)
-    return make_inputs(s, objective, special_ids=SPECIAL, vocab_size=VOCAB, seed=kw.pop("seed", 1), step=kw.pop("step", 7), **kw)
+    return make_inputs(
+        s, objective, special_ids=SPECIAL, vocab_size=VOCAB, seed=kw.pop("seed", 1), step=kw.pop("step", 7), **kw
+    )
 
 
 def test_layout_and_sep_rule():

@@ -17,11 +17,23 @@ from ettin.errors import EttinError
 
 def plan(data_dir, seed=21, steps=(6, 4)):
     mix = [{"source": "wiki", "weight": 0.6}, {"source": "plays", "weight": 0.4}]
-    return OrderPlan(seed, [
-        PhasePlan("pretrain", {"dir": str(data_dir), "mixture": mix}, seq_len=48, steps=steps[0], batch_size=8,
-                  warmup_tokens=600, warmup_start=2),
-        PhasePlan("extension", {"dir": str(data_dir), "mixture": ["plays"]}, seq_len=96, steps=steps[1], batch_tokens=700),
-    ])
+    return OrderPlan(
+        seed,
+        [
+            PhasePlan(
+                "pretrain",
+                {"dir": str(data_dir), "mixture": mix},
+                seq_len=48,
+                steps=steps[0],
+                batch_size=8,
+                warmup_tokens=600,
+                warmup_start=2,
+            ),
+            PhasePlan(
+                "extension", {"dir": str(data_dir), "mixture": ["plays"]}, seq_len=96, steps=steps[1], batch_tokens=700
+            ),
+        ],
+    )
 
 
 def record(folder, p, *, crash_after=None, flush_at=(), resume_from=None):
@@ -114,8 +126,14 @@ def test_token_phases_and_recipe_plan(tmp_path, data_dir):
 
     from ettin.data.order import plan_from_recipe
 
-    phase = SimpleNamespace(name="pretrain", data={"dir": str(data_dir), "mixture": [{"source": "wiki", "weight": 1.0}]},
-                            seq_len=64, tokens=3000, batch_size=8, batch_warmup_tokens=1000)
+    phase = SimpleNamespace(
+        name="pretrain",
+        data={"dir": str(data_dir), "mixture": [{"source": "wiki", "weight": 1.0}]},
+        seq_len=64,
+        tokens=3000,
+        batch_size=8,
+        batch_warmup_tokens=1000,
+    )
     p = plan_from_recipe(SimpleNamespace(seed=3, micro_batch_size=2, phases=[phase]))
     assert p.phases[0].warmup_start == 2 and p.phases[0].tokens == 3000
     rows = regenerate_order(p)

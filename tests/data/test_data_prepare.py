@@ -12,7 +12,9 @@ from ettin.tokenizer import load_tokenizer, tokenizer_fingerprint
 
 
 def shard_hashes(folder):
-    return [(s["tokens"]["sha256"], s["docs"]["sha256"], s["origins"]["sha256"]) for s in read_manifest(folder)["shards"]]
+    return [
+        (s["tokens"]["sha256"], s["docs"]["sha256"], s["origins"]["sha256"]) for s in read_manifest(folder)["shards"]
+    ]
 
 
 def test_prepared_tokens_equal_direct_encoding(data_dir, corpus_dir, small_tokenizer_dir):
@@ -47,7 +49,9 @@ def test_changed_source_is_prepared_again(tmp_path, small_tokenizer_dir):
     assert [x.name for x in out.iterdir()] == ["a"]
 
 
-def test_interrupted_prepare_resumes_to_the_same_result(tmp_path, corpus_dir, small_tokenizer_dir, monkeypatch, data_dir):
+def test_interrupted_prepare_resumes_to_the_same_result(
+    tmp_path, corpus_dir, small_tokenizer_dir, monkeypatch, data_dir
+):
     source = [f"wiki=jsonl:{corpus_dir / 'wiki.jsonl'}"]
     real = prep._write_shard
     calls = []
@@ -76,8 +80,14 @@ def test_interrupted_prepare_resumes_to_the_same_result(tmp_path, corpus_dir, sm
 
 
 def test_worker_processes_give_the_same_shards(tmp_path, corpus_dir, small_tokenizer_dir, data_dir):
-    prepare([f"wiki=jsonl:{corpus_dir / 'wiki.jsonl'}"], small_tokenizer_dir, tmp_path / "out", shard_tokens=20000,
-            workers=2, batch_chars=30000)
+    prepare(
+        [f"wiki=jsonl:{corpus_dir / 'wiki.jsonl'}"],
+        small_tokenizer_dir,
+        tmp_path / "out",
+        shard_tokens=20000,
+        workers=2,
+        batch_chars=30000,
+    )
     assert shard_hashes(tmp_path / "out" / "wiki") == shard_hashes(data_dir / "wiki")
 
 

@@ -27,7 +27,9 @@ def test_samples_are_cls_chunk_and_sep_at_document_end(data_dir):
     cls, sep = stream.cls_id, stream.sep_id
     ends = 0
     for s in stream.next_batch(batch_size_sequences=300):
-        assert s.input_ids.dtype == np.int32 and s.input_ids[0] == cls and len(s) <= SEQ_LEN - 1 + (s.input_ids[-1] == sep)
+        assert (
+            s.input_ids.dtype == np.int32 and s.input_ids[0] == cls and len(s) <= SEQ_LEN - 1 + (s.input_ids[-1] == sep)
+        )
         src = sources[s.source]
         body = s.input_ids[1:-1] if s.input_ids[-1] == sep else s.input_ids[1:]
         assert len(body) <= SEQ_LEN - 2 and len(body) >= stream.min_tokens
@@ -62,8 +64,11 @@ def test_realised_mixture_tracks_weights_and_repeats(data_dir):
 
 
 def test_token_budgets_set_shares(data_dir):
-    stream = TokenStream(spec(data_dir, mixture=[{"source": "wiki", "tokens": "30k"}, {"source": "plays", "tokens": 10000}]),
-                         seed=1, seq_len=SEQ_LEN)
+    stream = TokenStream(
+        spec(data_dir, mixture=[{"source": "wiki", "tokens": "30k"}, {"source": "plays", "tokens": 10000}]),
+        seed=1,
+        seq_len=SEQ_LEN,
+    )
     assert [round(r["target_share"], 3) for r in stream.mixture_report()] == [0.75, 0.25]
     assert stream.mixture_report()[0]["budget_tokens"] == 30000
     epochs = stream.planned_epochs(60_000)
@@ -110,8 +115,9 @@ def test_batch_size_warmup():
 
 def test_phase_batches_warm_up_and_resume(data_dir):
     def make():
-        return PhaseBatches(TokenStream(spec(data_dir), seed=3, seq_len=SEQ_LEN), batch_size=32, warmup_tokens=3000,
-                            warmup_start=4)
+        return PhaseBatches(
+            TokenStream(spec(data_dir), seed=3, seq_len=SEQ_LEN), batch_size=32, warmup_tokens=3000, warmup_start=4
+        )
 
     pb = make()
     sizes = [len(pb.next_batch()) for _ in range(8)]

@@ -17,8 +17,6 @@ def tiny_model(arch: str, seed: int = 0):
         return EttinModel(config_for_size("tiny", arch, 1024))
 
 
-
-
 @pytest.fixture(scope="session")
 def small_tokenizer(small_tokenizer_dir):
     from ettin.tokenizer import load_tokenizer

@@ -20,9 +20,21 @@ def test_linear_probe_separates_separable_features_deterministically():
     assert torch.equal(probs, C.linear_probe(x[:60], y[:60].tolist(), x[60:], 3, seed=1))
 
 
-EXAMPLES = [Example(f"e{i}", text, None, label) for i, (text, label) in enumerate([
-    ("good and fair", 1), ("foul and bad", 0), ("fair is fair", 1), ("bad is foul", 0),
-    ("good good", 1), ("foul foul", 0), ("fair and good", 1), ("bad and foul", 0)])]
+EXAMPLES = [
+    Example(f"e{i}", text, None, label)
+    for i, (text, label) in enumerate(
+        [
+            ("good and fair", 1),
+            ("foul and bad", 0),
+            ("fair is fair", 1),
+            ("bad is foul", 0),
+            ("good good", 1),
+            ("foul foul", 0),
+            ("fair and good", 1),
+            ("bad and foul", 0),
+        ]
+    )
+]
 
 
 @pytest.mark.parametrize("arch", ["encoder", "decoder"])
@@ -87,13 +99,18 @@ def test_subset_corpus_keeps_the_relevant_documents():
 
 
 def test_evaluate_retrieval_and_contrastive_tuning(tiny_encoder):
-    pairs = [("fair Verona", "In fair Verona, where we lay our scene"),
-             ("a rose", "A rose by any other name would smell as sweet"),
-             ("the winter", "Now is the winter of our discontent"),
-             ("to be", "To be, or not to be, that is the question")]
-    data = RetrievalData({f"d{i}": d for i, (_, d) in enumerate(pairs)},
-                         {f"q{i}": q for i, (q, _) in enumerate(pairs)},
-                         {f"q{i}": {f"d{i}": 1} for i in range(4)}, pairs)
+    pairs = [
+        ("fair Verona", "In fair Verona, where we lay our scene"),
+        ("a rose", "A rose by any other name would smell as sweet"),
+        ("the winter", "Now is the winter of our discontent"),
+        ("to be", "To be, or not to be, that is the question"),
+    ]
+    data = RetrievalData(
+        {f"d{i}": d for i, (_, d) in enumerate(pairs)},
+        {f"q{i}": q for i, (q, _) in enumerate(pairs)},
+        {f"q{i}": {f"d{i}": 1} for i in range(4)},
+        pairs,
+    )
     res = R.evaluate_retrieval(tiny_encoder, data)
     assert res["query_ids"] == ["q0", "q1", "q2", "q3"] and len(res["per_query"]) == 4
     assert all(0 <= q["ndcg@10"] <= 1 for q in res["per_query"])

@@ -5,15 +5,17 @@ import subprocess
 import sys
 
 import pytest
-from support import assert_one_line_error, run_in_process
 
 from ettin.eval import tasks as T
+from support import assert_one_line_error, run_in_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_unknown_task_lists_the_available_ones(tiny_run, tmp_path):
-    code, _, err = run_in_process(["eval", str(tiny_run / "encoder"), "--tasks", "arc_easy,nope", "--out", str(tmp_path)])
+    code, _, err = run_in_process(
+        ["eval", str(tiny_run / "encoder"), "--tasks", "arc_easy,nope", "--out", str(tmp_path)]
+    )
     assert_one_line_error(code, err, "unknown task 'nope'", "arc_challenge", "lambada", "quick")
 
 
@@ -46,8 +48,19 @@ def test_compare_needs_a_pair(tiny_run, tmp_path):
 
 
 def test_eval_runs_and_a_failed_task_exits_nonzero(tiny_run, tmp_path, monkeypatch):
-    code, out, _ = run_in_process(["eval", str(tiny_run / "decoder"), "--tasks", "lambada", "--limit", "3",
-                            "--out", str(tmp_path / "ok"), "--no-progress"])
+    code, out, _ = run_in_process(
+        [
+            "eval",
+            str(tiny_run / "decoder"),
+            "--tasks",
+            "lambada",
+            "--limit",
+            "3",
+            "--out",
+            str(tmp_path / "ok"),
+            "--no-progress",
+        ]
+    )
     assert code == 0 and "wrote" in out and (tmp_path / "ok" / "lambada.json").is_file()
 
     def broken():
@@ -56,8 +69,19 @@ def test_eval_runs_and_a_failed_task_exits_nonzero(tiny_run, tmp_path, monkeypat
     monkeypatch.setitem(T.TASKS, "arc_easy", T.dataclasses.replace(T.TASKS["arc_easy"], loader=broken))
     T._cached_load.cache_clear()
     try:
-        code, out, _ = run_in_process(["eval", str(tiny_run / "decoder"), "--tasks", "arc_easy,lambada", "--limit", "3",
-                                "--out", str(tmp_path / "bad"), "--no-progress"])
+        code, out, _ = run_in_process(
+            [
+                "eval",
+                str(tiny_run / "decoder"),
+                "--tasks",
+                "arc_easy,lambada",
+                "--limit",
+                "3",
+                "--out",
+                str(tmp_path / "bad"),
+                "--no-progress",
+            ]
+        )
     finally:
         T._cached_load.cache_clear()
     assert code == 1 and "1 task(s) failed" in out and "arc_easy" in out
@@ -67,8 +91,12 @@ def test_eval_runs_and_a_failed_task_exits_nonzero(tiny_run, tmp_path, monkeypat
 
 def test_real_process_exit_code_and_message(tmp_path):
     """One check through a real `ettin` process, as a user runs it."""
-    proc = subprocess.run([sys.executable, "-m", "ettin", "eval", str(tmp_path / "missing"), "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ettin", "eval", str(tmp_path / "missing"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "no such model folder" in proc.stderr
 

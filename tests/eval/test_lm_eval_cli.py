@@ -30,7 +30,9 @@ def cli():
 def encoder_dir(small_tokenizer_dir, tmp_path_factory):
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("lm_eval_cli") / "encoder"
-    hf.save_pretrained(EttinModel(config_for_size("tiny", arch="encoder", vocab_size=1024)), out, tokenizer=small_tokenizer_dir)
+    hf.save_pretrained(
+        EttinModel(config_for_size("tiny", arch="encoder", vocab_size=1024)), out, tokenizer=small_tokenizer_dir
+    )
     return out
 
 
@@ -46,8 +48,23 @@ def test_lm_eval_tasks_writes_one_yaml_per_local_task(cli, tmp_path):
 
 
 def test_lm_eval_passthrough_runs_an_encoder_on_a_local_task(cli, encoder_dir, tmp_path):
-    args = ["lm-eval", "--model", "ettin", "--model_args", f"pretrained={encoder_dir}", "--tasks", "ettin_arc_easy",
-            "--limit", "1", "--device", "cpu", "--batch_size", "32", "--output_path", str(tmp_path / "out")]
+    args = [
+        "lm-eval",
+        "--model",
+        "ettin",
+        "--model_args",
+        f"pretrained={encoder_dir}",
+        "--tasks",
+        "ettin_arc_easy",
+        "--limit",
+        "1",
+        "--device",
+        "cpu",
+        "--batch_size",
+        "32",
+        "--output_path",
+        str(tmp_path / "out"),
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     [results] = list((tmp_path / "out").rglob("results_*.json"))

@@ -84,8 +84,10 @@ def test_lm_eval_hf_default_tokenization_matches_ettin(decoder_dir, arc_requests
 def test_decoder_rolling_and_generation_match_lm_eval_hf(decoder_dir):
     texts = ["To be, or not to be, that is the question.", "Now is the winter of our discontent"]
     rolling = [Instance("loglikelihood_rolling", {}, (t,), idx=0) for t in texts]
-    gen = [Instance("generate_until", {}, (t, {"until": ["\n"], "max_gen_toks": 6, "do_sample": False}), idx=0)
-           for t in texts]
+    gen = [
+        Instance("generate_until", {}, (t, {"until": ["\n"], "max_gen_toks": 6, "do_sample": False}), idx=0)
+        for t in texts
+    ]
     ours_lm = EttinLM(pretrained=str(decoder_dir), device="cpu")
     hf_lm = _hflm(decoder_dir, add_bos_token=True)
     ours, theirs = ours_lm.loglikelihood_rolling(rolling), hf_lm.loglikelihood_rolling(rolling)
@@ -100,7 +102,7 @@ def test_encoder_pseudo_loglikelihood_is_the_masked_scores(encoder_dir):
 
     tok, cfg = lm.tokenizer, lm.config
     whole = tok.encode(context + continuation, add_special_tokens=False)
-    cont = whole[len(tok.encode(context, add_special_tokens=False)):]
+    cont = whole[len(tok.encode(context, add_special_tokens=False)) :]
     seq = [cfg.cls_token_id] + whole + [cfg.sep_token_id]
     expected, all_argmax = 0.0, True
     for p in range(len(seq) - 1 - len(cont), len(seq) - 1):
@@ -145,8 +147,13 @@ def test_local_tasks_run_under_ettin_and_lm_eval_hf(decoder_dir, tmp_path):
     # (an encoder through lm-eval end to end: test_lm_eval_cli.py)
     for model in ("ettin", "hf"):
         out = lm_eval.simple_evaluate(
-            model=model, model_args=f"pretrained={decoder_dir}", tasks=["ettin_arc_easy", "ettin_lambada"],
-            task_manager=tasks, limit=2, device="cpu", batch_size=8,
+            model=model,
+            model_args=f"pretrained={decoder_dir}",
+            tasks=["ettin_arc_easy", "ettin_lambada"],
+            task_manager=tasks,
+            limit=2,
+            device="cpu",
+            batch_size=8,
         )
         res = out["results"]
         assert 0.0 <= res["ettin_arc_easy"]["acc,none"] <= 1.0, model
@@ -154,14 +161,26 @@ def test_local_tasks_run_under_ettin_and_lm_eval_hf(decoder_dir, tmp_path):
 
 
 LOCAL_SIZES = {
-    "ettin_arc_easy": 570, "ettin_arc_challenge": 299, "ettin_hellaswag": 10042, "ettin_openbookqa": 500,
-    "ettin_piqa": 1838, "ettin_sciq": 1000, "ettin_social_iqa": 1954, "ettin_triviaqa": 7993,
-    "ettin_winogrande": 1267, "ettin_lambada": 5153,
+    "ettin_arc_easy": 570,
+    "ettin_arc_challenge": 299,
+    "ettin_hellaswag": 10042,
+    "ettin_openbookqa": 500,
+    "ettin_piqa": 1838,
+    "ettin_sciq": 1000,
+    "ettin_social_iqa": 1954,
+    "ettin_triviaqa": 7993,
+    "ettin_winogrande": 1267,
+    "ettin_lambada": 5153,
 }
 # local lm-eval task -> the same benchmark in ettin's own task registry
 SAME_TASK = {
-    "ettin_arc_easy": "arc_easy", "ettin_arc_challenge": "arc_challenge", "ettin_piqa": "piqa", "ettin_sciq": "sciq",
-    "ettin_hellaswag": "hellaswag", "ettin_openbookqa": "openbookqa", "ettin_winogrande": "winogrande",
+    "ettin_arc_easy": "arc_easy",
+    "ettin_arc_challenge": "arc_challenge",
+    "ettin_piqa": "piqa",
+    "ettin_sciq": "sciq",
+    "ettin_hellaswag": "hellaswag",
+    "ettin_openbookqa": "openbookqa",
+    "ettin_winogrande": "winogrande",
     "ettin_lambada": "lambada",
 }
 
@@ -188,6 +207,8 @@ def test_local_tasks_ask_what_ettin_eval_asks(local_tasks):
         for inst in task.instances:
             by_doc.setdefault(inst.doc_id, []).append(tuple(inst.args))
         theirs = [by_doc[i] for i in sorted(by_doc)]
-        ours = [list(it.requests) if hasattr(it, "requests") else [(it.context, it.target)]
-                for it in get_task(ours_name).load()[:20]]
+        ours = [
+            list(it.requests) if hasattr(it, "requests") else [(it.context, it.target)]
+            for it in get_task(ours_name).load()[:20]
+        ]
         assert ours == theirs, name

@@ -27,11 +27,13 @@ def cli():
 def test_mteb_command_scores_a_decoder_folder(cli, small_tokenizer_dir, tmp_path):
     torch.manual_seed(0)
     model_dir = tmp_path / "decoder"
-    hf.save_pretrained(EttinModel(config_for_size("tiny", arch="decoder", vocab_size=1024)), model_dir,
-                       tokenizer=small_tokenizer_dir)
+    hf.save_pretrained(
+        EttinModel(config_for_size("tiny", arch="decoder", vocab_size=1024)), model_dir, tokenizer=small_tokenizer_dir
+    )
     out = tmp_path / "mteb.json"
-    result = CliRunner().invoke(cli, ["mteb", str(model_dir), "--max-queries", "5", "--max-docs", "10",
-                                      "--max-length", "64", "--out", str(out)])
+    result = CliRunner().invoke(
+        cli, ["mteb", str(model_dir), "--max-queries", "5", "--max-docs", "10", "--max-length", "64", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["arch"] == "decoder" and report["pooling"] == "last"

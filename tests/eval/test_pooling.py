@@ -27,7 +27,7 @@ def test_pool_flat_matches_padded():
     padded = torch.zeros(3, 4, 5)
     mask = torch.zeros(3, 4, dtype=torch.long)
     for i, (a, n) in enumerate(zip([0, 3, 4], lengths)):
-        padded[i, :n] = flat[a:a + n]
+        padded[i, :n] = flat[a : a + n]
         mask[i, :n] = 1
     for how, fn in (("mean", P.mean_pool), ("cls", P.cls_pool), ("last", P.last_token_pool)):
         torch.testing.assert_close(P.pool_flat(flat, cu, how), fn(padded, mask))

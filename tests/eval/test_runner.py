@@ -91,15 +91,17 @@ def test_bad_input_is_refused_before_any_work(tiny_run, tmp_path):
 
 
 def test_compare_run_writes_report_plots_and_dynamics(tiny_run, tmp_path):
-    res = runner.compare_run(tiny_run, tmp_path / "cmp", "quick", tasks=["sst2", "lambada"], limit=4,
-                             max_checkpoints=2)
+    res = runner.compare_run(tiny_run, tmp_path / "cmp", "quick", tasks=["sst2", "lambada"], limit=4, max_checkpoints=2)
     out = tmp_path / "cmp"
     assert {p.name for p in out.iterdir()} >= {"report.md", "results.json", "tasks.png", "dynamics.png", "models"}
     assert res["pair"]["encoder"] == "encoder" and res["pair"]["decoder"] == "decoder"
     assert set(res["pair"]["tasks"]) == {"sst2", "lambada"}
     assert res["models"]["encoder"]["tag"] == "step2" and res["models"]["encoder"]["tokens"] == 2000
     assert [p["tag"] for p in res["dynamics"]["encoder"]] == ["step1", "step2"]
-    assert res["dynamics"]["decoder"][1]["tasks"]["sst2"]["value"] == res["models"]["decoder"]["results"]["tasks"]["sst2"]["value"]
+    assert (
+        res["dynamics"]["decoder"][1]["tasks"]["sst2"]["value"]
+        == res["models"]["decoder"]["results"]["tasks"]["sst2"]["value"]
+    )
     report = (out / "report.md").read_text()
     assert "What this comparison can and cannot show" in report and "| sst2 |" in report
     assert (out / "tasks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -110,11 +112,20 @@ def test_compare_run_writes_report_plots_and_dynamics(tiny_run, tmp_path):
 
 
 def test_compare_with_baselines_and_overlap(tiny_run, tmp_path):
-    (tiny_run / "recipe.yaml").write_text("prepare: {sources: [wiki]}\nphases: [{data: {mixture: [{source: shakespeare}]}}]\n")
+    (tiny_run / "recipe.yaml").write_text(
+        "prepare: {sources: [wiki]}\nphases: [{data: {mixture: [{source: shakespeare}]}}]\n"
+    )
     try:
         assert runner.recipe_sources(tiny_run) == ["shakespeare", "wiki"]
-        res = runner.compare_run(tiny_run, tmp_path / "b", tasks=["wiki_topic", "lambada"], limit=3,
-                                 baselines=True, max_checkpoints=2, threads=1)
+        res = runner.compare_run(
+            tiny_run,
+            tmp_path / "b",
+            tasks=["wiki_topic", "lambada"],
+            limit=3,
+            baselines=True,
+            max_checkpoints=2,
+            threads=1,
+        )
     finally:
         (tiny_run / "recipe.yaml").unlink()
     assert list(res["models"]) == ["encoder", "decoder", "encoder-init", "decoder-init"]

@@ -70,9 +70,9 @@ def test_long_inputs_lose_context_from_the_left(tiny_decoder):
     keep = em.max_length
     try:
         em.max_length = 16
-        (ll, _), = S.loglikelihood(em, [("word " * 100, " end")])
+        ((ll, _),) = S.loglikelihood(em, [("word " * 100, " end")])
         ctx, cont = S.split_pair(em, "word " * 100, " end")
-        ids = torch.tensor([[em.config.bos_token_id] + ctx[-(15 - len(cont)):] + cont])
+        ids = torch.tensor([[em.config.bos_token_id] + ctx[-(15 - len(cont)) :] + cont])
         with torch.no_grad():
             logp = torch.log_softmax(em.model(ids).logits[0].float(), -1)
         n = ids.shape[1]
@@ -125,8 +125,9 @@ def test_encoder_masked_scoring_learns_a_sentence(small_tokenizer, make_tiny):
             continue
         labels[pick] = ids[pick]
         ids = ids.masked_fill(pick, c.mask_token_id)
-        loss = model(ids, cu_seqlens=torch.tensor([0, len(base)], dtype=torch.int32), max_seqlen=len(base),
-                     labels=labels).loss
+        loss = model(
+            ids, cu_seqlens=torch.tensor([0, len(base)], dtype=torch.int32), max_seqlen=len(base), labels=labels
+        ).loss
         opt.zero_grad()
         loss.backward()
         opt.step()

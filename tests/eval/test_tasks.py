@@ -8,8 +8,16 @@ from ettin.eval import tasks as T
 
 @pytest.mark.parametrize(
     "name,count",
-    [("arc_easy", 570), ("arc_challenge", 299), ("piqa", 1838), ("hellaswag", 10042), ("sciq", 1000),
-     ("openbookqa", 500), ("winogrande", 1267), ("lambada", 5153)],
+    [
+        ("arc_easy", 570),
+        ("arc_challenge", 299),
+        ("piqa", 1838),
+        ("hellaswag", 10042),
+        ("sciq", 1000),
+        ("openbookqa", 500),
+        ("winogrande", 1267),
+        ("lambada", 5153),
+    ],
 )
 def test_choice_and_generation_counts(name, count):
     items = T.TASKS[name].load()

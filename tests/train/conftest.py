@@ -27,14 +27,35 @@ TINY_RECIPE = {
     "checkpoint": {"every_tokens": 256, "keep_last": 2},
     "eval": {"every_tokens": 512, "sequences": 4},
     "phases": [
-        {"name": "pretrain", "tokens": 500, "seq_len": 32, "batch_size": 4, "batch_warmup_tokens": 128,
-         "lr": {"warmup_tokens": 128}, "mask_rate": 0.3, "data": {"mixture": {"wiki": 1}}},
-        {"name": "extension", "tokens": 200, "seq_len": 48, "batch_size": 3,
-         "lr": {"schedule": "1-sqrt", "start": 1.0, "end": 0.5},
-         "rope": {"global_theta": 160000, "local_theta": 160000}, "data": {"mixture": {"wiki": 1}}},
-        {"name": "decay", "tokens": 200, "seq_len": 48, "batch_size": 3, "mask_rate": 0.15,
-         "lr": {"schedule": "1-sqrt", "start": 0.5, "end": 0.02},
-         "rope": {"global_theta": 160000, "local_theta": 160000}, "data": {"mixture": {"wiki": 1}}},
+        {
+            "name": "pretrain",
+            "tokens": 500,
+            "seq_len": 32,
+            "batch_size": 4,
+            "batch_warmup_tokens": 128,
+            "lr": {"warmup_tokens": 128},
+            "mask_rate": 0.3,
+            "data": {"mixture": {"wiki": 1}},
+        },
+        {
+            "name": "extension",
+            "tokens": 200,
+            "seq_len": 48,
+            "batch_size": 3,
+            "lr": {"schedule": "1-sqrt", "start": 1.0, "end": 0.5},
+            "rope": {"global_theta": 160000, "local_theta": 160000},
+            "data": {"mixture": {"wiki": 1}},
+        },
+        {
+            "name": "decay",
+            "tokens": 200,
+            "seq_len": 48,
+            "batch_size": 3,
+            "mask_rate": 0.15,
+            "lr": {"schedule": "1-sqrt", "start": 0.5, "end": 0.02},
+            "rope": {"global_theta": 160000, "local_theta": 160000},
+            "data": {"mixture": {"wiki": 1}},
+        },
     ],
 }
 
@@ -59,7 +80,9 @@ def train_data(tmp_path_factory, small_tokenizer_dir) -> Path:
     return out
 
 
-def make_recipe(where: Path, tokenizer: Path, data: Path, changes: dict | None = None, name: str = "recipe.yaml") -> Path:
+def make_recipe(
+    where: Path, tokenizer: Path, data: Path, changes: dict | None = None, name: str = "recipe.yaml"
+) -> Path:
     """TINY_RECIPE with the tokenizer and data filled in; `changes` maps dotted fields to values."""
     raw = copy.deepcopy(TINY_RECIPE)
     raw["tokenizer"] = str(tokenizer)
@@ -82,16 +105,18 @@ def make_recipe(where: Path, tokenizer: Path, data: Path, changes: dict | None =
 
 @pytest.fixture(scope="session")
 def write_recipe(train_data, small_tokenizer_dir):
-    return lambda where, changes=None, name="recipe.yaml": make_recipe(where, small_tokenizer_dir, train_data, changes, name)
+    return lambda where, changes=None, name="recipe.yaml": make_recipe(
+        where, small_tokenizer_dir, train_data, changes, name
+    )
 
 
 @pytest.fixture(scope="session")
 def pair_run(tmp_path_factory, train_data, small_tokenizer_dir):
     """One uninterrupted three-phase pair run of the tiny recipe, shared read-only by several tests."""
+    import torch
+
     from ettin.recipe import load_recipe
     from ettin.train.trainer import TrainOptions, train
-
-    import torch
 
     root = tmp_path_factory.mktemp("pair")
     recipe = make_recipe(root, small_tokenizer_dir, train_data)

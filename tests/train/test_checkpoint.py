@@ -29,8 +29,14 @@ def _write(arch_dir, model, tag, step, *, hf=True):
     opt = build_optimizer(model, OptimizerSection())
     info = _state(step, step, step * 100)
     rng = torch.get_rng_state()
-    ck.write_checkpoint(arch_dir, tag, model_state=model.state_dict(), optimizer_state=opt.state_dict(),
-                        trainer_state=info, rng_tensors={"torch_cpu": rng})
+    ck.write_checkpoint(
+        arch_dir,
+        tag,
+        model_state=model.state_dict(),
+        optimizer_state=opt.state_dict(),
+        trainer_state=info,
+        rng_tensors={"torch_cpu": rng},
+    )
     if hf:
         ck.write_hf_export(arch_dir, tag, model, info)
     return rng

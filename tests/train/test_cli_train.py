@@ -42,8 +42,9 @@ def test_plot_writes_a_png(pair_run, monkeypatch, capsys, tmp_path):
 
 def test_bad_override_exits_2_with_the_field_named(write_recipe, tmp_path, monkeypatch, capsys):
     recipe = write_recipe(tmp_path)
-    code, _, err = run(monkeypatch, capsys, "train", recipe, "--out", tmp_path / "run", "--set",
-                       "phases.1.lr.schedule=cosine")
+    code, _, err = run(
+        monkeypatch, capsys, "train", recipe, "--out", tmp_path / "run", "--set", "phases.1.lr.schedule=cosine"
+    )
     assert code == 2
     assert err.startswith(f"error: {recipe}: field 'phases.1.lr.schedule': unknown schedule 'cosine'")
     assert not (tmp_path / "run").exists()
@@ -52,8 +53,23 @@ def test_bad_override_exits_2_with_the_field_named(write_recipe, tmp_path, monke
 def test_train_cli_with_overrides_saves_the_effective_recipe(write_recipe, tmp_path, monkeypatch, capsys):
     recipe = write_recipe(tmp_path)
     out = tmp_path / "run"
-    code, stdout, _ = run(monkeypatch, capsys, "train", recipe, "--out", out, "--arch", "decoder", "--no-progress",
-                          "--set", "phases.0.tokens=150", "--set", "phases.1.tokens=60", "--set", "phases.2.tokens=60")
+    code, stdout, _ = run(
+        monkeypatch,
+        capsys,
+        "train",
+        recipe,
+        "--out",
+        out,
+        "--arch",
+        "decoder",
+        "--no-progress",
+        "--set",
+        "phases.0.tokens=150",
+        "--set",
+        "phases.1.tokens=60",
+        "--set",
+        "phases.2.tokens=60",
+    )
     assert code == 0, stdout
     assert "finished at step" in stdout and "tokens/s" in stdout
     saved = (out / "recipe.yaml").read_text()

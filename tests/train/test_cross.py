@@ -13,8 +13,17 @@ from ettin.train.metrics import read_metrics
 from ettin.train.trainer import TrainOptions, train
 
 ONE_PHASE = {
-    "phases": [{"name": "cross", "tokens": 250, "seq_len": 32, "batch_size": 4, "mask_rate": 0.15,
-                "lr": {"schedule": "constant", "start": 0.0}, "data": {"mixture": {"wiki": 1}}}],
+    "phases": [
+        {
+            "name": "cross",
+            "tokens": 250,
+            "seq_len": 32,
+            "batch_size": 4,
+            "mask_rate": 0.15,
+            "lr": {"schedule": "constant", "start": 0.0},
+            "data": {"mixture": {"wiki": 1}},
+        }
+    ],
     "checkpoint.every_tokens": 100_000,
     "eval.every_tokens": None,
 }
@@ -32,8 +41,10 @@ def _state(run, arch):
 def test_encoder_checkpoint_continues_as_a_decoder(pair_run, write_recipe, tmp_path):
     _, pair = pair_run
     start = ck.list_tags(pair.out / "encoder")[1]
-    recipe = load_recipe(write_recipe(tmp_path, {**ONE_PHASE, "arch": "decoder"}),
-                         [f"init.path={pair.out / 'encoder'}", f"init.revision={start.tag}"])
+    recipe = load_recipe(
+        write_recipe(tmp_path, {**ONE_PHASE, "arch": "decoder"}),
+        [f"init.path={pair.out / 'encoder'}", f"init.revision={start.tag}"],
+    )
     result = train(recipe, _options(tmp_path / "run"))
     assert result.finished
     weights, tag = _state(tmp_path / "run", "decoder")

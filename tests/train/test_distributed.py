@@ -23,8 +23,20 @@ def _torchrun(nproc: int, *args: str, timeout: int = 300, wrapper: bool = False)
     if wrapper:
         cmd = [sys.executable, "-m", "ettin", "train", "--nproc", str(nproc), *args, "--no-progress", "--device", "cpu"]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "ettin", "train", *args, "--no-progress", "--device", "cpu"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "ettin",
+            "train",
+            *args,
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -79,6 +91,8 @@ def test_fsdp2_matches_one_process(one_process, tmp_path):
         _compare(_losses(run, arch), _losses(single.out, arch)[:5])
     state = ck.read_trainer_state(ck.latest_full_state(run / "encoder"))
     assert state["strategy"] == "fsdp"
-    resumed = train(load_recipe(recipe), TrainOptions(out=run, resume=True, progress=False, tensorboard=False,
-                                                      max_steps=state["step"] + 2))
+    resumed = train(
+        load_recipe(recipe),
+        TrainOptions(out=run, resume=True, progress=False, tensorboard=False, max_steps=state["step"] + 2),
+    )
     assert resumed.step == state["step"] + 2

@@ -25,7 +25,9 @@ def minimal(**top) -> dict:
     raw = {
         "model": {"size": "tiny"},
         "data_dir": "data/here",
-        "phases": [{"name": "pretrain", "tokens": 1000, "seq_len": 64, "batch_size": 4, "data": {"mixture": {"wiki": 1}}}],
+        "phases": [
+            {"name": "pretrain", "tokens": 1000, "seq_len": 64, "batch_size": 4, "data": {"mixture": {"wiki": 1}}}
+        ],
     }
     raw.update(top)
     return raw
@@ -46,8 +48,16 @@ def test_minimal_recipe_fills_defaults():
 
 def test_unknown_schedule_names_file_field_and_choices():
     raw = minimal()
-    raw["phases"].append({"name": "extension", "tokens": 10, "seq_len": 64, "batch_size": 4, "lr": {"schedule": "cosine"},
-                          "data": {"mixture": {"wiki": 1}}})
+    raw["phases"].append(
+        {
+            "name": "extension",
+            "tokens": 10,
+            "seq_len": 64,
+            "batch_size": 4,
+            "lr": {"schedule": "cosine"},
+            "data": {"mixture": {"wiki": 1}},
+        }
+    )
     msg = error_of(raw, "recipes/demo.yaml")
     assert msg.startswith("recipes/demo.yaml: field 'phases.1.lr.schedule': unknown schedule 'cosine'")
     assert "1-sqrt" in msg and "linear" in msg
@@ -103,8 +113,16 @@ def test_data_spec_is_checked_and_inherits_data_dir():
 
 @pytest.mark.parametrize(
     "text,value",
-    [(200000, 200000), ("1.7T", 1_700_000_000_000), ("250B", 250 * 10**9), ("8.5B", 8_500_000_000),
-     ("1.7e12", 1_700_000_000_000), ("4_000", 4000), (3e9, 3_000_000_000), ("125k", 125_000)],
+    [
+        (200000, 200000),
+        ("1.7T", 1_700_000_000_000),
+        ("250B", 250 * 10**9),
+        ("8.5B", 8_500_000_000),
+        ("1.7e12", 1_700_000_000_000),
+        ("4_000", 4000),
+        (3e9, 3_000_000_000),
+        ("125k", 125_000),
+    ],
 )
 def test_parse_count(text, value):
     assert parse_count(text) == value

@@ -158,7 +158,10 @@ def test_nan_loss_stops_with_step_and_last_checkpoint(write_recipe, tmp_path, mo
     tags = ck.list_tags(run / "decoder")
     assert tags, "a checkpoint before the bad step"
     msg = str(info.value)
-    assert "decoder loss is nan" in msg and f"last good checkpoint: {run / 'decoder' / 'checkpoints' / tags[-1].tag}" in msg
+    assert (
+        "decoder loss is nan" in msg
+        and f"last good checkpoint: {run / 'decoder' / 'checkpoints' / tags[-1].tag}" in msg
+    )
     bad_step = int(msg.split("stopped at step ")[1].split()[0])
     assert all(t.step < bad_step for t in tags)
     for t in tags:
@@ -178,7 +181,9 @@ def test_failed_checkpoint_write_keeps_previous_loadable(write_recipe, tmp_path,
             raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ck, "save_weights", save_weights)
-    with pytest.raises(EttinError, match=r"could not write checkpoint .* \(No space left on device\); the previous checkpoint"):
+    with pytest.raises(
+        EttinError, match=r"could not write checkpoint .* \(No space left on device\); the previous checkpoint"
+    ):
         train(recipe, _options(run))
     monkeypatch.undo()
     tags = ck.list_tags(run / "encoder")

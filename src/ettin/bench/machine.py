@@ -14,7 +14,7 @@ import time
 import torch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def matmul_peak(dtype: str = "fp32", device: str = "cpu", n: int = 2048, repeats: int = 5) -> float:
     """FLOP/s of a square n x n matmul: the best of `repeats` after warm-up (a busy machine only slows it)."""
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
@@ -90,8 +90,13 @@ def cpu_name() -> str:
 
 def describe(device: str = "cpu") -> dict:
     """Machine facts that belong next to every number measured on it."""
-    info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "cpu": cpu_name(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")}
+    info = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "cpu": cpu_name(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+    }
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     try:

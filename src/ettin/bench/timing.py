@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -31,7 +31,10 @@ def compare(a, b) -> dict:
 
 
 def time_interleaved(
-    sides: dict[str, Workload], repeats: int, warmup: int, device: str = "cpu",
+    sides: dict[str, Workload],
+    repeats: int,
+    warmup: int,
+    device: str = "cpu",
     on_step: Callable[[], None] | None = None,
 ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict]:
     """Wall and CPU seconds per step for each side, interleaved; also checks that the sides agree on step 1."""
@@ -62,8 +65,12 @@ def measure_memory(spec: Spec, side: str, steps: int = 2) -> dict:
     """Peak resident memory of one side's step, in a fresh process (see module docstring)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     code = "import sys; from ettin.bench.timing import _memory_child; _memory_child(sys.argv[1], sys.argv[2], int(sys.argv[3]))"
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec.to_dict()), side, str(steps)],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(spec.to_dict()), side, str(steps)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -77,8 +84,11 @@ def cuda_step_memory(step: Callable[[], object]) -> dict:
     step()
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated()
-    return {"method": "torch.cuda.max_memory_allocated", "step_peak_mb": round((peak - base) / 2**20, 1),
-            "peak_mb": round(peak / 2**20, 1)}
+    return {
+        "method": "torch.cuda.max_memory_allocated",
+        "step_peak_mb": round((peak - base) / 2**20, 1),
+        "peak_mb": round(peak / 2**20, 1),
+    }
 
 
 def _memory_child(spec_json: str, side: str, steps: int) -> None:
@@ -101,30 +111,62 @@ def _memory_child(spec_json: str, side: str, steps: int) -> None:
     ok = reset_peak_rss()
     for _ in range(steps):
         work.step()
-    print(json.dumps({"method": "VmHWM after reset" if ok else "VmHWM (not reset)", "rss_before_mb": round(before, 1),
-                      "peak_rss_mb": round(peak_rss_mb(), 1), "step_peak_mb": round(peak_rss_mb() - before, 1)}))
+    print(
+        json.dumps(
+            {
+                "method": "VmHWM after reset" if ok else "VmHWM (not reset)",
+                "rss_before_mb": round(before, 1),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+                "step_peak_mb": round(peak_rss_mb() - before, 1),
+            }
+        )
+    )
 
 
-def run(spec: Spec, *, vs: str | None = "hf", repeats: int = 5, warmup: int = 2, memory: bool = True,
-        on_step: Callable[[], None] | None = None, matmul_n: int = 2048) -> dict:
+def run(
+    spec: Spec,
+    *,
+    vs: str | None = "hf",
+    repeats: int = 5,
+    warmup: int = 2,
+    memory: bool = True,
+    on_step: Callable[[], None] | None = None,
+    matmul_n: int = 2048,
+) -> dict:
     """One benchmark: both sides timed interleaved; returns the JSON-ready report."""
     spec.apply_threads()
     load_before = os.getloadavg()[0]
     peak = matmul_peak(spec.dtype, spec.device, 8192 if spec.device.startswith("cuda") else matmul_n)
     sides = workloads(spec, ("ettin", "hf") if vs == "hf" else ("ettin",))
     times, cpu, check = time_interleaved(sides, repeats, warmup, spec.device, on_step)
-    report = {"spec": spec.to_dict(), "machine": describe(spec.device) | {f"matmul_peak_{spec.dtype}_gflops": peak / 1e9},
-              "load_average": [load_before, os.getloadavg()[0]], "repeats": repeats, "warmup": warmup, "check": check}
+    report = {
+        "spec": spec.to_dict(),
+        "machine": describe(spec.device) | {f"matmul_peak_{spec.dtype}_gflops": peak / 1e9},
+        "load_average": [load_before, os.getloadavg()[0]],
+        "repeats": repeats,
+        "warmup": warmup,
+        "check": check,
+    }
     lengths = spec.lengths()
     report["tokens_per_step"] = next(iter(sides.values())).tokens
-    report["lengths"] = {"min": min(lengths), "max": max(lengths), "mean": sum(lengths) / len(lengths),
-                         "padded_fraction": 1 - sum(lengths) / (len(lengths) * max(lengths))}
+    report["lengths"] = {
+        "min": min(lengths),
+        "max": max(lengths),
+        "mean": sum(lengths) / len(lengths),
+        "padded_fraction": 1 - sum(lengths) / (len(lengths) * max(lengths)),
+    }
     report["flops_per_step"] = next(iter(sides.values())).flops
     for name, work in sides.items():
         t = median(times[name])
-        report[name] = {"median_s": t, "min_s": min(times[name]), "times_s": times[name],
-                        "cpu_median_s": median(cpu[name]), "tokens_per_s": work.tokens / t,
-                        "flops_per_s": work.flops / t, "mfu": work.flops / t / peak}
+        report[name] = {
+            "median_s": t,
+            "min_s": min(times[name]),
+            "times_s": times[name],
+            "cpu_median_s": median(cpu[name]),
+            "tokens_per_s": work.tokens / t,
+            "flops_per_s": work.flops / t,
+            "mfu": work.flops / t / peak,
+        }
     if memory and spec.device.startswith("cuda"):  # the CUDA allocator counts exactly, in-process
         for name, work in sides.items():
             report[name]["memory"] = cuda_step_memory(work.step)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -141,8 +141,9 @@ def make_batch(spec: Spec, cfg: ModelConfig, *, with_labels: bool, left_pad: boo
     cu = torch.zeros(len(seqs) + 1, dtype=torch.int32)
     cu[1:] = torch.tensor(lengths).cumsum(0)
     mask = _pad([torch.ones(len(s), dtype=torch.long) for s in seqs], 0, left_pad)
-    return Batch(seqs, torch.cat(seqs), cu, max(lengths), labels, _pad(seqs, cfg.pad_token_id, left_pad), mask,
-                 padded_labels)
+    return Batch(
+        seqs, torch.cat(seqs), cu, max(lengths), labels, _pad(seqs, cfg.pad_token_id, left_pad), mask, padded_labels
+    )
 
 
 def _pad(rows: list[torch.Tensor], value: int, left: bool) -> torch.Tensor:
@@ -150,7 +151,7 @@ def _pad(rows: list[torch.Tensor], value: int, left: bool) -> torch.Tensor:
     out = torch.full((len(rows), t), value, dtype=rows[0].dtype)
     for i, r in enumerate(rows):
         if left:
-            out[i, t - len(r):] = r
+            out[i, t - len(r) :] = r
         else:
             out[i, : len(r)] = r
     return out
@@ -289,8 +290,13 @@ def _train(spec, cfg, model, hf, sides):
 
         def ettin_step():
             with spec.autocast():
-                loss = fwd(batch.ids, cu_seqlens=batch.cu_seqlens, max_seqlen=batch.max_seqlen,
-                           labels=batch.labels, return_logits=False).loss
+                loss = fwd(
+                    batch.ids,
+                    cu_seqlens=batch.cu_seqlens,
+                    max_seqlen=batch.max_seqlen,
+                    labels=batch.labels,
+                    return_logits=False,
+                ).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -303,8 +309,9 @@ def _train(spec, cfg, model, hf, sides):
 
         def hf_step():
             with spec.autocast():
-                loss = hf(input_ids=batch.padded_ids, attention_mask=batch.attention_mask,
-                          labels=batch.padded_labels).loss
+                loss = hf(
+                    input_ids=batch.padded_ids, attention_mask=batch.attention_mask, labels=batch.padded_labels
+                ).loss
             loss.backward()
             hf_opt.step()
             hf_opt.zero_grad(set_to_none=True)
@@ -337,8 +344,7 @@ def _infer(spec, cfg, model, hf, sides):
             with torch.inference_mode(), spec.autocast():
                 return hf.model(input_ids=batch.padded_ids, attention_mask=batch.attention_mask).last_hidden_state
 
-        out["hf"] = Workload("hf", hf_step, batch.tokens, flops,
-                             lambda h: h.reshape(-1, h.shape[-1])[real].float())
+        out["hf"] = Workload("hf", hf_step, batch.tokens, flops, lambda h: h.reshape(-1, h.shape[-1])[real].float())
     return out
 
 
@@ -368,8 +374,12 @@ def _generate(spec, cfg, model, hf, sides):
 
         def hf_step():
             with torch.inference_mode(), spec.autocast():
-                return hf.generate(input_ids=batch.padded_ids, attention_mask=batch.attention_mask,
-                                   max_new_tokens=spec.new_tokens, do_sample=False)
+                return hf.generate(
+                    input_ids=batch.padded_ids,
+                    attention_mask=batch.attention_mask,
+                    max_new_tokens=spec.new_tokens,
+                    do_sample=False,
+                )
 
         out["hf"] = Workload("hf", hf_step, n_new, flops, lambda ids: ids[:, t:])
     return out

@@ -77,7 +77,9 @@ def main() -> None:
         # The machine refused (disk full, quota, read-only folder, no permission, I/O error): not a bug,
         # and every write is atomic, so what was there before is intact. Anything else is a bug.
         if exc.errno in _REFUSALS:
-            fix = "nothing half-written was left in place; free space or fix the permissions, then run the command again"
+            fix = (
+                "nothing half-written was left in place; free space or fix the permissions, then run the command again"
+            )
         elif exc.errno in _WRONG_KIND:
             fix = "a file stands where a folder is needed, or the reverse; choose another path"
         else:

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -43,10 +42,14 @@ def _table(reports: list[dict]):
         pair = (lambda a, b: f"{a}/{b}") if h else (lambda a, b: a)  # noqa: E731
         h = h or {}
         table.add_row(
-            f"{s['task']} {s['size']} {s['arch']} {s['dtype']}", f"{e['median_s']:.3f}",
-            f"{h['median_s']:.3f}" if h else "-", f"{r['ratio']:.2f}" if "ratio" in r else "-",
+            f"{s['task']} {s['size']} {s['arch']} {s['dtype']}",
+            f"{e['median_s']:.3f}",
+            f"{h['median_s']:.3f}" if h else "-",
+            f"{r['ratio']:.2f}" if "ratio" in r else "-",
             pair(f"{e['tokens_per_s']:,.0f}", f"{h.get('tokens_per_s', 0):,.0f}"),
-            pair(f"{e['mfu']:.1%}", f"{h.get('mfu', 0):.1%}"), pair(mem(e), mem(h)), _check(r["check"]),
+            pair(f"{e['mfu']:.1%}", f"{h.get('mfu', 0):.1%}"),
+            pair(mem(e), mem(h)),
+            _check(r["check"]),
         )
     return table
 
@@ -61,16 +64,32 @@ def _check(check: dict) -> str:
     return "-"
 
 
-def _write(reports, out: Optional[Path]) -> None:
+def _write(reports, out: Path | None) -> None:
     if out is not None:
         from ettin.io import atomic_write_json
 
         atomic_write_json(out, reports)
 
 
-def _run(task: str, size: str, arch: Optional[str], vs: str, dtype: str, repeats: int, warmup: int,
-         batch: Optional[int], min_len: Optional[int], max_len: Optional[int], new_tokens: int, memory: bool,
-         compile_: bool, threads: Optional[int], device: str, as_json: bool, out: Optional[Path]) -> None:
+def _run(
+    task: str,
+    size: str,
+    arch: str | None,
+    vs: str,
+    dtype: str,
+    repeats: int,
+    warmup: int,
+    batch: int | None,
+    min_len: int | None,
+    max_len: int | None,
+    new_tokens: int,
+    memory: bool,
+    compile_: bool,
+    threads: int | None,
+    device: str,
+    as_json: bool,
+    out: Path | None,
+) -> None:
     from ettin.omp import choose_wait_policy
 
     wait_policy = choose_wait_policy()
@@ -85,26 +104,57 @@ def _run(task: str, size: str, arch: Optional[str], vs: str, dtype: str, repeats
         from ettin.errors import EttinError
 
         raise EttinError(f"unknown --vs '{vs}'", field="vs", fix="use hf (transformers) or none")
-    specs = [Spec(task=task, size=size, arch=a, dtype=d, batch=batch, min_len=min_len, max_len=max_len,
-                  new_tokens=new_tokens, device=device, compile=compile_, threads=threads) for a in archs for d in dtypes]
+    specs = [
+        Spec(
+            task=task,
+            size=size,
+            arch=a,
+            dtype=d,
+            batch=batch,
+            min_len=min_len,
+            max_len=max_len,
+            new_tokens=new_tokens,
+            device=device,
+            compile=compile_,
+            threads=threads,
+        )
+        for a in archs
+        for d in dtypes
+    ]
     console = Console(stderr=as_json, width=None if sys.stdout.isatty() else 120)
     reports = []
     per_spec = repeats * (2 if vs == "hf" else 1)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
         for spec in specs:
             job = bar.add_task(f"{task} {spec.size} {spec.arch} {spec.dtype}", total=per_spec)
-            reports.append(run(spec, vs=None if vs == "none" else "hf", repeats=repeats, warmup=warmup,
-                               memory=memory, on_step=lambda: bar.advance(job)))
+            reports.append(
+                run(
+                    spec,
+                    vs=None if vs == "none" else "hf",
+                    repeats=repeats,
+                    warmup=warmup,
+                    memory=memory,
+                    on_step=lambda job=job: bar.advance(job),
+                )
+            )
     _write(reports, out)
     if as_json:
         print(json.dumps(reports, indent=2))
         return
     console.print(_table(reports))
     r0 = reports[0]
-    console.print(f"{r0['machine']['cpu']}, {r0['machine']['threads']} threads (OpenMP waits: {wait_policy}), load average "
-                  f"{r0['load_average'][0]:.1f}; matmul peak measured at start. Peak memory: "
-                  + (r0["ettin"].get("memory", {}).get("method", "not measured") if memory else "not measured (--no-memory)"))
+    console.print(
+        f"{r0['machine']['cpu']}, {r0['machine']['threads']} threads (OpenMP waits: {wait_policy}), load average "
+        f"{r0['load_average'][0]:.1f}; matmul peak measured at start. Peak memory: "
+        + (r0["ettin"].get("memory", {}).get("method", "not measured") if memory else "not measured (--no-memory)")
+    )
     if out is not None:
         console.print(f"wrote {out}")
 
@@ -112,24 +162,45 @@ def _run(task: str, size: str, arch: Optional[str], vs: str, dtype: str, repeats
 def _command(task: str):
     def command(
         size: str = typer.Option("demo", "--size", help="model size (ettin models sizes)"),
-        arch: Optional[str] = typer.Option(None, "--arch", help=f"encoder, decoder or both (default {ARCH_DEFAULT[task]})"),
+        arch: str | None = typer.Option(
+            None, "--arch", help=f"encoder, decoder or both (default {ARCH_DEFAULT[task]})"
+        ),
         vs: str = typer.Option("hf", "--vs", help="hf: also run transformers and report the ratio; none: ettin only"),
         dtype: str = typer.Option("bf16", "--dtype", help="bf16 (autocast, fp32 weights), fp32 or both"),
         repeats: int = typer.Option(5, "--repeats", min=1, help="timed steps per side (medians reported)"),
         warmup: int = typer.Option(2, "--warmup", min=1, help="untimed steps per side first"),
-        batch: Optional[int] = typer.Option(None, "--batch", help="sequences per step (default per task)"),
-        min_len: Optional[int] = typer.Option(None, "--min-len", help="shortest sequence (prompt for generate)"),
-        max_len: Optional[int] = typer.Option(None, "--max-len", help="longest sequence (prompt for generate)"),
+        batch: int | None = typer.Option(None, "--batch", help="sequences per step (default per task)"),
+        min_len: int | None = typer.Option(None, "--min-len", help="shortest sequence (prompt for generate)"),
+        max_len: int | None = typer.Option(None, "--max-len", help="longest sequence (prompt for generate)"),
         new_tokens: int = typer.Option(64, "--new-tokens", help="generate: tokens generated per prompt"),
-        memory: bool = typer.Option(True, "--memory/--no-memory", help="measure peak memory (one extra process per side)"),
+        memory: bool = typer.Option(
+            True, "--memory/--no-memory", help="measure peak memory (one extra process per side)"
+        ),
         compile_: bool = typer.Option(False, "--compile", help="torch.compile ettin's model (compile time not timed)"),
-        threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: one per core)"),
+        threads: int | None = typer.Option(None, "--threads", help="torch threads (default: one per core)"),
         device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
         as_json: bool = typer.Option(False, "--json", help="print the full reports as JSON (the table goes away)"),
-        out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON reports to this file"),
+        out: Path | None = typer.Option(None, "--out", help="also write the JSON reports to this file"),
     ) -> None:
-        _run(task, size, arch, vs, dtype, repeats, warmup, batch, min_len, max_len, new_tokens, memory,
-             compile_, threads, device, as_json, out)
+        _run(
+            task,
+            size,
+            arch,
+            vs,
+            dtype,
+            repeats,
+            warmup,
+            batch,
+            min_len,
+            max_len,
+            new_tokens,
+            memory,
+            compile_,
+            threads,
+            device,
+            as_json,
+            out,
+        )
 
     command.__doc__ = HELP[task]
     return command
@@ -140,8 +211,9 @@ def _data_script() -> Path:
 
 
 def register(app: typer.Typer) -> None:
-    bench = typer.Typer(help="Benchmarks: ettin against transformers on this machine (docs/performance.md).",
-                        no_args_is_help=True)
+    bench = typer.Typer(
+        help="Benchmarks: ettin against transformers on this machine (docs/performance.md).", no_args_is_help=True
+    )
     app.add_typer(bench, name="bench")
     for task in ("train", "infer", "generate"):
         bench.command(task)(_command(task))
@@ -149,7 +221,7 @@ def register(app: typer.Typer) -> None:
     @bench.command("data")
     def data_cmd(
         quick: bool = typer.Option(True, "--quick/--full", help="shakespeare only and fewer repeats, or everything"),
-        out: Optional[Path] = typer.Option(None, "--out", help="also write the numbers here (JSON)"),
+        out: Path | None = typer.Option(None, "--out", help="also write the numbers here (JSON)"),
     ) -> None:
         """The data path: prepare throughput and batch cost (runs bench/bench_data.py of the checkout)."""
         script = _data_script()
@@ -168,7 +240,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("bench/scaling.md"), "--out", help="markdown table to write (JSON next to it)"),
         quick: bool = typer.Option(False, "--quick", help="fewer points (a smoke run)"),
         repeats: int = typer.Option(3, "--repeats", min=1),
-        threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: one per core)"),
+        threads: int | None = typer.Option(None, "--threads", help="torch threads (default: one per core)"),
     ) -> None:
         """How time and memory grow with sequence length and model size, ettin vs transformers."""
         from ettin.omp import choose_wait_policy
@@ -180,6 +252,11 @@ def register(app: typer.Typer) -> None:
 
         console = Console()
         with console.status("measuring") as status:
-            path = scaling(out, quick=quick, repeats=repeats, threads=threads,
-                           on_point=lambda msg: status.update(f"measuring {msg}"))
+            path = scaling(
+                out,
+                quick=quick,
+                repeats=repeats,
+                threads=threads,
+                on_point=lambda msg: status.update(f"measuring {msg}"),
+            )
         console.print(f"wrote {path} and {path.with_suffix('.json')}")

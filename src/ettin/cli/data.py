@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -24,7 +23,9 @@ def _source_dirs(path: Path) -> list[Path]:
         raise EttinError("no such folder", path=path, fix="give the --out folder of `ettin data prepare`")
     dirs = sorted(p.parent for p in path.glob("*/manifest.json"))
     if not dirs:
-        raise EttinError("no prepared sources here", path=path, fix="run `ettin data prepare --source ... --out DIR` first")
+        raise EttinError(
+            "no prepared sources here", path=path, fix="run `ettin data prepare --source ... --out DIR` first"
+        )
     return dirs
 
 
@@ -42,7 +43,9 @@ def _number(name: str, value: str, option: str) -> float:
     try:
         return float(value)
     except ValueError:
-        raise EttinError(f"'{value}' (for {name}) is not a number", field=option, fix=f"write {option} NAME=NUMBER") from None
+        raise EttinError(
+            f"'{value}' (for {name}) is not a number", field=option, fix=f"write {option} NAME=NUMBER"
+        ) from None
 
 
 def _export(table, out: Path) -> None:
@@ -59,7 +62,9 @@ def _export(table, out: Path) -> None:
                 for row in table.to_pylist():
                     f.write(json.dumps(row) + "\n")
     else:
-        raise EttinError("unknown export format", path=out, field="--export", fix="end the file name in .parquet or .jsonl")
+        raise EttinError(
+            "unknown export format", path=out, field="--export", fix="end the file name in .parquet or .jsonl"
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -69,22 +74,43 @@ def register(app: typer.Typer) -> None:
     @sub.command("prepare")
     def prepare_cmd(
         source: list[str] = typer.Option(
-            ..., "--source", "-s",
+            ...,
+            "--source",
+            "-s",
             help="a built-in corpus (wiki, shakespeare, pydoc) or [NAME=]KIND:PATH[#FIELD] with KIND text, jsonl, "
             "parquet or hf; repeatable",
         ),
         tokenizer: Path = typer.Option(..., "--tokenizer", help="tokenizer directory (tokenizer.json)"),
         out: Path = typer.Option(..., "--out", help="data folder; each source goes to OUT/NAME"),
-        text_field: Optional[str] = typer.Option(None, "--text-field", help="text key/column for jsonl, parquet, hf (default text)"),
-        split: str = typer.Option("file", "--split", help="plain text: one document per file, line or blank-line block"),
-        on_error: str = typer.Option("fail", "--on-error", help="fail on bytes that are not UTF-8 and bad JSONL lines, or skip (and count) them"),
-        shard_tokens: int = typer.Option(1 << 25, "--shard-tokens", help="tokens per shard (documents are never split)"),
+        text_field: str | None = typer.Option(
+            None, "--text-field", help="text key/column for jsonl, parquet, hf (default text)"
+        ),
+        split: str = typer.Option(
+            "file", "--split", help="plain text: one document per file, line or blank-line block"
+        ),
+        on_error: str = typer.Option(
+            "fail", "--on-error", help="fail on bytes that are not UTF-8 and bad JSONL lines, or skip (and count) them"
+        ),
+        shard_tokens: int = typer.Option(
+            1 << 25, "--shard-tokens", help="tokens per shard (documents are never split)"
+        ),
         workers: int = typer.Option(1, "--workers", help="tokenizer processes; 1 uses the tokenizer's own threads"),
-        verify: bool = typer.Option(False, "--verify", help="also check the sha256 of shards that are already up to date"),
-        overwrite: bool = typer.Option(False, "--overwrite", help="allow replacing sources made with another tokenizer"),
+        verify: bool = typer.Option(
+            False, "--verify", help="also check the sha256 of shards that are already up to date"
+        ),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="allow replacing sources made with another tokenizer"
+        ),
     ) -> None:
         """Tokenize sources into memory-mapped shards plus a manifest; a second run with the same inputs does nothing."""
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
 
         from ettin.data.prepare import prepare
         from ettin.data.sources import parse_source
@@ -98,8 +124,15 @@ def register(app: typer.Typer) -> None:
                 spec = replace(spec, field=text_field)
             specs.append(spec)
         console = _console()
-        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                      TimeRemainingColumn(), console=console, transient=True) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
             tasks: dict[str, int] = {}
 
             def progress(name: str, done: int, total: int) -> None:
@@ -107,17 +140,31 @@ def register(app: typer.Typer) -> None:
                     tasks[name] = bar.add_task(name, total=total)
                 bar.update(tasks[name], completed=done)
 
-            results = prepare(specs, tokenizer, out, shard_tokens=shard_tokens, workers=workers, verify=verify,
-                              overwrite=overwrite, progress=progress)
+            results = prepare(
+                specs,
+                tokenizer,
+                out,
+                shard_tokens=shard_tokens,
+                workers=workers,
+                verify=verify,
+                overwrite=overwrite,
+                progress=progress,
+            )
         for r in results:
             speed = f", {r.text_bytes / max(r.seconds, 1e-9) / 1e6:.1f} MB/s" if r.status != "up to date" else ""
-            console.print(f"{r.name}: {r.status}: {r.documents:,} documents, {r.tokens:,} tokens in {r.shards} shard(s) "
-                          f"-> {r.folder}{speed}")
+            console.print(
+                f"{r.name}: {r.status}: {r.documents:,} documents, {r.tokens:,} tokens in {r.shards} shard(s) "
+                f"-> {r.folder}{speed}"
+            )
             rep = r.report
             if rep.get("bad_utf8_bytes"):
-                console.print(f"  replaced {rep['bad_utf8_bytes']:,} byte(s) that are not UTF-8 (in {', '.join(rep['bad_utf8_files'])})")
+                console.print(
+                    f"  replaced {rep['bad_utf8_bytes']:,} byte(s) that are not UTF-8 (in {', '.join(rep['bad_utf8_files'])})"
+                )
             if rep.get("bad_lines"):
-                console.print(f"  skipped {rep['bad_lines']:,} malformed JSONL line(s) (first: {', '.join(rep['bad_line_refs'])})")
+                console.print(
+                    f"  skipped {rep['bad_lines']:,} malformed JSONL line(s) (first: {', '.join(rep['bad_line_refs'])})"
+                )
             if rep.get("empty_documents"):
                 console.print(f"  skipped {rep['empty_documents']:,} empty document(s)")
 
@@ -125,7 +172,7 @@ def register(app: typer.Typer) -> None:
     def inspect_cmd(
         path: Path = typer.Argument(..., help="a data folder (--out of prepare) or one prepared source"),
         verify: bool = typer.Option(False, "--verify", help="check every shard's sha256 (reads all data)"),
-        tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="check the data was made with this tokenizer"),
+        tokenizer: Path | None = typer.Option(None, "--tokenizer", help="check the data was made with this tokenizer"),
         as_json: bool = typer.Option(False, "--json", help="print the manifests' summaries as JSON"),
     ) -> None:
         """Show what a data folder holds and check its files (sizes always, hashes with --verify)."""
@@ -141,13 +188,25 @@ def register(app: typer.Typer) -> None:
             src = PreparedSource.open(d, verify=verify, tokenizer_fingerprint=fp)
             m = src.manifest
             lengths = src.doc_lengths
-            rows.append({
-                "name": m["name"], "folder": str(d), "source": m["source"], "documents": m["documents"], "tokens": m["tokens"],
-                "shards": len(m["shards"]), "text_bytes": m["text_bytes"], "dtype": m["dtype"],
-                "tokens_per_document": {"mean": float(lengths.mean()), "median": float(sorted(lengths)[len(lengths) // 2]),
-                                        "max": int(lengths.max())},
-                "tokenizer": m["tokenizer"]["fingerprint"], "report": m["report"],
-            })
+            rows.append(
+                {
+                    "name": m["name"],
+                    "folder": str(d),
+                    "source": m["source"],
+                    "documents": m["documents"],
+                    "tokens": m["tokens"],
+                    "shards": len(m["shards"]),
+                    "text_bytes": m["text_bytes"],
+                    "dtype": m["dtype"],
+                    "tokens_per_document": {
+                        "mean": float(lengths.mean()),
+                        "median": float(sorted(lengths)[len(lengths) // 2]),
+                        "max": int(lengths.max()),
+                    },
+                    "tokenizer": m["tokenizer"]["fingerprint"],
+                    "report": m["report"],
+                }
+            )
         if as_json:
             print(json.dumps(rows, indent=2))
             return
@@ -158,8 +217,15 @@ def register(app: typer.Typer) -> None:
             table.add_column(col, justify="right" if col in ("documents", "tokens", "tok/doc", "shards") else "left")
         for r in rows:
             s = r["source"]
-            table.add_row(r["name"], f"{s['kind']}:{s['path']}", f"{r['documents']:,}", f"{r['tokens']:,}",
-                          f"{r['tokens_per_document']['mean']:.0f}", str(r["shards"]), r["tokenizer"][:12])
+            table.add_row(
+                r["name"],
+                f"{s['kind']}:{s['path']}",
+                f"{r['documents']:,}",
+                f"{r['tokens']:,}",
+                f"{r['tokens_per_document']['mean']:.0f}",
+                str(r["shards"]),
+                r["tokenizer"][:12],
+            )
         console = _console()
         console.print(table)
         checked = "sizes and sha256" if verify else "sizes"
@@ -173,7 +239,9 @@ def register(app: typer.Typer) -> None:
         seq_len: int = typer.Option(1024, "--seq-len", help="the phase's sequence length"),
         tokens: str = typer.Option("1M", "--tokens", help="how many tokens to draw"),
         seed: int = typer.Option(21, "--seed"),
-        min_tokens: Optional[int] = typer.Option(None, "--min-tokens", help="drop pieces under this (default min(128, seq_len/8))"),
+        min_tokens: int | None = typer.Option(
+            None, "--min-tokens", help="drop pieces under this (default min(128, seq_len/8))"
+        ),
     ) -> None:
         """Draw a phase's stream and report the realised mixture (shares of tokens, epochs per source)."""
         from ettin.data.mixture import DataSpec, parse_count
@@ -183,38 +251,60 @@ def register(app: typer.Typer) -> None:
         entries += [{"source": n, "tokens": v} for n, v in _parse_pairs(budget, "--budget")]
         if not entries:
             entries = [d.name for d in _source_dirs(data)]
-        spec = DataSpec.from_dict({"dir": str(data), "mixture": entries, **({"min_tokens": min_tokens} if min_tokens else {})})
+        spec = DataSpec.from_dict(
+            {"dir": str(data), "mixture": entries, **({"min_tokens": min_tokens} if min_tokens else {})}
+        )
         stream = TokenStream(spec, seed=seed, seq_len=seq_len)
         goal = parse_count(tokens, field="--tokens")
         while stream.tokens_seen < goal:
             stream.next_batch(batch_size_tokens=min(1 << 16, goal - stream.tokens_seen))
         from rich.table import Table
 
-        table = Table(title=f"{stream.tokens_seen:,} tokens, {stream.samples_seen:,} samples at seq_len {seq_len} (seed {seed})")
+        table = Table(
+            title=f"{stream.tokens_seen:,} tokens, {stream.samples_seen:,} samples at seq_len {seq_len} (seed {seed})"
+        )
         for col in ("source", "target", "realised", "tokens", "samples", "epochs", "chunks"):
             table.add_column(col, justify="left" if col == "source" else "right")
         for r in stream.mixture_report():
-            table.add_row(r["source"], f"{r['target_share']:.2%}", f"{r['realised_share']:.2%}", f"{r['tokens']:,}",
-                          f"{r['samples']:,}", f"{r['epochs']:.2f}", f"{r['chunks']:,}")
+            table.add_row(
+                r["source"],
+                f"{r['target_share']:.2%}",
+                f"{r['realised_share']:.2%}",
+                f"{r['tokens']:,}",
+                f"{r['samples']:,}",
+                f"{r['epochs']:.2f}",
+                f"{r['chunks']:,}",
+            )
         _console().print(table)
 
     @sub.command("order")
     def order_cmd(
         run: Path = typer.Argument(..., help="a run folder (RUN, RUN/encoder) or a data_order folder"),
-        arch: Optional[str] = typer.Option(None, "--arch", help="encoder or decoder (default: whichever the run has, encoder first)"),
-        step: Optional[int] = typer.Option(None, "--step", help="show (or export) this step only"),
-        export: Optional[Path] = typer.Option(None, "--export", help="write the rows to FILE.parquet or FILE.jsonl"),
-        tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="decode the shown sequences with this tokenizer"),
-        check: bool = typer.Option(False, "--check", help="regenerate the order from the prepared data and seed and compare"),
-        data_dir: Optional[Path] = typer.Option(None, "--data", help="with --check: the prepared data folder, if it moved"),
+        arch: str | None = typer.Option(
+            None, "--arch", help="encoder or decoder (default: whichever the run has, encoder first)"
+        ),
+        step: int | None = typer.Option(None, "--step", help="show (or export) this step only"),
+        export: Path | None = typer.Option(None, "--export", help="write the rows to FILE.parquet or FILE.jsonl"),
+        tokenizer: Path | None = typer.Option(
+            None, "--tokenizer", help="decode the shown sequences with this tokenizer"
+        ),
+        check: bool = typer.Option(
+            False, "--check", help="regenerate the order from the prepared data and seed and compare"
+        ),
+        data_dir: Path | None = typer.Option(
+            None, "--data", help="with --check: the prepared data folder, if it moved"
+        ),
         overwrite: bool = typer.Option(False, "--overwrite", help="with --export: replace an existing file"),
     ) -> None:
         """Show, export or check the recorded data order (one row per training sequence)."""
         from ettin.data.order import order_steps, read_order, read_plan, regenerate_order
 
         if check and (export is not None or step is not None or tokenizer is not None):
-            raise EttinError("--check compares the whole order; it does not combine with --export, --step or --tokenizer",
-                             field="--check", fix="run --check on its own")
+            raise EttinError(
+                "--check compares the whole order; it does not combine with --export, --step or --tokenizer",
+                field="--check",
+                fix="run --check on its own",
+            )
         folder = _order_folder(run, arch)
         console = _console()
         if check:
@@ -244,8 +334,10 @@ def register(app: typer.Typer) -> None:
             phases: dict[str, list[int]] = {}
             for s in summary:
                 phases.setdefault(s["phase"], []).append(s["step"])
-            console.print(f"{folder}: {len(summary):,} step(s), {sum(s['sequences'] for s in summary):,} sequences, "
-                          f"{sum(s['tokens'] for s in summary):,} tokens")
+            console.print(
+                f"{folder}: {len(summary):,} step(s), {sum(s['sequences'] for s in summary):,} sequences, "
+                f"{sum(s['tokens'] for s in summary):,} tokens"
+            )
             for name, st in phases.items():
                 console.print(f"  {name}: steps {st[0]}..{st[-1]}")
             src = read_order(folder, columns=["source", "length"])
@@ -263,8 +355,10 @@ def register(app: typer.Typer) -> None:
 
             tok = load_tokenizer(tokenizer)
             decode = lambda ids: tok.decode(ids)  # noqa: E731
-        console.print(f"step {step} ({rows[0]['phase']}): {len(rows)} sequences, {sum(r['length'] for r in rows):,} tokens, "
-                      f"hash {rows[0]['batch_hash']}")
+        console.print(
+            f"step {step} ({rows[0]['phase']}): {len(rows)} sequences, {sum(r['length'] for r in rows):,} tokens, "
+            f"hash {rows[0]['batch_hash']}"
+        )
         for r in rows:
             if decode:
                 shown = repr(decode(r["input_ids"])[:100])
@@ -283,8 +377,10 @@ def register(app: typer.Typer) -> None:
         console = _console()
         if result.identical:
             steps = order_steps(enc)
-            console.print(f"identical: {result.steps_a:,} step(s), {sum(s['sequences'] for s in steps):,} sequences, "
-                          f"{sum(s['tokens'] for s in steps):,} tokens in the same order ({enc} = {dec})")
+            console.print(
+                f"identical: {result.steps_a:,} step(s), {sum(s['sequences'] for s in steps):,} sequences, "
+                f"{sum(s['tokens'] for s in steps):,} tokens in the same order ({enc} = {dec})"
+            )
             return
         console.print(f"differ: {result.reason} (encoder {result.steps_a:,} steps, decoder {result.steps_b:,} steps)")
         raise typer.Exit(1)
@@ -293,7 +389,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(pair, name="pair")
 
 
-def _order_folder(run: Path, arch: Optional[str], *, strict: bool = False) -> Path:
+def _order_folder(run: Path, arch: str | None, *, strict: bool = False) -> Path:
     from ettin.data.order import ORDER_DIR, resolve_order_dir
 
     if arch is None and not (run / ORDER_DIR).is_dir() and not any(run.glob("part-*.parquet")):
@@ -303,7 +399,9 @@ def _order_folder(run: Path, arch: Optional[str], *, strict: bool = False) -> Pa
     if strict:
         folder = run / arch / ORDER_DIR
         if not folder.is_dir():
-            raise EttinError(f"no {arch} data order", path=folder, fix=f"give a pair's run folder that holds {arch}/{ORDER_DIR}")
+            raise EttinError(
+                f"no {arch} data order", path=folder, fix=f"give a pair's run folder that holds {arch}/{ORDER_DIR}"
+            )
         return folder
     return resolve_order_dir(run, arch)
 

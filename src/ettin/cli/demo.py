@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,7 +13,9 @@ def _summary(console, result) -> None:
     from ettin.train.metrics import throughput_table
 
     if result.train_stats:
-        console.print(throughput_table(result.train_stats, "training (tokens of the shared stream per second, per model)"))
+        console.print(
+            throughput_table(result.train_stats, "training (tokens of the shared stream per second, per model)")
+        )
     res = result.results or {}
     pair = res.get("pair", {})
     if pair.get("tasks"):
@@ -29,8 +30,14 @@ def _summary(console, result) -> None:
             if e.get("status") != "ok" or d.get("status") != "ok":
                 table.add_row(task, "", e.get("status", "-"), d.get("status", "-"), "", "")
                 continue
-            table.add_row(task, e["metric"], f"{e['value']:.3f}", f"{d['value']:.3f}",
-                          f"{d['value'] - e['value']:+.3f}", f"{e['chance']:.3f}")
+            table.add_row(
+                task,
+                e["metric"],
+                f"{e['value']:.3f}",
+                f"{d['value']:.3f}",
+                f"{d['value'] - e['value']:+.3f}",
+                f"{e['chance']:.3f}",
+            )
         console.print(table)
     table = Table(title="steps")
     table.add_column("step")
@@ -48,8 +55,10 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo_cmd(
         out: str = typer.Option("runs/demo", "--out", help="folder for everything the demo writes"),
-        recipe: Optional[Path] = typer.Option(None, "--recipe", help="recipe (default: recipes/demo.yaml)"),
-        overrides: list[str] = typer.Option([], "--set", help="override a recipe field, e.g. --set phases.0.tokens=200K"),
+        recipe: Path | None = typer.Option(None, "--recipe", help="recipe (default: recipes/demo.yaml)"),
+        overrides: list[str] = typer.Option(
+            [], "--set", help="override a recipe field, e.g. --set phases.0.tokens=200K"
+        ),
         suite: str = typer.Option("quick", "--suite", help="evaluation suite: quick or full"),
         no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
     ) -> None:
@@ -61,8 +70,15 @@ def register(app: typer.Typer) -> None:
 
         console = Console()
         with _RichProgress(console, enabled=not no_progress) as progress:
-            result = run_demo(out, recipe=recipe, overrides=overrides, suite=suite, progress=not no_progress,
-                              log=console.print, eval_progress=progress)
+            result = run_demo(
+                out,
+                recipe=recipe,
+                overrides=overrides,
+                suite=suite,
+                progress=not no_progress,
+                log=console.print,
+                eval_progress=progress,
+            )
         _summary(console, result)
         console.print(f"[bold]report:[/bold] {Path(out) / 'report.md'}")
         if result.results and result.results.get("failed"):

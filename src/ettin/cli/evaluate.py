@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -18,8 +17,15 @@ class _RichProgress:
 
         self.console = console
         self.enabled = enabled
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=console, transient=True, disable=not enabled)
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            disable=not enabled,
+        )
         self.current = None
 
     def __enter__(self):
@@ -48,18 +54,25 @@ class _RichProgress:
             self.console.print(
                 f"  {who:<14} {label:<15} {result['metric']:<8} {result['value']:.3f} "
                 f"[{ci['low']:.2f}, {ci['high']:.2f}]  n={result['n']}  chance {result['chance']:.3f}  "
-                f"{result['seconds']:.1f}s", soft_wrap=True, highlight=False,
+                f"{result['seconds']:.1f}s",
+                soft_wrap=True,
+                highlight=False,
             )
         else:
-            self.console.print(f"  {who:<14} {label:<15} [red]failed[/red]: {result['error'].splitlines()[0]}",
-                               soft_wrap=True)
+            self.console.print(
+                f"  {who:<14} {label:<15} [red]failed[/red]: {result['error'].splitlines()[0]}", soft_wrap=True
+            )
 
 
 def _check_out(out: str, overwrite: bool) -> None:
     """Finished results are not overwritten by a new run unless asked."""
     if (Path(out) / "results.json").is_file() and not overwrite:
-        raise EttinError("already holds evaluation results (results.json)", path=out, field="out",
-                         fix="choose another --out, or pass --overwrite to replace them")
+        raise EttinError(
+            "already holds evaluation results (results.json)",
+            path=out,
+            field="out",
+            fix="choose another --out, or pass --overwrite to replace them",
+        )
 
 
 def _print_tasks(console) -> None:
@@ -79,17 +92,25 @@ def _print_tasks(console) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_cmd(
-        model: Optional[str] = typer.Argument(None, help="model folder, or a model's training run (e.g. RUN/encoder)"),
-        out: Optional[str] = typer.Option(None, "--out", help="output folder: one JSON per task + results.json"),
-        revision: Optional[str] = typer.Option(None, "--revision", help="checkpoint tag of a training run"),
-        tasks: Optional[str] = typer.Option(None, "--tasks", help="comma-separated tasks or suites (default: the suite's)"),
-        suite: str = typer.Option("quick", "--suite", help="quick (subsampled, probes) or full (all items, fine-tuning)"),
+        model: str | None = typer.Argument(None, help="model folder, or a model's training run (e.g. RUN/encoder)"),
+        out: str | None = typer.Option(None, "--out", help="output folder: one JSON per task + results.json"),
+        revision: str | None = typer.Option(None, "--revision", help="checkpoint tag of a training run"),
+        tasks: str | None = typer.Option(
+            None, "--tasks", help="comma-separated tasks or suites (default: the suite's)"
+        ),
+        suite: str = typer.Option(
+            "quick", "--suite", help="quick (subsampled, probes) or full (all items, fine-tuning)"
+        ),
         seed: int = typer.Option(0, "--seed", help="seed for subsampling, probes and fine-tuning"),
-        limit: Optional[int] = typer.Option(None, "--limit", help="at most this many items per task"),
-        tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer folder (default: the model's)"),
-        pooling: Optional[str] = typer.Option(None, "--pooling", help="mean, cls or last (default: mean for encoders, last for decoders)"),
-        threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (1 is much faster on a busy machine)"),
-        device: Optional[str] = typer.Option(None, "--device", help="auto (default: the GPU if any), cpu, cuda, cuda:N"),
+        limit: int | None = typer.Option(None, "--limit", help="at most this many items per task"),
+        tokenizer: str | None = typer.Option(None, "--tokenizer", help="tokenizer folder (default: the model's)"),
+        pooling: str | None = typer.Option(
+            None, "--pooling", help="mean, cls or last (default: mean for encoders, last for decoders)"
+        ),
+        threads: int | None = typer.Option(
+            None, "--threads", help="torch CPU threads (1 is much faster on a busy machine)"
+        ),
+        device: str | None = typer.Option(None, "--device", help="auto (default: the GPU if any), cpu, cuda, cuda:N"),
         list_tasks: bool = typer.Option(False, "--list-tasks", help="list the tasks and suites, then exit"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace results already in --out"),
         no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
@@ -109,10 +130,23 @@ def register(app: typer.Typer) -> None:
         from ettin.eval.runner import evaluate_model
 
         with _RichProgress(console, enabled=not no_progress) as progress:
-            res = evaluate_model(model, tasks, suite, out, seed, revision=revision, tokenizer=tokenizer,
-                                 pooling=pooling, limit=limit, threads=threads, device=device, progress=progress)
-        console.print(f"evaluated {res['model']} ({res['info']['arch']}) on {len(res['tasks'])} tasks "
-                      f"in {res['seconds']:.0f}s")
+            res = evaluate_model(
+                model,
+                tasks,
+                suite,
+                out,
+                seed,
+                revision=revision,
+                tokenizer=tokenizer,
+                pooling=pooling,
+                limit=limit,
+                threads=threads,
+                device=device,
+                progress=progress,
+            )
+        console.print(
+            f"evaluated {res['model']} ({res['info']['arch']}) on {len(res['tasks'])} tasks in {res['seconds']:.0f}s"
+        )
         for name in res["tasks"]:
             console.print(f"  wrote {Path(out) / (name + '.json')}")
         console.print(f"  wrote {Path(out) / 'results.json'}")
@@ -125,18 +159,26 @@ def register(app: typer.Typer) -> None:
         run: str = typer.Argument(..., help="training run folder holding encoder/ and decoder/"),
         out: str = typer.Option(..., "--out", help="output folder for report.md, results.json and plots"),
         suite: str = typer.Option("quick", "--suite", help="quick or full"),
-        tasks: Optional[str] = typer.Option(None, "--tasks", help="comma-separated tasks or suites"),
+        tasks: str | None = typer.Option(None, "--tasks", help="comma-separated tasks or suites"),
         seed: int = typer.Option(0, "--seed", help="seed for subsampling, probes and fine-tuning"),
-        revision: Optional[str] = typer.Option(None, "--revision", help="evaluate this tag of every model (default: latest)"),
+        revision: str | None = typer.Option(
+            None, "--revision", help="evaluate this tag of every model (default: latest)"
+        ),
         dynamics: bool = typer.Option(True, "--dynamics/--no-dynamics", help="also evaluate earlier checkpoints"),
         checkpoints: int = typer.Option(4, "--checkpoints", help="checkpoints per model for the dynamics plot"),
-        limit: Optional[int] = typer.Option(None, "--limit", help="at most this many items per task"),
-        tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer folder (default: the models')"),
+        limit: int | None = typer.Option(None, "--limit", help="at most this many items per task"),
+        tokenizer: str | None = typer.Option(None, "--tokenizer", help="tokenizer folder (default: the models')"),
         baselines: bool = typer.Option(False, "--baselines", help="also evaluate the pair's random initialisation"),
-        cross: Optional[list[str]] = typer.Option(None, "--cross", help="a cross-objective run or model to include (repeatable)"),
-        find_cross: bool = typer.Option(True, "--find-cross/--no-find-cross", help="include runs beside RUN that start from its models"),
-        device: Optional[str] = typer.Option(None, "--device", help="auto (default: the GPU if any), cpu, cuda, cuda:N"),
-        threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (1 is much faster on a busy machine)"),
+        cross: list[str] | None = typer.Option(
+            None, "--cross", help="a cross-objective run or model to include (repeatable)"
+        ),
+        find_cross: bool = typer.Option(
+            True, "--find-cross/--no-find-cross", help="include runs beside RUN that start from its models"
+        ),
+        device: str | None = typer.Option(None, "--device", help="auto (default: the GPU if any), cpu, cuda, cuda:N"),
+        threads: int | None = typer.Option(
+            None, "--threads", help="torch CPU threads (1 is much faster on a busy machine)"
+        ),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace a report already in --out"),
         no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
     ) -> None:
@@ -150,14 +192,30 @@ def register(app: typer.Typer) -> None:
         _check_out(out, overwrite)
         console = Console()
         with _RichProgress(console, enabled=not no_progress) as progress:
-            res = compare_run(run, out, suite, seed, tasks=tasks, revision=revision, dynamics=dynamics,
-                              max_checkpoints=checkpoints, limit=limit, tokenizer=tokenizer, baselines=baselines,
-                              threads=threads, cross=cross, find_cross=find_cross, device=device,
-                              progress=progress)
+            res = compare_run(
+                run,
+                out,
+                suite,
+                seed,
+                tasks=tasks,
+                revision=revision,
+                dynamics=dynamics,
+                max_checkpoints=checkpoints,
+                limit=limit,
+                tokenizer=tokenizer,
+                baselines=baselines,
+                threads=threads,
+                cross=cross,
+                find_cross=find_cross,
+                device=device,
+                progress=progress,
+            )
         console.print(f"compared {', '.join(res['models'])} on {len(res['tasks'])} tasks in {res['seconds']:.0f}s")
         for f in res["files"]:
             console.print(f"  wrote {f}")
         if res["failed"]:
-            console.print(f"[red]{len(res['failed'])} task run(s) failed[/red]: "
-                          + ", ".join(f"{f['model']}/{f['task']}" for f in res["failed"]))
+            console.print(
+                f"[red]{len(res['failed'])} task run(s) failed[/red]: "
+                + ", ".join(f"{f['model']}/{f['task']}" for f in res["failed"])
+            )
             raise SystemExit(1)

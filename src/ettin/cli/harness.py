@@ -8,8 +8,6 @@ cross-checks our retrieval harness against MTEB with the packaged reference embe
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 
@@ -56,14 +54,16 @@ def register(app: typer.Typer) -> None:
     def mteb_cmd(
         model: str = typer.Argument(..., help="an ettin / modernbert / modernbert-decoder folder or training run"),
         task: str = typer.Option("wiki_retrieval", "--task", help="ettin retrieval task(s), comma-separated"),
-        revision: Optional[str] = typer.Option(None, "--revision", help="checkpoint tag of a training run"),
-        tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer folder (default: the model's)"),
-        pooling: Optional[str] = typer.Option(None, "--pooling", help="mean, cls or last (default: mean for encoders, last for decoders)"),
-        max_queries: Optional[int] = typer.Option(None, "--max-queries", help="seeded subset of queries"),
-        max_docs: Optional[int] = typer.Option(None, "--max-docs", help="corpus size (relevant documents always kept)"),
+        revision: str | None = typer.Option(None, "--revision", help="checkpoint tag of a training run"),
+        tokenizer: str | None = typer.Option(None, "--tokenizer", help="tokenizer folder (default: the model's)"),
+        pooling: str | None = typer.Option(
+            None, "--pooling", help="mean, cls or last (default: mean for encoders, last for decoders)"
+        ),
+        max_queries: int | None = typer.Option(None, "--max-queries", help="seeded subset of queries"),
+        max_docs: int | None = typer.Option(None, "--max-docs", help="corpus size (relevant documents always kept)"),
         max_length: int = typer.Option(512, "--max-length", help="tokens per text"),
         batch_size: int = typer.Option(32, "--batch-size", help="texts per MTEB batch"),
-        out: Optional[str] = typer.Option(None, "--out", help="write MTEB's scores as JSON here"),
+        out: str | None = typer.Option(None, "--out", help="write MTEB's scores as JSON here"),
     ) -> None:
         """Run ettin's retrieval tasks under MTEB (offline, no result cache)."""
         from rich.console import Console
@@ -73,7 +73,9 @@ def register(app: typer.Typer) -> None:
         from ettin.io import atomic_write_json
 
         names = resolve_tasks(task)
-        encoder = EttinMTEBEncoder(model, revision=revision, tokenizer=tokenizer, pooling=pooling, max_length=max_length)
+        encoder = EttinMTEBEncoder(
+            model, revision=revision, tokenizer=tokenizer, pooling=pooling, max_length=max_length
+        )
         tasks, sizes = [], {}
         for name in names:
             t, data = task_for(name, max_queries=max_queries, max_corpus_docs=max_docs)
@@ -81,11 +83,17 @@ def register(app: typer.Typer) -> None:
             sizes[name] = {"queries": len(data.queries), "documents": len(data.corpus)}
         Console().print(f"MTEB: {encoder.em.name} ({encoder.em.arch}, {encoder.pooling} pooling) on {', '.join(names)}")
         scores = evaluate(encoder, tasks, batch_size=batch_size, show_progress_bar=True)
-        _print_scores(f"MTEB scores: {encoder.em.name}", list(scores.items()),
-                      ("ndcg_at_10", "recall_at_10", "mrr_at_10"))
+        _print_scores(
+            f"MTEB scores: {encoder.em.name}", list(scores.items()), ("ndcg_at_10", "recall_at_10", "mrr_at_10")
+        )
         if out:
-            payload = {"model": str(model), "revision": revision, "arch": encoder.em.arch, "pooling": encoder.pooling,
-                       "tasks": {n: {"size": sizes[n], "scores": scores[n]} for n in scores}}
+            payload = {
+                "model": str(model),
+                "revision": revision,
+                "arch": encoder.em.arch,
+                "pooling": encoder.pooling,
+                "tasks": {n: {"size": sizes[n], "scores": scores[n]} for n in scores},
+            }
             Console().print(f"wrote {atomic_write_json(out, _jsonable(payload))}")
 
     @app.command("mteb-check")
@@ -102,8 +110,10 @@ def register(app: typer.Typer) -> None:
 
         r = reference_cross_check(queries, docs, max_seq_length=max_seq_length)
         diff = abs(r["ours"] - r["mteb"])
-        Console().print(f"all-MiniLM-L6-v2 on wiki_retrieval ({r['queries']} queries, {r['documents']} documents): "
-                        f"nDCG@10 ours {r['ours']:.5f}, MTEB {r['mteb']:.5f}, |diff| {diff:.5f} (tolerance {tolerance})")
+        Console().print(
+            f"all-MiniLM-L6-v2 on wiki_retrieval ({r['queries']} queries, {r['documents']} documents): "
+            f"nDCG@10 ours {r['ours']:.5f}, MTEB {r['mteb']:.5f}, |diff| {diff:.5f} (tolerance {tolerance})"
+        )
         if diff > tolerance:
             raise typer.Exit(1)
 

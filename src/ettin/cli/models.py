@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 import typer
 
@@ -52,22 +51,34 @@ def register(app: typer.Typer) -> None:
         for r in rows:
             kind = "Ettin" if r["ettin"] else "CPU"
             table.add_row(
-                r["size"], str(r["layers"]), str(r["hidden"]), str(r["intermediate"]), str(r["heads"]),
-                f"{r['backbone_params']:,}", f"{r['with_head_params']:,}", kind,
+                r["size"],
+                str(r["layers"]),
+                str(r["hidden"]),
+                str(r["intermediate"]),
+                str(r["heads"]),
+                f"{r['backbone_params']:,}",
+                f"{r['with_head_params']:,}",
+                kind,
             )
         console = Console()
         if not console.is_terminal:
             console = Console(width=120)  # piped: keep the table whole
         console.print(table)
-        console.print("Backbone = embeddings + layers + final norm; the head adds dense, norm and vocabulary bias (tied weight).")
+        console.print(
+            "Backbone = embeddings + layers + final norm; the head adds dense, norm and vocabulary bias (tied weight)."
+        )
 
     @app.command("init")
     def init(
         size: str = typer.Option(..., "--size", help="a size from `ettin sizes`"),
         arch: str = typer.Option(..., "--arch", help="encoder or decoder"),
         out: str = typer.Option(..., "--out", help="output directory (Hugging Face format)"),
-        vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="vocabulary size (default: the tokenizer's, else 50368)"),
-        tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer directory: vocabulary and special ids come from it and it is copied"),
+        vocab_size: int | None = typer.Option(
+            None, "--vocab-size", help="vocabulary size (default: the tokenizer's, else 50368)"
+        ),
+        tokenizer: str | None = typer.Option(
+            None, "--tokenizer", help="tokenizer directory: vocabulary and special ids come from it and it is copied"
+        ),
         seed: int = typer.Option(21, "--seed", help="random seed for the initialization"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace OUT if it exists"),
     ) -> None:
@@ -75,17 +86,18 @@ def register(app: typer.Typer) -> None:
         from ettin import hf
 
         with _busy(f"initializing a {size} {arch}"):
-            path, model = hf.init_model(size, arch, out, vocab_size=vocab_size, tokenizer=tokenizer, seed=seed,
-                                        overwrite=overwrite)
+            path, model = hf.init_model(
+                size, arch, out, vocab_size=vocab_size, tokenizer=tokenizer, seed=seed, overwrite=overwrite
+            )
         _report(path, model, f"initialized {size} {arch} (seed {seed})")
 
     @app.command("export")
     def export(
         src: str = typer.Argument(..., help="a model ettin can load: HF directory or training run"),
         out: str = typer.Argument(..., help="output directory (Hugging Face format)"),
-        revision: Optional[str] = typer.Option(None, "--revision", help="checkpoint tag of a training run"),
-        arch: Optional[str] = typer.Option(None, "--arch", help="convert to this arch on the way out"),
-        tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="tokenizer directory to include"),
+        revision: str | None = typer.Option(None, "--revision", help="checkpoint tag of a training run"),
+        arch: str | None = typer.Option(None, "--arch", help="convert to this arch on the way out"),
+        tokenizer: str | None = typer.Option(None, "--tokenizer", help="tokenizer directory to include"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace OUT if it exists"),
     ) -> None:
         """Export anything ettin can load to a Hugging Face directory."""
@@ -100,15 +112,16 @@ def register(app: typer.Typer) -> None:
         src: str = typer.Argument(..., help="a model ettin can load"),
         out: str = typer.Argument(..., help="output directory (Hugging Face format)"),
         arch: str = typer.Option(..., "--arch", help="target arch: encoder or decoder"),
-        revision: Optional[str] = typer.Option(None, "--revision", help="checkpoint tag of a training run"),
+        revision: str | None = typer.Option(None, "--revision", help="checkpoint tag of a training run"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace OUT if it exists"),
     ) -> None:
         """Convert an encoder to a decoder or back (same weights; the start of cross-objective training)."""
         from ettin import hf
 
         with _busy(f"converting {src} to a {arch}"):
-            path, model = hf.export(src, out, revision=revision, arch=arch, overwrite=overwrite,
-                                    require_arch_change=True)
+            path, model = hf.export(
+                src, out, revision=revision, arch=arch, overwrite=overwrite, require_arch_change=True
+            )
         _report(path, model, f"converted {src} to a {arch}")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -57,7 +56,9 @@ def register(app: typer.Typer) -> None:
 
         from ettin.tokenizer import corpus_texts, resolve_corpus, train_tokenizer
 
-        resolve_corpus(corpus, text_field=text_field, on_error=on_error)  # fail on a bad path before the progress display starts
+        resolve_corpus(
+            corpus, text_field=text_field, on_error=on_error
+        )  # fail on a bad path before the progress display starts
         console = Console(stderr=True)
         columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:

@@ -6,7 +6,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -26,8 +25,15 @@ def _strip_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-def _effective_recipe(recipe: Optional[Path], out: Path, resume: bool, overrides: list[str], arch: Optional[str],
-                      init: Optional[str], revision: Optional[str]):
+def _effective_recipe(
+    recipe: Path | None,
+    out: Path,
+    resume: bool,
+    overrides: list[str],
+    arch: str | None,
+    init: str | None,
+    revision: str | None,
+):
     from ettin.errors import EttinError
     from ettin.recipe import load_recipe
     from ettin.train.trainer import RECIPE_FILE
@@ -41,7 +47,9 @@ def _effective_recipe(recipe: Optional[Path], out: Path, resume: bool, overrides
         sets.append(f"init.revision={json.dumps(revision)}")
     if recipe is None:
         if not resume:
-            raise EttinError("no recipe given", fix="ettin train RECIPE --out RUN (or --resume --out RUN to continue a run)")
+            raise EttinError(
+                "no recipe given", fix="ettin train RECIPE --out RUN (or --resume --out RUN to continue a run)"
+            )
         recipe = out / RECIPE_FILE
     return load_recipe(recipe, sets)
 
@@ -53,7 +61,9 @@ def _print_summary(console, result) -> None:
         console.print(throughput_table(result.stats))
     state = "finished" if result.finished else "stopped (resume with --resume)"
     losses = ", ".join(f"{a} {v:.4f}" for a, v in result.losses.items())
-    console.print(f"{state} at step {result.step:,} ({result.tokens:,} tokens) in {result.seconds:.1f}s; last loss {losses}")
+    console.print(
+        f"{state} at step {result.step:,} ({result.tokens:,} tokens) in {result.seconds:.1f}s; last loss {losses}"
+    )
     if result.tags:
         console.print(f"checkpoints: {', '.join(result.tags)}")
     console.print(f"run folder: {result.out}  (ettin checkpoints {result.out}; ettin plot {result.out})")
@@ -62,19 +72,31 @@ def _print_summary(console, result) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("train", context_settings={"allow_interspersed_args": True})
     def train_cmd(
-        recipe: Optional[Path] = typer.Argument(None, help="recipe YAML (optional with --resume: the run's own recipe)"),
+        recipe: Path | None = typer.Argument(None, help="recipe YAML (optional with --resume: the run's own recipe)"),
         out: Path = typer.Option(..., "--out", help="run folder; each model goes to OUT/encoder and OUT/decoder"),
-        arch: Optional[str] = typer.Option(None, "--arch", help="pair, encoder or decoder (default: the recipe's)"),
-        overrides: list[str] = typer.Option([], "--set", help="override a recipe field, e.g. --set phases.0.tokens=200000; repeatable"),
+        arch: str | None = typer.Option(None, "--arch", help="pair, encoder or decoder (default: the recipe's)"),
+        overrides: list[str] = typer.Option(
+            [], "--set", help="override a recipe field, e.g. --set phases.0.tokens=200000; repeatable"
+        ),
         resume: bool = typer.Option(False, "--resume", help="continue from the run's last full checkpoint"),
         force: bool = typer.Option(False, "--force", help="with --resume: accept a changed recipe"),
-        init: Optional[str] = typer.Option(None, "--init", help="start from these weights: a run's model folder (RUN/encoder) or an HF folder"),
-        revision: Optional[str] = typer.Option(None, "--revision", help="with --init on a run: the tag to start from (default: its latest)"),
-        nproc: int = typer.Option(1, "--nproc", help="processes on this machine (runs torchrun; DDP, or FSDP2 for large models)"),
-        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop after this global step (checkpoint first with a matching interval)"),
-        device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda (default: cuda when available)"),
+        init: str | None = typer.Option(
+            None, "--init", help="start from these weights: a run's model folder (RUN/encoder) or an HF folder"
+        ),
+        revision: str | None = typer.Option(
+            None, "--revision", help="with --init on a run: the tag to start from (default: its latest)"
+        ),
+        nproc: int = typer.Option(
+            1, "--nproc", help="processes on this machine (runs torchrun; DDP, or FSDP2 for large models)"
+        ),
+        max_steps: int | None = typer.Option(
+            None, "--max-steps", help="stop after this global step (checkpoint first with a matching interval)"
+        ),
+        device: str | None = typer.Option(None, "--device", help="cpu, cuda (default: cuda when available)"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar per phase"),
-        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per process (on a busy shared CPU, 1 is often fastest)"),
+        threads: int | None = typer.Option(
+            None, "--threads", help="CPU threads per process (on a busy shared CPU, 1 is often fastest)"
+        ),
     ) -> None:
         """Train a pair (or one model) on a recipe: three phases, tagged checkpoints, exact resume."""
         from ettin.errors import EttinError
@@ -83,8 +105,11 @@ def register(app: typer.Typer) -> None:
             if value is not None and value < 1:
                 raise EttinError(f"{value} must be at least 1", field=name)
         if force and not resume:
-            raise EttinError("--force only applies with --resume (it accepts a changed recipe)", field="--force",
-                             fix="add --resume to continue a run, or drop --force")
+            raise EttinError(
+                "--force only applies with --resume (it accepts a changed recipe)",
+                field="--force",
+                fix="add --resume to continue a run, or drop --force",
+            )
         if nproc > 1 and "WORLD_SIZE" not in os.environ:
             raise typer.Exit(_launch(nproc))
         from rich.console import Console
@@ -94,8 +119,19 @@ def register(app: typer.Typer) -> None:
         console = Console(highlight=False)
         r = _effective_recipe(recipe, out, resume, overrides, arch, init, revision)
         rank0 = os.environ.get("RANK", "0") == "0"
-        result = train(r, TrainOptions(out=out, resume=resume, force=force, progress=progress and rank0,
-                                       max_steps=max_steps, device=device, threads=threads, log=console.print))
+        result = train(
+            r,
+            TrainOptions(
+                out=out,
+                resume=resume,
+                force=force,
+                progress=progress and rank0,
+                max_steps=max_steps,
+                device=device,
+                threads=threads,
+                log=console.print,
+            ),
+        )
         if rank0:
             _print_summary(console, result)
 
@@ -109,12 +145,15 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from ettin.errors import EttinError
-        from ettin.train.checkpoint import is_run_model_dir, list_tags
+        from ettin.runs import list_tags, model_runs
 
-        dirs = [run] if is_run_model_dir(run) else [run / a for a in ("encoder", "decoder") if is_run_model_dir(run / a)]
+        dirs = model_runs(run)
         if not dirs:
-            raise EttinError("is not a training run (no encoder/ or decoder/ with checkpoints)", path=run,
-                             fix="give the --out of `ettin train`")
+            raise EttinError(
+                "is not a training run (no encoder/ or decoder/ with checkpoints)",
+                path=run,
+                fix="give the --out of `ettin train`",
+            )
         listing = {str(d): [t.to_dict() for t in list_tags(d)] for d in dirs}
         if as_json:
             print(json.dumps(listing, indent=2))
@@ -126,15 +165,24 @@ def register(app: typer.Typer) -> None:
             for col in ("tag", "phase", "step", "phase step", "tokens seen", "full state", "HF export"):
                 table.add_column(col, justify="left" if col in ("tag", "phase") else "right")
             for t in tags:
-                table.add_row(t.tag, t.phase_name, f"{t.step:,}", f"{t.phase_step:,}", f"{t.tokens:,}",
-                              "yes" if t.full_state else "-", "yes" if t.hf else "-")
+                table.add_row(
+                    t.tag,
+                    t.phase_name,
+                    f"{t.step:,}",
+                    f"{t.phase_step:,}",
+                    f"{t.tokens:,}",
+                    "yes" if t.full_state else "-",
+                    "yes" if t.hf else "-",
+                )
             console.print(table)
-        console.print(f"load one with ettin.load('{dirs[0]}', revision=TAG) or `ettin export {dirs[0]} --revision TAG OUT`")
+        console.print(
+            f"load one with ettin.load('{dirs[0]}', revision=TAG) or `ettin export {dirs[0]} --revision TAG OUT`"
+        )
 
     @app.command("plot")
     def plot_cmd(
         run: Path = typer.Argument(..., help="a run folder"),
-        out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default RUN/loss.png)"),
+        out: Path | None = typer.Option(None, "--out", help="PNG to write (default RUN/loss.png)"),
     ) -> None:
         """Plot training (and held-out) loss against tokens for both models, phase boundaries marked."""
         from ettin.train.plot import plot_run

@@ -24,7 +24,9 @@ def default_min_tokens(seq_len: int) -> int:
 
 def check_chunking(max_tokens: int, min_tokens: int) -> None:
     if max_tokens < 1:
-        raise EttinError(f"chunks must hold at least one token, got {max_tokens}", field="seq_len", fix="use seq_len >= 3")
+        raise EttinError(
+            f"chunks must hold at least one token, got {max_tokens}", field="seq_len", fix="use seq_len >= 3"
+        )
     if not 1 <= min_tokens <= max_tokens:
         raise EttinError(
             f"min_tokens {min_tokens} must lie in 1..{max_tokens} (the content of one chunk)",

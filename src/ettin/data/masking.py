@@ -138,7 +138,9 @@ def make_inputs(
     Random replacement tokens are drawn from [0, vocab_size) minus the special ids.
     """
     if objective not in OBJECTIVES:
-        raise EttinError(f"unknown objective '{objective}'", field="objective", fix=f"use one of {', '.join(OBJECTIVES)}")
+        raise EttinError(
+            f"unknown objective '{objective}'", field="objective", fix=f"use one of {', '.join(OBJECTIVES)}"
+        )
     if not samples:
         raise EttinError("cannot make a batch of no samples")
     seqs = [np.asarray(getattr(s, "input_ids", s)) for s in samples]

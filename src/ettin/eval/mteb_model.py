@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
 from mteb.abstasks.retrieval import AbsTaskRetrieval
 from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
 from mteb.abstasks.task_metadata import TaskMetadata
@@ -49,31 +48,38 @@ class EttinMTEBEncoder(AbsEncoder):
         from ettin.eval.handle import DEFAULT_MAX_LENGTH, load_eval_model
         from ettin.eval.pooling import POOLINGS, default_pooling
 
-        self.em = load_eval_model(model, revision=revision, tokenizer=tokenizer, name=name,
-                                  max_length=max_length or DEFAULT_MAX_LENGTH)
+        self.em = load_eval_model(
+            model, revision=revision, tokenizer=tokenizer, name=name, max_length=max_length or DEFAULT_MAX_LENGTH
+        )
         self.model = self.em.model
         self.pooling = pooling or default_pooling(self.em.arch)
         if self.pooling not in POOLINGS:
-            raise EttinError(f"unknown pooling '{self.pooling}'", field="pooling", fix=f"choose from: {', '.join(POOLINGS)}")
+            raise EttinError(
+                f"unknown pooling '{self.pooling}'", field="pooling", fix=f"choose from: {', '.join(POOLINGS)}"
+            )
         label = name or self.em.name
-        self.mteb_model_meta = ModelMeta.create_empty(overwrites={
-            # MTEB names are "organisation/model"; ours are folders, so the org is the arch
-            "name": f"ettin-{self.em.arch}/{label}".replace(" ", "_"),
-            "revision": revision or "local",
-            "similarity_fn_name": ScoringFunction.COSINE,
-            "embed_dim": self.em.config.hidden_size,
-            "n_parameters": self.em.model.num_parameters(),
-            "max_tokens": self.em.max_length,
-            "framework": ["PyTorch"],
-            "open_weights": True,
-        })
+        self.mteb_model_meta = ModelMeta.create_empty(
+            overwrites={
+                # MTEB names are "organisation/model"; ours are folders, so the org is the arch
+                "name": f"ettin-{self.em.arch}/{label}".replace(" ", "_"),
+                "revision": revision or "local",
+                "similarity_fn_name": ScoringFunction.COSINE,
+                "embed_dim": self.em.config.hidden_size,
+                "n_parameters": self.em.model.num_parameters(),
+                "max_tokens": self.em.max_length,
+                "framework": ["PyTorch"],
+                "open_weights": True,
+            }
+        )
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         from ettin.eval.pooling import embed_texts
 
         return embed_texts(self.em, list(texts), self.pooling, normalize=True).numpy()
 
-    def encode(self, inputs, *, task_metadata=None, hf_split=None, hf_subset=None, prompt_type=None, **kwargs) -> np.ndarray:
+    def encode(
+        self, inputs, *, task_metadata=None, hf_split=None, hf_subset=None, prompt_type=None, **kwargs
+    ) -> np.ndarray:
         texts = [t for batch in inputs for t in batch["text"]]
         return self.embed(texts)
 
@@ -111,8 +117,9 @@ def retrieval_task(name: str, data: "RetrievalData", *, description: str = "") -
 
         queries = Dataset.from_list([{"id": q, "text": t} for q, t in data.queries.items()])
         corpus = Dataset.from_list([{"id": d, "text": t, "title": ""} for d, t in data.corpus.items()])
-        split = RetrievalSplitData(queries=queries, corpus=corpus, relevant_docs={q: dict(r) for q, r in data.qrels.items()},
-                                   top_ranked=None)
+        split = RetrievalSplitData(
+            queries=queries, corpus=corpus, relevant_docs={q: dict(r) for q, r in data.qrels.items()}, top_ranked=None
+        )
         self.dataset = {"default": {SPLIT: split}}
         self.data_loaded = True
 
@@ -120,8 +127,9 @@ def retrieval_task(name: str, data: "RetrievalData", *, description: str = "") -
     return cls()
 
 
-def task_for(name: str, max_queries: int | None = None, max_corpus_docs: int | None = None,
-             seed: int = SUBSET_SEED) -> tuple[AbsTaskRetrieval, "RetrievalData"]:
+def task_for(
+    name: str, max_queries: int | None = None, max_corpus_docs: int | None = None, seed: int = SUBSET_SEED
+) -> tuple[AbsTaskRetrieval, "RetrievalData"]:
     """MTEB task for one of ettin's retrieval tasks (by name) and the data it holds: a seeded subset
     of queries against their relevant documents plus seeded distractors, as `ettin eval` samples it."""
     from ettin.eval.retrieve import subset_corpus
@@ -129,19 +137,29 @@ def task_for(name: str, max_queries: int | None = None, max_corpus_docs: int | N
 
     task = get_task(name)
     if task.kind != "retrieval":
-        raise EttinError(f"task '{name}' is a {task.kind} task; MTEB runs ettin's retrieval tasks here",
-                         field="task", fix="use wiki_retrieval or sciq_retrieval")
+        raise EttinError(
+            f"task '{name}' is a {task.kind} task; MTEB runs ettin's retrieval tasks here",
+            field="task",
+            fix="use wiki_retrieval or sciq_retrieval",
+        )
     full = task.load()
     data = subset_corpus(full, subsample(list(full.queries), max_queries, seed), max_corpus_docs, seed)
     return retrieval_task(name, data, description=task.description), data
 
 
-def evaluate(model: Any, tasks: Sequence[AbsTaskRetrieval], *, batch_size: int = 32, show_progress_bar: bool = False) -> dict[str, dict]:
+def evaluate(
+    model: Any, tasks: Sequence[AbsTaskRetrieval], *, batch_size: int = 32, show_progress_bar: bool = False
+) -> dict[str, dict]:
     """Run MTEB offline (no result cache) and return {task name: MTEB's score dict for the split}."""
     import mteb
 
-    result = mteb.evaluate(model, tasks=list(tasks), cache=None, show_progress_bar=show_progress_bar,
-                           encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress_bar})
+    result = mteb.evaluate(
+        model,
+        tasks=list(tasks),
+        cache=None,
+        show_progress_bar=show_progress_bar,
+        encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress_bar},
+    )
     return {r.task_name: r.scores[SPLIT][0] for r in result.task_results}
 
 
@@ -173,11 +191,19 @@ def ndcg10_from_embeddings(query_emb, doc_emb, data: "RetrievalData") -> float:
 
     qids, dids = list(data.queries), list(data.corpus)
     top = rank(torch.as_tensor(query_emb), torch.as_tensor(doc_emb), k=100).tolist()
-    return mean_scores([ranking_scores([dids[j] for j in row], data.qrels[q], ks=(10,)) for q, row in zip(qids, top)])["ndcg@10"]
+    return mean_scores([ranking_scores([dids[j] for j in row], data.qrels[q], ks=(10,)) for q, row in zip(qids, top)])[
+        "ndcg@10"
+    ]
 
 
-def reference_cross_check(n_queries: int = 300, n_docs: int = 1000, *, max_seq_length: int | None = None,
-                          task: str = "wiki_retrieval", batch_size: int = 32) -> dict:
+def reference_cross_check(
+    n_queries: int = 300,
+    n_docs: int = 1000,
+    *,
+    max_seq_length: int | None = None,
+    task: str = "wiki_retrieval",
+    batch_size: int = 32,
+) -> dict:
     """nDCG@10 of the reference embedder on one subset, under our harness and under MTEB.
 
     Both see the same queries, corpus and qrels and the same model; they differ only in the harness
@@ -189,5 +215,10 @@ def reference_cross_check(n_queries: int = 300, n_docs: int = 1000, *, max_seq_l
     d = model.encode(list(data.corpus.values()), batch_size=batch_size)
     ours = ndcg10_from_embeddings(q, d, data)
     theirs = evaluate(model, [mteb_task], batch_size=batch_size)[task]["ndcg_at_10"]
-    return {"task": task, "queries": len(data.queries), "documents": len(data.corpus), "ours": float(ours),
-            "mteb": float(theirs)}
+    return {
+        "task": task,
+        "queries": len(data.queries),
+        "documents": len(data.corpus),
+        "ours": float(ours),
+        "mteb": float(theirs),
+    }

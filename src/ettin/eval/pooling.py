@@ -74,8 +74,9 @@ def pooled(model: "EttinModel", seqs: Sequence[Sequence[int]], how: str) -> torc
 
 
 @torch.no_grad()
-def embed_ids(em: EvalModel, seqs: Sequence[Sequence[int]], pooling: str | None = None,
-              normalize: bool = False) -> torch.Tensor:
+def embed_ids(
+    em: EvalModel, seqs: Sequence[Sequence[int]], pooling: str | None = None, normalize: bool = False
+) -> torch.Tensor:
     """[len(seqs), hidden] float32 embeddings; batched by tokens, order preserved."""
     how = pooling or default_pooling(em.arch)
     out = torch.zeros(len(seqs), em.config.hidden_size, dtype=torch.float32)
@@ -90,8 +91,13 @@ def embed_ids(em: EvalModel, seqs: Sequence[Sequence[int]], pooling: str | None 
     return F.normalize(out, dim=-1) if normalize else out
 
 
-def embed_texts(em: EvalModel, texts: Sequence[str], pooling: str | None = None, normalize: bool = False,
-                pairs: Sequence[str | None] | None = None) -> torch.Tensor:
+def embed_texts(
+    em: EvalModel,
+    texts: Sequence[str],
+    pooling: str | None = None,
+    normalize: bool = False,
+    pairs: Sequence[str | None] | None = None,
+) -> torch.Tensor:
     """Embeddings of texts wrapped as [CLS] text [SEP] (or [CLS] a [SEP] b [SEP] with `pairs`)."""
     a = em.encode_batch(texts)
     if pairs is None:

@@ -107,8 +107,11 @@ def render_markdown(results: dict) -> str:
         rows = {m: models[m]["results"]["tasks"].get(t) for m in order}
         ref = next((r for r in rows.values() if r and r.get("status") == "ok"), None) or next(iter(rows.values()))
         kind = ref.get("kind", "")
-        line = (f"| {t} | {kind} | {ref.get('metric', '-')} | {ref.get('n', '-')} | "
-                + " | ".join(_cell(rows[m]) for m in order) + f" | {_fmt(ref.get('chance'))} |")
+        line = (
+            f"| {t} | {kind} | {ref.get('metric', '-')} | {ref.get('n', '-')} | "
+            + " | ".join(_cell(rows[m]) for m in order)
+            + f" | {_fmt(ref.get('chance'))} |"
+        )
         if enc and dec:
             p = pair.get("tasks", {}).get(t)
             diff = f"{p['diff']:+.3f} [{p['low']:+.2f}, {p['high']:+.2f}]" if p else "-"
@@ -139,16 +142,22 @@ def render_markdown(results: dict) -> str:
     for m in order:
         ok = [t for t in tasks if (r := models[m]["results"]["tasks"].get(t)) and r.get("status") == "ok"]
         better = [t for t in ok if above_chance(models[m]["results"]["tasks"][t])]
-        lines.append(f"- {m}: above chance (interval excludes it) on {len(better)} of {len(ok)} tasks"
-                     + (f": {', '.join(better)}." if better else "."))
+        lines.append(
+            f"- {m}: above chance (interval excludes it) on {len(better)} of {len(ok)} tasks"
+            + (f": {', '.join(better)}." if better else ".")
+        )
     with_init = [m for m in order if models[m].get("vs_init")]
     for m in with_init:
         vs = models[m]["vs_init"]
         ahead = [t for t, p in vs.items() if p["low"] > 0]
         behind = [t for t, p in vs.items() if p["high"] < 0]
-        lines.append(f"- {m} against its random initialisation (paired interval excludes 0): ahead on "
-                     f"{len(ahead)} of {len(vs)} tasks" + (f" ({', '.join(ahead)})" if ahead else "")
-                     + (f", behind on {', '.join(behind)}" if behind else "") + ".")
+        lines.append(
+            f"- {m} against its random initialisation (paired interval excludes 0): ahead on "
+            f"{len(ahead)} of {len(vs)} tasks"
+            + (f" ({', '.join(ahead)})" if ahead else "")
+            + (f", behind on {', '.join(behind)}" if behind else "")
+            + "."
+        )
     for m in order:
         vs = models[m].get("vs_native")
         if not vs:
@@ -156,20 +165,27 @@ def render_markdown(results: dict) -> str:
         native = models[m]["cross_of"]
         ahead = [t for t, p in vs.items() if p["low"] > 0]
         behind = [t for t, p in vs.items() if p["high"] < 0]
-        lines.append(f"- {m} (cross-objective) against the native {native} (paired interval excludes 0): ahead on "
-                     f"{len(ahead)} of {len(vs)} tasks" + (f" ({', '.join(ahead)})" if ahead else "")
-                     + (f", behind on {', '.join(behind)}" if behind else "")
-                     + ". The paper finds that cross-objective training does not close the gap to the native arch.")
+        lines.append(
+            f"- {m} (cross-objective) against the native {native} (paired interval excludes 0): ahead on "
+            f"{len(ahead)} of {len(vs)} tasks"
+            + (f" ({', '.join(ahead)})" if ahead else "")
+            + (f", behind on {', '.join(behind)}" if behind else "")
+            + ". The paper finds that cross-objective training does not close the gap to the native arch."
+        )
     if not with_init:
-        lines.append("- Above chance is not the same as learned: frozen features of an untrained network already "
-                     "carry token identity, so linear probes and zero-shot retrieval can beat chance without any "
-                     "training. `--baselines` adds the pair's random initialisation to the table to measure this.")
+        lines.append(
+            "- Above chance is not the same as learned: frozen features of an untrained network already "
+            "carry token identity, so linear probes and zero-shot retrieval can beat chance without any "
+            "training. `--baselines` adds the pair's random initialisation to the table to measure this."
+        )
     overlap = results.get("pretraining_overlap") or {}
     if overlap:
         sources = sorted({s for v in overlap.values() for s in v})
-        lines.append(f"- Data overlap: the run trained on {', '.join(f'`{s}`' for s in sources)}, which holds the "
-                     f"texts of {', '.join(overlap)} (the documents, not their labels or queries). Scores there "
-                     "may reflect memorised text as well as general ability.")
+        lines.append(
+            f"- Data overlap: the run trained on {', '.join(f'`{s}`' for s in sources)}, which holds the "
+            f"texts of {', '.join(overlap)} (the documents, not their labels or queries). Scores there "
+            "may reflect memorised text as well as general ability."
+        )
     params = [models[m]["info"].get("parameters", 0) for m in order]
     tokens = [t for m in order if (t := models[m].get("tokens"))]
     small = max(params) < PAPER_SMALLEST_PARAMS / 2 or (tokens and max(tokens) < 1e9)
@@ -196,21 +212,26 @@ def render_markdown(results: dict) -> str:
             "subsample per task: treat single-task verdicts with care.",
         ]
     if results.get("suite") == "quick":
-        lines.append("- Quick suite: seeded subsamples, linear probes instead of fine-tuning, zero-shot "
-                     "retrieval on a small corpus. The paper fine-tunes for classification and retrieval; "
-                     "`--suite full` does so (and uses all items).")
+        lines.append(
+            "- Quick suite: seeded subsamples, linear probes instead of fine-tuning, zero-shot "
+            "retrieval on a small corpus. The paper fine-tunes for classification and retrieval; "
+            "`--suite full` does so (and uses all items)."
+        )
     lines.append("")
     # ---------------------------------------------------------------------------------- dynamics
     dyn = results.get("dynamics") or {}
     if any(dyn.values()):
         lines += ["## Training dynamics", "", f"![metric against training tokens]({DYNAMICS_FILE})", ""]
         dyn_tasks = results.get("dynamics_tasks", [])
-        lines += ["| model | tag | tokens | " + " | ".join(dyn_tasks) + " |",
-                  "|---|---|---|" + "---|" * len(dyn_tasks)]
+        lines += ["| model | tag | tokens | " + " | ".join(dyn_tasks) + " |", "|---|---|---|" + "---|" * len(dyn_tasks)]
         for m, points in dyn.items():
             for p in points:
-                cells = [_fmt(p["tasks"].get(t, {}).get("value")) if p["tasks"].get(t, {}).get("status") == "ok"
-                         else "failed" for t in dyn_tasks]
+                cells = [
+                    _fmt(p["tasks"].get(t, {}).get("value"))
+                    if p["tasks"].get(t, {}).get("status") == "ok"
+                    else "failed"
+                    for t in dyn_tasks
+                ]
                 lines.append(f"| {m} | {p['tag']} | {_fmt_tokens(p.get('tokens'))} | " + " | ".join(cells) + " |")
         lines.append("")
     elif results.get("dynamics_note"):
@@ -221,8 +242,12 @@ def render_markdown(results: dict) -> str:
         for f in failed:
             lines.append(f"- {f['model']} / {f['task']}: {f['error']}")
         lines.append("")
-    lines += ["## Files", "", f"- `{RESULTS_FILE}`: everything above, with per-item scores.",
-              "- `models/<model>/<task>.json`: one file per model and task."]
+    lines += [
+        "## Files",
+        "",
+        f"- `{RESULTS_FILE}`: everything above, with per-item scores.",
+        "- `models/<model>/<task>.json`: one file per model and task.",
+    ]
     if results.get("command"):
         lines += ["", f"Reproduce (same numbers for the same models and seed): `{results['command']}`"]
     return "\n".join(lines) + "\n"
@@ -243,7 +268,8 @@ def plot_bars(results: dict, path: str | os.PathLike) -> Path:
     models = results["models"]
     pair = results.get("pair", {})
     order = [m for m in (pair.get("encoder"), pair.get("decoder")) if m] + [
-        m for m in models if m not in (pair.get("encoder"), pair.get("decoder"))]
+        m for m in models if m not in (pair.get("encoder"), pair.get("decoder"))
+    ]
     tasks = list(results["tasks"])
     width = 0.8 / max(1, len(order))
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(tasks) + 2), 4))
@@ -263,11 +289,27 @@ def plot_bars(results: dict, path: str | os.PathLike) -> Path:
                 lo.append(max(0.0, r["value"] - r["ci"]["low"]))
                 hi.append(max(0.0, r["ci"]["high"] - r["value"]))
         init = bool(models[m].get("baseline_of"))
-        ax.bar(xs, ys, width=width, label=m, yerr=[lo, hi], capsize=2, color=colour[m],
-               alpha=0.45 if init else 1.0, hatch="//" if init else None, edgecolor="white" if init else None)
+        ax.bar(
+            xs,
+            ys,
+            width=width,
+            label=m,
+            yerr=[lo, hi],
+            capsize=2,
+            color=colour[m],
+            alpha=0.45 if init else 1.0,
+            hatch="//" if init else None,
+            edgecolor="white" if init else None,
+        )
     for i, t in enumerate(tasks):
-        ref = next((models[m]["results"]["tasks"].get(t) for m in order
-                    if (models[m]["results"]["tasks"].get(t) or {}).get("status") == "ok"), None)
+        ref = next(
+            (
+                models[m]["results"]["tasks"].get(t)
+                for m in order
+                if (models[m]["results"]["tasks"].get(t) or {}).get("status") == "ok"
+            ),
+            None,
+        )
         if ref:
             ax.hlines(ref.get("chance", 0.0), i - 0.45, i + 0.45, colors="black", linestyles="dotted", linewidth=1)
     labels = []
@@ -294,7 +336,6 @@ def plot_dynamics(results: dict, path: str | os.PathLike) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import EngFormatter
 
     cols = min(3, len(tasks))
@@ -304,8 +345,7 @@ def plot_dynamics(results: dict, path: str | os.PathLike) -> Path | None:
         chance = None
         top = 0.0
         for m, points in dyn.items():
-            pts = [(p.get("tokens") or 0, p["tasks"][t]) for p in points
-                   if p["tasks"].get(t, {}).get("status") == "ok"]
+            pts = [(p.get("tokens") or 0, p["tasks"][t]) for p in points if p["tasks"].get(t, {}).get("status") == "ok"]
             if not pts:
                 continue
             xs = [x for x, _ in pts]
@@ -323,7 +363,7 @@ def plot_dynamics(results: dict, path: str | os.PathLike) -> Path | None:
         ax.set_xlabel("training tokens", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(tasks):]:
+    for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
     fig.suptitle("metric against training tokens (95% intervals; dotted: chance)", fontsize=10)
     fig.tight_layout()

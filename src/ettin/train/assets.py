@@ -19,8 +19,11 @@ def _sources_cmd(sources: list[str], tokenizer: str, out: str) -> str:
 
 def ensure_tokenizer(recipe: Recipe, log=print) -> Path:
     if not recipe.tokenizer:
-        raise EttinError("the recipe names no tokenizer", field="tokenizer",
-                         fix="set tokenizer: to a folder from `ettin tokenizer modernbert` or `ettin tokenizer train`")
+        raise EttinError(
+            "the recipe names no tokenizer",
+            field="tokenizer",
+            fix="set tokenizer: to a folder from `ettin tokenizer modernbert` or `ettin tokenizer train`",
+        )
     path = Path(recipe.tokenizer)
     if (path / "tokenizer.json").is_file():
         return path
@@ -28,7 +31,9 @@ def ensure_tokenizer(recipe: Recipe, log=print) -> Path:
     if spec is None or not spec.corpus:
         corpus = " ".join(f"--corpus {c}" for c in (spec.corpus if spec else [])) or "--corpus wiki"
         raise EttinError(
-            "no tokenizer here (no tokenizer.json)", path=path, field="tokenizer",
+            "no tokenizer here (no tokenizer.json)",
+            path=path,
+            field="tokenizer",
             fix=f"make it with `ettin tokenizer train {corpus} --vocab-size 4096 --out {path}` "
             f"or `ettin tokenizer modernbert --out {path}`",
         )
@@ -60,7 +65,9 @@ def ensure_data(recipe: Recipe, tokenizer_dir: Path, log=print) -> None:
         unknown = [n for n in missing if n not in buildable]
         if unknown:
             raise EttinError(
-                f"source(s) {', '.join(unknown)} not prepared here", path=data_dir, field="data",
+                f"source(s) {', '.join(unknown)} not prepared here",
+                path=data_dir,
+                field="data",
                 fix=f"run `{_sources_cmd(unknown, str(tokenizer_dir), data_dir)}` (or list them under prepare.sources)",
             )
         from ettin.data.prepare import prepare
@@ -82,7 +89,9 @@ def _check_data_tokenizer(wanted: dict[str, list[str]], tokenizer_dir: Path) -> 
             if theirs != ours:
                 raise EttinError(
                     f"source '{name}' was prepared with a different tokenizer than the recipe's {tokenizer_dir} "
-                    f"(fingerprints {theirs[:12]} vs {ours[:12]})", path=Path(data_dir) / name, field="tokenizer",
+                    f"(fingerprints {theirs[:12]} vs {ours[:12]})",
+                    path=Path(data_dir) / name,
+                    field="tokenizer",
                     fix=f"prepare it again with this tokenizer (`{_sources_cmd([name], str(tokenizer_dir), data_dir)} "
                     "--overwrite`) or set tokenizer: to the one the data was made with",
                 )

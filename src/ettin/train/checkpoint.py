@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -32,23 +31,26 @@ import torch
 
 from ettin.errors import EttinError
 from ettin.io import atomic_dir
+from ettin.runs import (  # noqa: F401  (re-exported: the checkpoint API reads runs through these)
+    HF_DIR,
+    STATE_DIR,
+    STATE_FILE,
+    TAG_FILE,
+    TagInfo,
+    is_model_run,
+    latest_full_state,
+    list_tags,
+    make_tag,
+    resolve_revision,
+)
 
-STATE_DIR = "checkpoints"
-HF_DIR = "hf"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.safetensors"
-STATE_FILE = "trainer_state.json"
-TAG_FILE = "ettin_checkpoint.json"
 TIED_KEY = "decoder.weight"
 EMBEDDING_KEY = "model.embeddings.tok_embeddings.weight"
 # --resume has no tag option: it takes the newest full state, so a damaged one is moved out of the way
 DAMAGED_FIX = "move this tag's folder out of checkpoints/ to resume from the one before it (`ettin checkpoints RUN`)"
-_TAG_RE = re.compile(r"^[A-Za-z][A-Za-z_-]*[0-9]+$")
-
-
-def make_tag(prefix: str, phase_step: int) -> str:
-    return f"{prefix}{phase_step}"
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -128,8 +130,7 @@ def read_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
-        raise EttinError(f"cannot read the checkpoint's training state: {exc}", path=path,
-                         fix=DAMAGED_FIX) from None
+        raise EttinError(f"cannot read the checkpoint's training state: {exc}", path=path, fix=DAMAGED_FIX) from None
 
 
 def load_checkpoint(ckpt_dir: Path) -> FullState:
@@ -138,18 +139,21 @@ def load_checkpoint(ckpt_dir: Path) -> FullState:
     ckpt_dir = Path(ckpt_dir)
     missing = [n for n in (MODEL_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE) if not (ckpt_dir / n).is_file()]
     if missing:
-        raise EttinError(f"incomplete checkpoint (missing {', '.join(missing)})", path=ckpt_dir,
-                         fix=DAMAGED_FIX)
+        raise EttinError(f"incomplete checkpoint (missing {', '.join(missing)})", path=ckpt_dir, fix=DAMAGED_FIX)
 
     def read(name: str, loader):
         try:
             return loader(ckpt_dir / name)
         except pickle.UnpicklingError:
-            raise EttinError("holds Python objects besides tensors and numbers; refused without running them",
-                             path=ckpt_dir / name, fix=DAMAGED_FIX) from None
+            raise EttinError(
+                "holds Python objects besides tensors and numbers; refused without running them",
+                path=ckpt_dir / name,
+                fix=DAMAGED_FIX,
+            ) from None
         except Exception as exc:  # safetensors and torch raise their own types for damaged files
-            raise EttinError(f"cannot be read ({type(exc).__name__}: {exc})".splitlines()[0], path=ckpt_dir / name,
-                             fix=DAMAGED_FIX) from None
+            raise EttinError(
+                f"cannot be read ({type(exc).__name__}: {exc})".splitlines()[0], path=ckpt_dir / name, fix=DAMAGED_FIX
+            ) from None
 
     return FullState(
         path=ckpt_dir,
@@ -159,95 +163,6 @@ def load_checkpoint(ckpt_dir: Path) -> FullState:
         trainer=read_trainer_state(ckpt_dir),
         rng=read(RNG_FILE, lambda p: load_file(str(p))),
     )
-
-
-@dataclass
-class TagInfo:
-    tag: str
-    step: int  # global optimizer step
-    tokens: int  # global tokens seen
-    phase: int
-    phase_name: str
-    phase_step: int
-    full_state: bool
-    hf: bool
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-def _tag_record(d: Path, name: str) -> dict | None:
-    """The tag's record, or None when it is unreadable or lacks the fields a tag needs (never trusted then)."""
-    try:
-        rec = json.loads((d / name).read_text(encoding="utf-8"))
-        for key in ("step", "tokens", "phase", "phase_step"):
-            int(rec[key])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return rec
-
-
-def list_tags(arch_dir: str | os.PathLike) -> list[TagInfo]:
-    """Every tag of a model's run, oldest first, with where its files are."""
-    arch_dir = Path(arch_dir)
-    found: dict[str, TagInfo] = {}
-    for sub, name, is_state in ((HF_DIR, TAG_FILE, False), (STATE_DIR, STATE_FILE, True)):
-        root = arch_dir / sub
-        if not root.is_dir():
-            continue
-        for d in root.iterdir():
-            if not d.is_dir() or not _TAG_RE.match(d.name):
-                continue
-            rec = _tag_record(d, name)
-            if rec is None:
-                continue
-            info = found.get(d.name) or TagInfo(
-                tag=d.name, step=int(rec["step"]), tokens=int(rec["tokens"]), phase=int(rec["phase"]),
-                phase_name=str(rec.get("phase_name", "")), phase_step=int(rec["phase_step"]), full_state=False, hf=False,
-            )
-            if is_state:
-                info.full_state = True
-            else:
-                info.hf = (d / "config.json").is_file()
-            found[d.name] = info
-    return sorted(found.values(), key=lambda t: (t.step, t.tag))
-
-
-def latest_full_state(arch_dir: str | os.PathLike) -> Path | None:
-    states = [t for t in list_tags(arch_dir) if t.full_state]
-    return Path(arch_dir) / STATE_DIR / states[-1].tag if states else None
-
-
-def _available(arch_dir: Path) -> str:
-    tags = [t.tag for t in list_tags(arch_dir) if t.hf]
-    if not tags:
-        return "this run has no exported checkpoints yet"
-    shown = tags if len(tags) <= 12 else tags[:4] + ["..."] + tags[-7:]
-    return f"available: {', '.join(shown)} ({len(tags)} tags; `ettin checkpoints RUN` lists them)"
-
-
-def is_run_model_dir(path: str | os.PathLike) -> bool:
-    path = Path(path)
-    return (path / HF_DIR).is_dir() or (path / STATE_DIR).is_dir()
-
-
-def resolve_revision(run_model_dir: str | os.PathLike, tag: str | None = None) -> Path:
-    """The HF directory of a tag (the latest tag when None). A pure lookup: nothing is written."""
-    run_model_dir = Path(run_model_dir)
-    if not is_run_model_dir(run_model_dir):
-        hint = ""
-        if (run_model_dir / "encoder").is_dir() or (run_model_dir / "decoder").is_dir():
-            hint = f"; give the model's folder, e.g. {run_model_dir / 'encoder'}"
-        raise EttinError(f"is not a model's training run (no {HF_DIR}/ or {STATE_DIR}/){hint}", path=run_model_dir)
-    exported = [t for t in list_tags(run_model_dir) if t.hf]
-    if tag is None:
-        if not exported:
-            raise EttinError("has no exported checkpoints yet", path=run_model_dir,
-                             fix="train until the first checkpoint interval, or pass a tag")
-        return run_model_dir / HF_DIR / exported[-1].tag
-    if any(t.tag == tag for t in exported):
-        return run_model_dir / HF_DIR / tag
-    raise EttinError(f"no revision '{tag}'", path=run_model_dir, fix=_available(run_model_dir))
 
 
 def _remove_dir(path: Path) -> None:

@@ -22,8 +22,11 @@ from ettin.recipe import Recipe
 def recipe_config(recipe: Recipe, arch: str, vocab_size: int, special_ids: dict) -> ModelConfig:
     """The model a recipe describes, with the tokenizer's vocabulary and ids and phase 0's RoPE."""
     m = recipe.model
-    shape = {k: getattr(m, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-             if getattr(m, k) is not None}
+    shape = {
+        k: getattr(m, k)
+        for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+        if getattr(m, k) is not None
+    }
     common = dict(
         global_attn_every_n_layers=m.global_attn_every_n_layers,
         local_attention=m.local_attention,
@@ -72,5 +75,6 @@ def check_fits(model: EttinModel, recipe: Recipe, tokenizer, tokenizer_path: Pat
         if phase.seq_len > limit:
             raise EttinError(
                 f"sequence length {phase.seq_len} is beyond the model's limit of {limit} positions",
-                field=f"phases.{i}.seq_len", fix=f"use seq_len <= {limit} for this model",
+                field=f"phases.{i}.seq_len",
+                fix=f"use seq_len <= {limit} for this model",
             )

@@ -160,7 +160,9 @@ def full_optimizer_state(model: nn.Module, optimizer, strategy: str) -> dict:
     return get_optimizer_state_dict(model, optimizer, options=opts)
 
 
-def load_full_state(model: nn.Module, optimizer, model_state: dict, optimizer_state: dict | None, strategy: str) -> None:
+def load_full_state(
+    model: nn.Module, optimizer, model_state: dict, optimizer_state: dict | None, strategy: str
+) -> None:
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         set_model_state_dict,
@@ -177,8 +179,16 @@ def launch(nproc: int, argv: list[str]) -> int:
     """`ettin train --nproc N ...`: re-run the same command under torchrun with N processes."""
     if nproc < 1:
         raise EttinError(f"--nproc {nproc} must be at least 1", field="nproc")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "ettin", *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "ettin",
+        *argv,
+    ]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     return subprocess.call(cmd, env=env)

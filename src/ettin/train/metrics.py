@@ -125,15 +125,26 @@ class PhaseProgress:
         if self._progress is None:
             return
         self._total = total
-        self._task = self._progress.add_task(description, total=total, completed=completed, rate="", stats="",
-                                             done=f"{_short(completed)}/{_short(total)}")
+        self._task = self._progress.add_task(
+            description,
+            total=total,
+            completed=completed,
+            rate="",
+            stats="",
+            done=f"{_short(completed)}/{_short(total)}",
+        )
 
     def update(self, completed: int, tokens_per_s: float, losses: dict[str, float], lr: float) -> None:
         if self._progress is None or self._task is None:
             return
         stats = " ".join(f"{k[:3]} {v:.3f}" for k, v in losses.items()) + f" lr {lr:.1e}"
-        self._progress.update(self._task, completed=completed, rate=f"{_short(tokens_per_s)}/s", stats=stats,
-                              done=f"{_short(completed)}/{_short(self._total)}")
+        self._progress.update(
+            self._task,
+            completed=completed,
+            rate=f"{_short(tokens_per_s)}/s",
+            stats=stats,
+            done=f"{_short(completed)}/{_short(self._total)}",
+        )
 
     def print(self, text: str) -> None:
         if self._progress is not None:

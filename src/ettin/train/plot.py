@@ -37,8 +37,11 @@ def plot_run(run: str | os.PathLike, out: str | os.PathLike | None = None, *, sm
     series = {arch: read_metrics(run / arch) for arch in ("encoder", "decoder")}
     series = {a: rows for a, rows in series.items() if rows}
     if not series:
-        raise EttinError("has no metrics to plot (no encoder/metrics.jsonl or decoder/metrics.jsonl)", path=run,
-                         fix="train first: `ettin train RECIPE --out RUN`")
+        raise EttinError(
+            "has no metrics to plot (no encoder/metrics.jsonl or decoder/metrics.jsonl)",
+            path=run,
+            fix="train first: `ettin train RECIPE --out RUN`",
+        )
     fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
     for arch, rows in series.items():
         train = [r for r in rows if r.get("kind", "train") == "train" and r.get("loss") is not None]
@@ -47,12 +50,24 @@ def plot_run(run: str | os.PathLike, out: str | os.PathLike | None = None, *, sm
             y = [r["loss"] for r in train]
             window = smooth if smooth is not None else max(1, len(y) // 50)
             ax.plot(x, y, color=ARCH_COLORS[arch], alpha=0.25, linewidth=0.8)
-            ax.plot(x, _smooth(y, window), color=ARCH_COLORS[arch], linewidth=1.6,
-                    label=f"{arch} train ({'MLM' if arch == 'encoder' else 'CLM'})")
+            ax.plot(
+                x,
+                _smooth(y, window),
+                color=ARCH_COLORS[arch],
+                linewidth=1.6,
+                label=f"{arch} train ({'MLM' if arch == 'encoder' else 'CLM'})",
+            )
         evals = [r for r in rows if r.get("kind") == "eval" and r.get("eval_loss") is not None]
         if evals:
-            ax.plot([r["tokens"] for r in evals], [r["eval_loss"] for r in evals], "o--", color=ARCH_COLORS[arch],
-                    markersize=4, linewidth=1, label=f"{arch} held-out")
+            ax.plot(
+                [r["tokens"] for r in evals],
+                [r["eval_loss"] for r in evals],
+                "o--",
+                color=ARCH_COLORS[arch],
+                markersize=4,
+                linewidth=1,
+                label=f"{arch} held-out",
+            )
     recipe_path = run / "recipe.yaml"
     if recipe_path.is_file():
         recipe = load_recipe(recipe_path)

@@ -18,9 +18,10 @@ import hashlib
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -140,7 +141,10 @@ def _rng_capture() -> tuple[dict[str, torch.Tensor], dict]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     tensors["numpy_keys"] = torch.from_numpy(np.asarray(keys, np.int64))
     version, internal, gauss = random.getstate()
-    return tensors, {"numpy": [kind, int(pos), int(has_gauss), float(cached)], "python": [version, list(internal), gauss]}
+    return tensors, {
+        "numpy": [kind, int(pos), int(has_gauss), float(cached)],
+        "python": [version, list(internal), gauss],
+    }
 
 
 def _rng_restore(tensors: dict[str, torch.Tensor], extra: dict) -> None:
@@ -206,8 +210,11 @@ def prepare_run_dir(recipe: Recipe, out: Path, *, resume: bool, force: bool, log
     saved_path = out / RECIPE_FILE
     if resume:
         if not saved_path.is_file():
-            raise EttinError("holds no run to resume (no recipe.yaml)", path=out,
-                             fix="start it without --resume, or give the --out of an earlier `ettin train`")
+            raise EttinError(
+                "holds no run to resume (no recipe.yaml)",
+                path=out,
+                fix="start it without --resume, or give the --out of an earlier `ettin train`",
+            )
         saved = load_recipe(saved_path)
         changes = diff_recipes(saved, recipe)
         neutral = [c for c in changes if c.startswith(RESUME_NEUTRAL)]
@@ -216,23 +223,29 @@ def prepare_run_dir(recipe: Recipe, out: Path, *, resume: bool, force: bool, log
             log(f"resuming with: {'; '.join(neutral)}")
         if changes and not force:
             shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
-            raise EttinError(f"the recipe differs from the one the run started with: {shown}", path=saved_path,
-                             fix="resume with the same recipe, or pass --force to continue with the new one")
+            raise EttinError(
+                f"the recipe differs from the one the run started with: {shown}",
+                path=saved_path,
+                fix="resume with the same recipe, or pass --force to continue with the new one",
+            )
         if changes:
             log(f"continuing with a changed recipe (--force): {'; '.join(changes)}")
         return
     if saved_path.is_file():
-        raise EttinError("already holds a training run", path=out,
-                         fix="continue it with --resume, or choose a new --out")
+        raise EttinError(
+            "already holds a training run", path=out, fix="continue it with --resume, or choose a new --out"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise EttinError("exists and is not an empty folder (and holds no ettin run)", path=out,
-                         fix="choose a new --out")
+        raise EttinError(
+            "exists and is not an empty folder (and holds no ettin run)", path=out, fix="choose a new --out"
+        )
 
 
 def _common_resume_step(members: list[Member]) -> dict[str, Path] | None:
     """The newest full state every model of the run has, at the same step."""
-    per_arch = {m.arch: {t.step: m.dir / ck.STATE_DIR / t.tag for t in ck.list_tags(m.dir) if t.full_state}
-                for m in members}
+    per_arch = {
+        m.arch: {t.step: m.dir / ck.STATE_DIR / t.tag for t in ck.list_tags(m.dir) if t.full_state} for m in members
+    }
     if not any(per_arch.values()):
         return None
     if not all(per_arch.values()) and all(len(v) <= 1 for v in per_arch.values()):
@@ -242,8 +255,10 @@ def _common_resume_step(members: list[Member]) -> dict[str, Path] | None:
     common = set.intersection(*(set(v) for v in per_arch.values()))
     if not common:
         shown = ", ".join(f"{a}: {sorted(v)[-1] if v else 'none'}" for a, v in per_arch.items())
-        raise EttinError(f"the models of this pair have no checkpoint at a common step ({shown})",
-                         fix="resume each model on its own (--arch encoder / --arch decoder) from its own checkpoints")
+        raise EttinError(
+            f"the models of this pair have no checkpoint at a common step ({shown})",
+            fix="resume each model on its own (--arch encoder / --arch decoder) from its own checkpoints",
+        )
     step = max(common)
     return {a: v[step] for a, v in per_arch.items()}
 
@@ -334,7 +349,9 @@ class Trainer:
         self._on_main(save_run_recipe)
 
         num_params = sum(p.numel() for p in self.members[0].model.parameters())
-        self.strategy = choose_strategy(r.distributed.strategy, num_params, r.distributed.fsdp_min_params, ctx.world_size)
+        self.strategy = choose_strategy(
+            r.distributed.strategy, num_params, r.distributed.fsdp_min_params, ctx.world_size
+        )
         for m in self.members:
             m.wrapped = wrap_model(m.model, self.strategy, ctx)
             m.optimizer = build_optimizer(m.wrapped, r.optimizer)
@@ -369,12 +386,13 @@ class Trainer:
         states = {arch: ck.load_checkpoint(p) for arch, p in paths.items()}
         first = next(iter(states.values())).trainer
         keys = ("step", "tokens", "phase", "phase_step", "phase_tokens", "data", "order_chain")
-        for arch, st in states.items():
+        for st in states.values():
             mismatch = [k for k in keys if st.trainer.get(k) != first.get(k)]
             if mismatch:
                 raise DataOrderMismatch(
                     f"the pair's checkpoints disagree at {st.path.name}: {', '.join(mismatch)} differ between models "
-                    "(the data order of the two models is no longer the same)", path=self.out,
+                    "(the data order of the two models is no longer the same)",
+                    path=self.out,
                     fix="resume each model on its own, or start the pair again",
                 )
         for m in self.members:
@@ -388,14 +406,19 @@ class Trainer:
         self.phase_tokens = int(first["phase_tokens"])
         self._resume_data = first["data"]
         rank_rng = first.get("rng", {}).get(f"rank{self.ctx.rank}")
-        tensors = {k.split(".", 1)[1]: v for k, v in states[self.members[0].arch].rng.items()
-                   if k.startswith(f"rank{self.ctx.rank}.")}
+        tensors = {
+            k.split(".", 1)[1]: v
+            for k, v in states[self.members[0].arch].rng.items()
+            if k.startswith(f"rank{self.ctx.rank}.")
+        }
         if rank_rng is not None and tensors:
             _rng_restore(tensors, rank_rng)
         self._resume_states = states
-        self.log(f"resuming at step {self.step} ({self.tokens:,} tokens, phase "
-                 f"{self.recipe.phases[self.phase_index].name if self.phase_index < len(self.recipe.phases) else 'done'}) "
-                 f"from {', '.join(str(p) for p in paths.values())}")
+        self.log(
+            f"resuming at step {self.step} ({self.tokens:,} tokens, phase "
+            f"{self.recipe.phases[self.phase_index].name if self.phase_index < len(self.recipe.phases) else 'done'}) "
+            f"from {', '.join(str(p) for p in paths.values())}"
+        )
 
     def _export_missing(self, paths: dict[str, Path]) -> None:
         """A crash between a full state and its HF export leaves the export missing; make it now."""
@@ -406,9 +429,12 @@ class Trainer:
             if not (m.dir / ck.HF_DIR / tag / "config.json").is_file():
                 st = self._resume_states[m.arch]
                 phase = self.recipe.phases[int(st.trainer["phase"])]
-                m.model.set_rope_theta(phase.rope.global_theta, phase.rope.local_theta)  # the tag's phase, not the first
-                ck.write_hf_export(m.dir, tag, self._export_model(m, st.model), self._tag_info(st.trainer),
-                                   self.tokenizer_dir)
+                m.model.set_rope_theta(
+                    phase.rope.global_theta, phase.rope.local_theta
+                )  # the tag's phase, not the first
+                ck.write_hf_export(
+                    m.dir, tag, self._export_model(m, st.model), self._tag_info(st.trainer), self.tokenizer_dir
+                )
 
     # ------------------------------------------------------------------ phases
 
@@ -416,10 +442,15 @@ class Trainer:
         from ettin.data.stream import PhaseBatches, TokenStream
 
         phase = self.recipe.phases[index]
-        stream = TokenStream(phase.data_spec(), seed=self.recipe.seed, seq_len=phase.seq_len,
-                             tokenizer_fingerprint=self.fingerprint)
-        self.batches = PhaseBatches(stream, batch_size=phase.batch_size, warmup_tokens=phase.batch_warmup_tokens,
-                                    warmup_start=min(self.recipe.micro_batch_size, phase.batch_size))
+        stream = TokenStream(
+            phase.data_spec(), seed=self.recipe.seed, seq_len=phase.seq_len, tokenizer_fingerprint=self.fingerprint
+        )
+        self.batches = PhaseBatches(
+            stream,
+            batch_size=phase.batch_size,
+            warmup_tokens=phase.batch_warmup_tokens,
+            warmup_start=min(self.recipe.micro_batch_size, phase.batch_size),
+        )
         if resume_data is not None:
             self.batches.load_state_dict(resume_data)
         for m in self.members:
@@ -429,8 +460,11 @@ class Trainer:
 
     def _close_phase_stats(self, phase: Phase) -> None:
         for m in self.members:
-            self.stats.append(PhaseStats(m.arch, phase.name, self.phase_step - self._phase_steps_at_open,
-                                         m.phase_tokens, m.phase_time))
+            self.stats.append(
+                PhaseStats(
+                    m.arch, phase.name, self.phase_step - self._phase_steps_at_open, m.phase_tokens, m.phase_time
+                )
+            )
 
     # ------------------------------------------------------------------ one step
 
@@ -447,9 +481,16 @@ class Trainer:
             b = min(a + mb, len(samples))
             s, e = rank_slice(b - a, ctx.rank, ctx.world_size)
             if e > s:
-                batch = make_inputs(samples[a + s : a + e], m.objective, special_ids=self.special_ids,
-                                    vocab_size=self.vocab_size, mask_rate=phase.mask_rate, seed=r.seed,
-                                    step=self.step + 1, first_index=a + s)
+                batch = make_inputs(
+                    samples[a + s : a + e],
+                    m.objective,
+                    special_ids=self.special_ids,
+                    vocab_size=self.vocab_size,
+                    mask_rate=phase.mask_rate,
+                    seed=r.seed,
+                    step=self.step + 1,
+                    first_index=a + s,
+                )
                 local_labels += batch.num_label_tokens
                 pieces.append(batch)
             else:
@@ -470,8 +511,13 @@ class Trainer:
                 else:
                     batch = batch.to(self.device)
                     with autocast:
-                        out = m.wrapped(batch.input_ids, cu_seqlens=batch.cu_seqlens, max_seqlen=batch.max_seqlen,
-                                        labels=batch.labels, return_logits=False)
+                        out = m.wrapped(
+                            batch.input_ids,
+                            cu_seqlens=batch.cu_seqlens,
+                            max_seqlen=batch.max_seqlen,
+                            labels=batch.labels,
+                            return_logits=False,
+                        )
                     part = out.loss.float() * batch.num_label_tokens
                     loss_sum += part.detach().double()
                     loss = part * scale
@@ -565,19 +611,30 @@ class Trainer:
             try:
                 m.order.flush()
                 m.metrics.flush()
-                ck.write_checkpoint(m.dir, tag, model_state=model_state, optimizer_state=optim_state,
-                                    trainer_state=state, rng_tensors=rng_file)
+                ck.write_checkpoint(
+                    m.dir,
+                    tag,
+                    model_state=model_state,
+                    optimizer_state=optim_state,
+                    trainer_state=state,
+                    rng_tensors=rng_file,
+                )
                 if r.checkpoint.export_hf:
-                    ck.write_hf_export(m.dir, tag, self._export_model(m, model_state), self._tag_info(state),
-                                       self.tokenizer_dir)
+                    ck.write_hf_export(
+                        m.dir, tag, self._export_model(m, model_state), self._tag_info(state), self.tokenizer_dir
+                    )
             except OSError as exc:
                 kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-                error = (f"could not write checkpoint {tag} of the {m.arch} ({exc.strerror or exc}); {kept}",
-                         str(m.dir / ck.STATE_DIR / tag))
+                error = (
+                    f"could not write checkpoint {tag} of the {m.arch} ({exc.strerror or exc}); {kept}",
+                    str(m.dir / ck.STATE_DIR / tag),
+                )
                 continue
         error = ctx.broadcast_object(error)
         if error is not None:
-            raise EttinError(error[0], path=error[1], fix="free disk space or fix the folder, then run again with --resume")
+            raise EttinError(
+                error[0], path=error[1], fix="free disk space or fix the folder, then run again with --resume"
+            )
         if ctx.is_main:  # only once every model holds the new tag, or a crash here could leave no common step
             for m in self.members:
                 ck.apply_retention(m.dir, r.checkpoint.keep_last)
@@ -591,8 +648,12 @@ class Trainer:
 
         key = phase.seq_len
         if key not in self._eval_cache:
-            stream = TokenStream(self.recipe.eval.data, seed=self.recipe.seed, seq_len=phase.seq_len,
-                                 tokenizer_fingerprint=self.fingerprint)
+            stream = TokenStream(
+                self.recipe.eval.data,
+                seed=self.recipe.seed,
+                seq_len=phase.seq_len,
+                tokenizer_fingerprint=self.fingerprint,
+            )
             self._eval_cache[key] = stream.next_batch(batch_size_sequences=self.recipe.eval.sequences)
         return self._eval_cache[key]
 
@@ -610,22 +671,43 @@ class Trainer:
             loss_sum, labels = 0.0, 0
             for a in range(s, e, r.micro_batch_size):
                 b = min(a + r.micro_batch_size, e)
-                batch = make_inputs(samples[a:b], m.objective, special_ids=self.special_ids, vocab_size=self.vocab_size,
-                                    mask_rate=r.eval.mask_rate, seed=r.seed, step=0, first_index=a)
+                batch = make_inputs(
+                    samples[a:b],
+                    m.objective,
+                    special_ids=self.special_ids,
+                    vocab_size=self.vocab_size,
+                    mask_rate=r.eval.mask_rate,
+                    seed=r.seed,
+                    step=0,
+                    first_index=a,
+                )
                 if not batch.num_label_tokens:
                     continue
                 batch = batch.to(self.device)
                 with autocast:
-                    res = m.wrapped(batch.input_ids, cu_seqlens=batch.cu_seqlens, max_seqlen=batch.max_seqlen,
-                                    labels=batch.labels, return_logits=False)
+                    res = m.wrapped(
+                        batch.input_ids,
+                        cu_seqlens=batch.cu_seqlens,
+                        max_seqlen=batch.max_seqlen,
+                        labels=batch.labels,
+                        return_logits=False,
+                    )
                 loss_sum += float(res.loss) * batch.num_label_tokens
                 labels += batch.num_label_tokens
             m.wrapped.train()
             total, count = ctx.all_reduce_sum([loss_sum, float(labels)])
             out[m.arch] = total / count if count else float("nan")
             if ctx.is_main:
-                m.metrics.log({"kind": "eval", "step": self.step, "tokens": self.tokens, "phase": phase.name,
-                               "eval_loss": out[m.arch], "eval_label_tokens": int(count)})
+                m.metrics.log(
+                    {
+                        "kind": "eval",
+                        "step": self.step,
+                        "tokens": self.tokens,
+                        "phase": phase.name,
+                        "eval_loss": out[m.arch],
+                        "eval_label_tokens": int(count),
+                    }
+                )
         return out
 
     # ------------------------------------------------------------------ the loop
@@ -646,14 +728,17 @@ class Trainer:
                     continue
                 self._open_phase(self.phase_index, resume_data)
                 resume_data = None
-                bar.start_phase(f"{phase.name} ({'+'.join(m.arch for m in self.members)})", phase.tokens,
-                                self.phase_tokens)
+                bar.start_phase(
+                    f"{phase.name} ({'+'.join(m.arch for m in self.members)})", phase.tokens, self.phase_tokens
+                )
                 while self.phase_tokens < phase.tokens:
                     self.train_step(phase, bar)
                     done = self.phase_tokens >= phase.tokens
                     if self.tokens // every > self._last_tokens // every or done:
                         self.checkpoint(phase)
-                    if r.eval.data and (done or (eval_every and self.tokens // eval_every > self._last_tokens // eval_every)):
+                    if r.eval.data and (
+                        done or (eval_every and self.tokens // eval_every > self._last_tokens // eval_every)
+                    ):
                         losses = self.evaluate(phase)
                         bar.print(f"step {self.step}: held-out " + ", ".join(f"{a} {v:.4f}" for a, v in losses.items()))
                     if self.opt.max_steps is not None and self.step >= self.opt.max_steps:
@@ -668,8 +753,16 @@ class Trainer:
                 m.metrics.close()
             if m.order is not None:
                 m.order.close()
-        return TrainResult(self.out, self.step, self.tokens, not stopped, list(self.tags), list(self.stats),
-                           time.perf_counter() - t0, {m.arch: m.last_loss for m in self.members})
+        return TrainResult(
+            self.out,
+            self.step,
+            self.tokens,
+            not stopped,
+            list(self.tags),
+            list(self.stats),
+            time.perf_counter() - t0,
+            {m.arch: m.last_loss for m in self.members},
+        )
 
     def _next_phase(self) -> None:
         self.phase_index += 1
@@ -690,7 +783,8 @@ class Trainer:
         if len(set(hashes.values())) > 1:
             raise DataOrderMismatch(
                 f"step {step}: the data orders of the pair differ ({', '.join(f'{a} {h}' for a, h in hashes.items())})",
-                path=self.out, fix="this is a bug; the last checkpoints are intact; report it with the run's data_order folders",
+                path=self.out,
+                fix="this is a bug; the last checkpoints are intact; report it with the run's data_order folders",
             )
         losses = {}
         for m in self.members:
@@ -708,12 +802,23 @@ class Trainer:
             m.last_loss = losses[m.arch]
             m.order_chain = _chain(m.order_chain, hashes[m.arch])
             if m.metrics is not None:
-                m.metrics.log({
-                    "kind": "train", "step": step, "phase": phase.name, "phase_step": self.phase_step,
-                    "tokens": self.tokens, "phase_tokens": self.phase_tokens, "loss": losses[m.arch], "lr": lr,
-                    "grad_norm": m.grad_norm, "skipped": m.skipped, "batch_size": len(samples), "batch_tokens": n_tokens,
-                    "tokens_per_s": m.phase_tokens / m.phase_time if m.phase_time else None,
-                })
+                m.metrics.log(
+                    {
+                        "kind": "train",
+                        "step": step,
+                        "phase": phase.name,
+                        "phase_step": self.phase_step,
+                        "tokens": self.tokens,
+                        "phase_tokens": self.phase_tokens,
+                        "loss": losses[m.arch],
+                        "lr": lr,
+                        "grad_norm": m.grad_norm,
+                        "skipped": m.skipped,
+                        "batch_size": len(samples),
+                        "batch_tokens": n_tokens,
+                        "tokens_per_s": m.phase_tokens / m.phase_time if m.phase_time else None,
+                    }
+                )
         if bar is not None:  # tokens of the stream per second, all models of the run together
             rate = self.members[0].phase_tokens / max(sum(m.phase_time for m in self.members), 1e-9)
             bar.update(self.phase_tokens, rate, losses, lr)
