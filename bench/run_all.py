@@ -71,7 +71,7 @@ def main() -> int:
     args = ap.parse_args()
     from ettin.omp import choose_wait_policy
 
-    policy = choose_wait_policy()  # before torch loads
+    policy = str(choose_wait_policy())  # before torch loads
     from ettin.bench import Spec, run
 
     only = [x for x in args.only.split(",") if x]

@@ -4,15 +4,14 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from ettin.attention import window_mask
 from ettin.bench import Spec, run
 from ettin.bench.scaling import markdown, scaling
 from ettin.bench.timing import measure_memory
 from ettin.bench.workloads import attention_pairs, forward_flops, make_batch
-from ettin.cli import app
 from ettin.errors import EttinError
+from support import run_in_process
 
 
 def tiny(task="train", arch="encoder", **kw) -> Spec:
@@ -118,9 +117,9 @@ def test_cli_prints_json_reports():
         "--no-memory",
         "--json",
     ]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    reports = json.loads(result.stdout)
+    code, out, err = run_in_process(args)
+    assert code == 0, err
+    reports = json.loads(out)
     assert [r["spec"]["arch"] for r in reports] == ["encoder"] and "hf" not in reports[0]
 
 
@@ -128,8 +127,8 @@ def test_cli_data_skips_without_the_checkout_script(monkeypatch, tmp_path):
     import ettin.cli.bench as cli_bench
 
     monkeypatch.setattr(cli_bench, "_data_script", lambda: tmp_path / "missing.py")
-    result = CliRunner().invoke(app, ["bench", "data"])
-    assert result.exit_code == 0 and "skipped" in result.output
+    code, out, err = run_in_process(["bench", "data"])
+    assert code == 0 and "skipped" in out + err, err
 
 
 def test_scaling_table_is_markdown():
@@ -154,10 +153,39 @@ def test_openmp_wait_policy_respects_the_user_and_a_loaded_torch(monkeypatch):
     from ettin.omp import choose_wait_policy
 
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert choose_wait_policy() == "ACTIVE"
+    assert choose_wait_policy().policy == "ACTIVE"  # torch is loaded here: too late to choose, the env stays
     monkeypatch.delenv("OMP_WAIT_POLICY")
-    assert choose_wait_policy().startswith("default")  # torch is loaded here: too late to choose
+    choice = choose_wait_policy("passive")
+    assert (choice.policy, "too late" in choice.reason) == ("default", True)
     assert "OMP_WAIT_POLICY" not in __import__("os").environ
+
+
+def test_openmp_wait_policy_order_before_torch_loads():
+    """In a fresh process: the flag wins over the variable, the variable over the load check."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys; from ettin.omp import choose_wait_policy as c; "
+        "os.environ['OMP_WAIT_POLICY'] = 'ACTIVE'; a = c(); b = c('passive'); "
+        "print(a.policy, a.reason, '|', b.policy, b.reason, '|', os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "ACTIVE OMP_WAIT_POLICY set by the user | PASSIVE --omp-wait | PASSIVE False"
+
+
+def test_the_command_takes_omp_wait_and_refuses_a_bad_value():
+    import subprocess
+    import sys
+
+    def ettin(*args):
+        code = "import sys; from ettin.cli import main; sys.argv = ['ettin', *sys.argv[1:]]; main()"
+        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+
+    ok = ettin("--omp-wait", "passive", "sizes", "--json")
+    assert ok.returncode == 0 and ok.stdout.lstrip().startswith(("[", "{")), ok.stderr
+    bad = ettin("--omp-wait", "sometimes", "sizes")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--omp-wait" in bad.stderr, bad.stderr
 
 
 def test_scaling_quick_writes_the_table_and_its_json(tmp_path):

@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from ettin import tokenizer as T
 from ettin.config import MODERNBERT_SPECIAL_IDS, ModelConfig, config_for_size, special_ids_for
@@ -197,12 +196,10 @@ def test_corpus_arguments_are_checked_before_reading(tmp_path):
 
 
 def test_cli_train_and_modernbert(tmp_path):
-    from ettin.cli import app
+    from support import run_in_process
 
     (tmp_path / "c.txt").write_text("the cat sat on the mat. " * 50)
-    runner = CliRunner()
-    result = runner.invoke(
-        app,
+    code, out, err = run_in_process(
         [
             "tokenizer",
             "train",
@@ -212,14 +209,14 @@ def test_cli_train_and_modernbert(tmp_path):
             "300",
             "--out",
             str(tmp_path / "t"),
-        ],
+        ]
     )
-    assert result.exit_code == 0, result.output
-    assert "vocab size 320" in result.output and "mask=319" in result.output
+    assert code == 0, err
+    assert "vocab size 320" in out and "mask=319" in out
     assert T.special_token_ids(T.load_tokenizer(tmp_path / "t")) == special_ids_for(320)
-    result = runner.invoke(app, ["tokenizer", "modernbert", "--out", str(tmp_path / "mb")])
-    assert result.exit_code == 0, result.output
-    assert "vocab size 50,368" in result.output and "mask=50284" in result.output
+    code, out, err = run_in_process(["tokenizer", "modernbert", "--out", tmp_path / "mb"])
+    assert code == 0, err
+    assert "vocab size 50,368" in out and "mask=50284" in out
 
 
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path):

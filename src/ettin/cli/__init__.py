@@ -6,15 +6,11 @@ Each area keeps its commands in its own module here and adds them with `register
 from __future__ import annotations
 
 import errno
-import importlib
 import sys
-
-from ettin.omp import choose_wait_policy  # noqa: E402  (before torch loads; see ettin.omp)
-
-choose_wait_policy()
 
 import typer
 
+from ettin.cli import bench, data, demo, evaluate, harness, models, tokenizer, train
 from ettin.errors import EttinError
 
 app = typer.Typer(
@@ -26,21 +22,28 @@ app = typer.Typer(
 )
 
 
-def _register_all() -> None:
-    from ettin.cli import data, demo, evaluate, harness, models, tokenizer, train
+@app.callback()
+def _options(
+    omp_wait: str = typer.Option(
+        "auto",
+        "--omp-wait",
+        help="how idle OpenMP threads wait: auto (PASSIVE when the machine is busy at start, else OpenMP's "
+        "default; OMP_WAIT_POLICY wins when set), passive or active",
+        metavar="auto|passive|active",
+    ),
+) -> None:
+    """Runs before every command and before anything loads torch, so OpenMP sees the choice."""
+    from ettin import omp
 
-    for module in (demo, models, tokenizer, data, train, evaluate, harness):
-        module.register(app)
-    try:
-        bench = importlib.import_module("ettin.cli.bench")
-    except ModuleNotFoundError as exc:  # the benchmark commands are still being written
-        if exc.name != "ettin.cli.bench":
-            raise
-    else:
-        bench.register(app)
+    if omp_wait.lower() not in omp.CHOICES:
+        raise typer.BadParameter(f"one of {', '.join(omp.CHOICES)}, not {omp_wait!r}", param_hint="'--omp-wait'")
+    choice = omp.choose_wait_policy(omp_wait)
+    if choice.policy != "default" and sys.stderr.isatty():
+        print(f"OpenMP wait policy: {choice}", file=sys.stderr)
 
 
-_register_all()
+for _module in (demo, models, tokenizer, data, train, evaluate, harness, bench):
+    _module.register(app)
 
 
 _REFUSALS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
@@ -48,18 +51,9 @@ _WRONG_KIND = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR}
 
 
 def _usage_error_types() -> tuple[type, ...]:
-    """Click's exception classes, both the standalone package's and the copy typer>=0.29 vendors."""
-    import click
-
-    types = [click.exceptions.ClickException, click.exceptions.Abort]
-    try:
-        from typer._click.exceptions import ClickException
-        from typer.exceptions import Abort
-
-        types += [ClickException, Abort]
-    except ImportError:
-        pass
-    return tuple(types)
+    """The exception classes of a usage error, found through typer's public names (typer vendors click)."""
+    click_exception = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    return (click_exception, typer.Abort)
 
 
 def main() -> None:

@@ -90,9 +90,9 @@ def _run(
     as_json: bool,
     out: Path | None,
 ) -> None:
-    from ettin.omp import choose_wait_policy
+    from ettin import omp
 
-    wait_policy = choose_wait_policy()
+    wait_policy = str(omp.current())
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -243,9 +243,6 @@ def register(app: typer.Typer) -> None:
         threads: int | None = typer.Option(None, "--threads", help="torch threads (default: one per core)"),
     ) -> None:
         """How time and memory grow with sequence length and model size, ettin vs transformers."""
-        from ettin.omp import choose_wait_policy
-
-        choose_wait_policy()
         from rich.console import Console
 
         from ettin.bench.scaling import scaling
