@@ -25,8 +25,18 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
+    from ettin.cli.evaluate import compare_command
+
     out = tmp_path_factory.mktemp("demo")
-    return run_demo(out, overrides=TINY, tasks=["sst2", "arc_easy"], limit=12, progress=False, log=lambda s: None)
+    return run_demo(
+        out,
+        overrides=TINY,
+        tasks=["sst2", "arc_easy"],
+        limit=12,
+        progress=False,
+        log=lambda s: None,
+        render_command=compare_command,
+    )
 
 
 def test_demo_recipe_is_found():
@@ -51,6 +61,10 @@ def test_demo_writes_the_report_for_the_pair(demo):
     assert results["tasks"] == ["sst2", "arc_easy"] and not results["failed"]
     report = (demo.out / "report.md").read_text()
     assert "What this comparison can and cannot show" in report
+    line = (
+        f"ettin compare {demo.out / 'pair'} --out {demo.out} --suite quick --seed 21 --tasks sst2,arc_easy --limit 12"
+    )
+    assert report.rstrip().endswith(f"`{line}`")
     assert (demo.out / "tasks.png").stat().st_size > 0
     for what, path in demo.written:
         assert path.exists(), what

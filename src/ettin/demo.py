@@ -12,8 +12,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ettin.errors import EttinError
+
+if TYPE_CHECKING:
+    from ettin.eval.plan import ComparePlan
 
 DEMO_RECIPE = "demo.yaml"
 
@@ -99,11 +103,14 @@ def run_demo(
     progress: bool = True,
     log: Callable[[str], None] = print,
     eval_progress=None,
+    render_command: Callable[[ComparePlan], str] | None = None,
 ) -> DemoResult:
-    from ettin import hf
-    from ettin.eval.runner import compare_run
+    """`render_command`: the line the report gives to reproduce the evaluation (the CLI passes its own)."""
+    from ettin import hf, runs
+    from ettin.eval.plan import CompareRequest, plan_run
+    from ettin.eval.runner import run_plan
     from ettin.recipe import load_recipe
-    from ettin.train.trainer import RECIPE_FILE, TrainOptions, train
+    from ettin.train.trainer import TrainOptions, train
 
     out = Path(out)
     result = DemoResult(out=out)
@@ -112,7 +119,7 @@ def run_demo(
     r = load_recipe(recipe or recipe_path(), sets)
 
     with _step(result, "train the pair (tokenizer, data, three phases)", log):
-        resume = (run_dir / RECIPE_FILE).is_file()
+        resume = (run_dir / runs.RECIPE_FILE).is_file()
         if resume:
             log(f"continuing the run in {run_dir} (the demo is idempotent)")
         trained = train(r, TrainOptions(out=run_dir, resume=resume, progress=progress, log=log))
@@ -140,9 +147,9 @@ def run_demo(
             log(f"{arch}: {check['class']} max |logits - ettin| = {check['max_abs_diff']:.2e}; {check['sample']}")
 
     with _step(result, f"evaluate both on the {suite} suite and write the report", log):
-        result.results = compare_run(
-            run_dir, out, suite=suite, seed=r.seed, tasks=tasks, limit=limit, progress=eval_progress
-        )
+        plan = plan_run(CompareRequest(run_dir, out, suite, r.seed, tasks=tasks, limit=limit))
+        command = render_command(plan) if render_command else None
+        result.results = run_plan(plan, out, command=command, progress=eval_progress)
     for name in ("report.md", "results.json"):
         result.written.append((name, out / name))
     result.written += [(p.name, p) for p in sorted(out.glob("*.png"))]

@@ -109,3 +109,13 @@ def test_bad_device(tiny_run, tmp_path):
     if not torch.cuda.is_available():
         code, _, err = run_in_process(["eval", str(tiny_run / "encoder"), "--device", "cuda", "--out", str(tmp_path)])
         assert_one_line_error(code, err, "no CUDA GPU", "--device cpu")
+
+
+def test_compare_report_ends_with_the_line_that_reproduces_it(tiny_run, tmp_path):
+    out = tmp_path / "cmp"
+    args = ["--tasks", "lambada", "--limit", "3", "--no-dynamics", "--no-find-cross"]
+    code, _, err = run_in_process(["compare", str(tiny_run), "--out", str(out), *args, "--no-progress"])
+    assert code == 0, err
+    line = f"ettin compare {tiny_run} --out {out} --suite quick --seed 0 " + " ".join(args)
+    assert (out / "report.md").read_text().rstrip().endswith(f"`{line}`")
+    assert json.loads((out / "results.json").read_text())["command"] == line

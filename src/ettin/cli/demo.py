@@ -10,6 +10,7 @@ import typer
 def _summary(console, result) -> None:
     from rich.table import Table
 
+    from ettin.eval.report import task_result
     from ettin.train.metrics import throughput_table
 
     if result.train_stats:
@@ -25,18 +26,17 @@ def _summary(console, result) -> None:
         for col in ("task", "metric", "encoder", "decoder", "decoder - encoder", "chance"):
             table.add_column(col, justify="left" if col in ("task", "metric") else "right")
         for task in res["tasks"]:
-            e = models[enc]["results"]["tasks"].get(task, {})
-            d = models[dec]["results"]["tasks"].get(task, {})
-            if e.get("status") != "ok" or d.get("status") != "ok":
-                table.add_row(task, "", e.get("status", "-"), d.get("status", "-"), "", "")
+            e, d = task_result(models, enc, task), task_result(models, dec, task)
+            if not (e and e.ok and d and d.ok):
+                table.add_row(task, "", e.status if e else "-", d.status if d else "-", "", "")
                 continue
             table.add_row(
                 task,
-                e["metric"],
-                f"{e['value']:.3f}",
-                f"{d['value']:.3f}",
-                f"{d['value'] - e['value']:+.3f}",
-                f"{e['chance']:.3f}",
+                e.score.metric,
+                f"{e.score.value:.3f}",
+                f"{d.score.value:.3f}",
+                f"{d.score.value - e.score.value:+.3f}",
+                f"{e.score.chance:.3f}",
             )
         console.print(table)
     table = Table(title="steps")
@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
         """Tokenizer, data, a CPU pair through three phases, HF export and reload, evaluation, report."""
         from rich.console import Console
 
-        from ettin.cli.evaluate import _RichProgress
+        from ettin.cli.evaluate import _RichProgress, compare_command
         from ettin.demo import run_demo
 
         console = Console()
@@ -78,6 +78,7 @@ def register(app: typer.Typer) -> None:
                 progress=not no_progress,
                 log=console.print,
                 eval_progress=progress,
+                render_command=compare_command,
             )
         _summary(console, result)
         console.print(f"[bold]report:[/bold] {Path(out) / 'report.md'}")

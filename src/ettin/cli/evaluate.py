@@ -44,24 +44,24 @@ class _RichProgress:
         if self.current is not None:
             self.bar.advance(self.current, n)
 
-    def finish(self, label: str, result: dict) -> None:
+    def finish(self, label: str, result) -> None:
+        """One line per finished task (`result`: an ettin.eval.result.TaskResult)."""
         if self.current is not None:
             self.bar.remove_task(self.current)
             self.current = None
-        who = result.get("model", "")
-        if result["status"] == "ok":
-            ci = result["ci"]
+        who = result.model
+        if result.ok:
+            sc = result.score
             self.console.print(
-                f"  {who:<14} {label:<15} {result['metric']:<8} {result['value']:.3f} "
-                f"[{ci['low']:.2f}, {ci['high']:.2f}]  n={result['n']}  chance {result['chance']:.3f}  "
-                f"{result['seconds']:.1f}s",
+                f"  {who:<14} {label:<15} {sc.metric:<8} {sc.value:.3f} "
+                f"[{sc.ci['low']:.2f}, {sc.ci['high']:.2f}]  n={sc.n}  chance {sc.chance:.3f}  "
+                f"{result.seconds:.1f}s",
                 soft_wrap=True,
                 highlight=False,
             )
         else:
-            self.console.print(
-                f"  {who:<14} {label:<15} [red]failed[/red]: {result['error'].splitlines()[0]}", soft_wrap=True
-            )
+            first = (result.error or "").splitlines()[0] if result.error else ""
+            self.console.print(f"  {who:<14} {label:<15} [red]failed[/red]: {first}", soft_wrap=True)
 
 
 def _check_out(out: str, overwrite: bool) -> None:
@@ -73,6 +73,21 @@ def _check_out(out: str, overwrite: bool) -> None:
             field="out",
             fix="choose another --out, or pass --overwrite to replace them",
         )
+
+
+def compare_command(plan) -> str:
+    """The `ettin compare` line that reproduces a plan made by `ettin.eval.plan.plan_run` (the flags
+    are this module's; the report prints the line)."""
+    req = plan.request
+    flags = [f"--suite {req.suite}", f"--seed {req.seed}"]
+    flags += [f"--tasks {','.join(plan.tasks)}"] if req.tasks else []
+    flags += [f"--revision {req.revision}"] if req.revision else []
+    flags += [f"--limit {req.limit}"] if req.limit else []
+    flags += ["--baselines"] if req.baselines else []
+    flags += [] if req.dynamics else ["--no-dynamics"]
+    flags += [f"--checkpoints {req.max_checkpoints}"] if req.dynamics and req.max_checkpoints != 4 else []
+    flags += [f"--cross {c}" for c in req.cross] + ([] if req.find_cross else ["--no-find-cross"])
+    return f"ettin compare {req.run} --out {req.out} " + " ".join(flags)
 
 
 def _print_tasks(console) -> None:
@@ -185,29 +200,36 @@ def register(app: typer.Typer) -> None:
         """Evaluate a run's encoder and decoder on the same tasks; write report.md, results.json, plots."""
         from rich.console import Console
 
-        from ettin.eval.runner import compare_run
+        from ettin.eval.plan import CompareRequest, plan_run
+        from ettin.eval.runner import run_plan
 
         if checkpoints < 1:
             raise EttinError(f"--checkpoints {checkpoints} must be at least 1", field="checkpoints")
         _check_out(out, overwrite)
+        request = CompareRequest(
+            run,
+            out,
+            suite,
+            seed,
+            tasks=tasks,
+            revision=revision,
+            dynamics=dynamics,
+            max_checkpoints=checkpoints,
+            limit=limit,
+            baselines=baselines,
+            cross=tuple(cross or ()),
+            find_cross=find_cross,
+        )
+        plan = plan_run(request)
         console = Console()
         with _RichProgress(console, enabled=not no_progress) as progress:
-            res = compare_run(
-                run,
+            res = run_plan(
+                plan,
                 out,
-                suite,
-                seed,
-                tasks=tasks,
-                revision=revision,
-                dynamics=dynamics,
-                max_checkpoints=checkpoints,
-                limit=limit,
                 tokenizer=tokenizer,
-                baselines=baselines,
                 threads=threads,
-                cross=cross,
-                find_cross=find_cross,
                 device=device,
+                command=compare_command(plan),
                 progress=progress,
             )
         console.print(f"compared {', '.join(res['models'])} on {len(res['tasks'])} tasks in {res['seconds']:.0f}s")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ettin.eval.finetune import adamw, update, warmup_linear
+from ettin.eval.finetune import tune
 from ettin.eval.handle import EvalModel, token_batches
 from ettin.eval.pooling import default_pooling, embed_ids, pooled
 from ettin.eval.tasks import Example
@@ -111,23 +111,23 @@ def _train_one(
     device = next(model.parameters()).device
     head = torch.nn.Linear(model.config.hidden_size, num_classes).to(device)
     how = cfg.pooling or default_pooling(model.config.arch)
-    opt = adamw([*model.parameters(), *head.parameters()], lr, cfg.weight_decay)
-    g = torch.Generator().manual_seed(seed)
-    steps_per_epoch = math.ceil(len(train_ids) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    warmup = max(1, int(cfg.warmup * total))
-    step = 0
     y_all = torch.tensor(train_y, dtype=torch.long, device=device)
-    for _ in range(cfg.epochs):
-        order = torch.randperm(len(train_ids), generator=g).tolist()
-        for k in range(0, len(order), cfg.batch_size):
-            idx = order[k : k + cfg.batch_size]
-            emb = pooled(model, [train_ids[i] for i in idx], how)
-            loss = F.cross_entropy(head(emb), y_all[idx])
-            update(opt, loss, lr * warmup_linear(step, total, warmup))
-            step += 1
-            if progress:
-                progress(1)
+
+    def loss(idx: list[int]) -> torch.Tensor:
+        return F.cross_entropy(head(pooled(model, [train_ids[i] for i in idx], how)), y_all[idx])
+
+    tune(
+        [*model.parameters(), *head.parameters()],
+        loss,
+        len(train_ids),
+        math.ceil(len(train_ids) / cfg.batch_size) * cfg.epochs,
+        lr=lr,
+        weight_decay=cfg.weight_decay,
+        warmup=cfg.warmup,
+        batch_size=cfg.batch_size,
+        seed=seed,
+        progress=progress,
+    )
     model.eval()
     return model, head
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ettin.eval.result import TaskResult
 from ettin.io import atomic_path, atomic_write_json, atomic_write_text
 
 REPORT_FILE = "report.md"
@@ -48,13 +49,19 @@ def _fmt_tokens(n: int | None) -> str:
     return str(n)
 
 
-def _cell(r: dict | None) -> str:
+def task_result(models: dict, model: str, task: str) -> TaskResult | None:
+    """A model's result on a task, read back from the results.json form."""
+    d = models[model]["results"]["tasks"].get(task)
+    return TaskResult.from_dict(d) if d is not None else None
+
+
+def _cell(r: TaskResult | None) -> str:
     if r is None:
         return "-"
-    if r.get("status") != "ok":
+    if not r.ok:
         return "failed"
-    ci = r.get("ci") or {}
-    return f"{_fmt(r['value'])} [{_fmt(ci.get('low'), 2)}, {_fmt(ci.get('high'), 2)}]"
+    ci = r.score.ci or {}
+    return f"{_fmt(r.score.value)} [{_fmt(ci.get('low'), 2)}, {_fmt(ci.get('high'), 2)}]"
 
 
 def _verdict(kind: str, pair: dict | None) -> str:
@@ -69,10 +76,6 @@ def _verdict(kind: str, pair: dict | None) -> str:
     expected = PAPER_WINNER.get(kind)
     agree = "as in the paper" if winner == expected else "opposite to the paper"
     return f"{winner} ahead ({agree})"
-
-
-def above_chance(r: dict) -> bool:
-    return r.get("status") == "ok" and r["ci"]["low"] > r.get("chance", 0.0)
 
 
 def render_markdown(results: dict) -> str:
@@ -104,13 +107,14 @@ def render_markdown(results: dict) -> str:
         header += " encoder - decoder [95% CI] | verdict |"
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     for t in tasks:
-        rows = {m: models[m]["results"]["tasks"].get(t) for m in order}
-        ref = next((r for r in rows.values() if r and r.get("status") == "ok"), None) or next(iter(rows.values()))
-        kind = ref.get("kind", "")
+        rows = {m: task_result(models, m, t) for m in order}
+        ref = next((r for r in rows.values() if r and r.ok), None) or next(iter(rows.values()))
+        kind = ref.kind if ref else ""
+        score = ref.score if ref else None
         line = (
-            f"| {t} | {kind} | {ref.get('metric', '-')} | {ref.get('n', '-')} | "
+            f"| {t} | {kind} | {score.metric if score else '-'} | {score.n if score else '-'} | "
             + " | ".join(_cell(rows[m]) for m in order)
-            + f" | {_fmt(ref.get('chance'))} |"
+            + f" | {_fmt(score.chance if score else None)} |"
         )
         if enc and dec:
             p = pair.get("tasks", {}).get(t)
@@ -131,17 +135,17 @@ def render_markdown(results: dict) -> str:
     ]
     for t in tasks:
         for m in order:
-            r = models[m]["results"]["tasks"].get(t)
-            if r and r.get("status") == "ok" and not models[m].get("baseline_of"):
-                lines.append(f"- **{t}**, {m}: {r['method']}.")
+            r = task_result(models, m, t)
+            if r and r.ok and not models[m].get("baseline_of"):
+                lines.append(f"- **{t}**, {m}: {r.score.method}.")
     if any(models[m].get("baseline_of") for m in order):
         lines.append("- `*-init` columns: the same configs freshly initialised (seeded), scored the same way.")
     lines.append("")
     # ---------------------------------------------------------------------------------- honesty
     lines += ["## What this comparison can and cannot show", ""]
     for m in order:
-        ok = [t for t in tasks if (r := models[m]["results"]["tasks"].get(t)) and r.get("status") == "ok"]
-        better = [t for t in ok if above_chance(models[m]["results"]["tasks"][t])]
+        ok = [t for t in tasks if (r := task_result(models, m, t)) and r.ok]
+        better = [t for t in ok if task_result(models, m, t).above_chance()]
         lines.append(
             f"- {m}: above chance (interval excludes it) on {len(better)} of {len(ok)} tasks"
             + (f": {', '.join(better)}." if better else ".")
@@ -226,12 +230,8 @@ def render_markdown(results: dict) -> str:
         lines += ["| model | tag | tokens | " + " | ".join(dyn_tasks) + " |", "|---|---|---|" + "---|" * len(dyn_tasks)]
         for m, points in dyn.items():
             for p in points:
-                cells = [
-                    _fmt(p["tasks"].get(t, {}).get("value"))
-                    if p["tasks"].get(t, {}).get("status") == "ok"
-                    else "failed"
-                    for t in dyn_tasks
-                ]
+                point = {t: TaskResult.from_dict(d) for t, d in p["tasks"].items()}
+                cells = [_fmt(point[t].score.value) if t in point and point[t].ok else "failed" for t in dyn_tasks]
                 lines.append(f"| {m} | {p['tag']} | {_fmt_tokens(p.get('tokens'))} | " + " | ".join(cells) + " |")
         lines.append("")
     elif results.get("dynamics_note"):
@@ -282,12 +282,13 @@ def plot_bars(results: dict, path: str | os.PathLike) -> Path:
     for k, m in enumerate(order):
         xs, ys, lo, hi = [], [], [], []
         for i, t in enumerate(tasks):
-            r = models[m]["results"]["tasks"].get(t)
-            if r and r.get("status") == "ok":
+            r = task_result(models, m, t)
+            if r and r.ok:
+                sc = r.score
                 xs.append(i + (k - (len(order) - 1) / 2) * width)
-                ys.append(r["value"])
-                lo.append(max(0.0, r["value"] - r["ci"]["low"]))
-                hi.append(max(0.0, r["ci"]["high"] - r["value"]))
+                ys.append(sc.value)
+                lo.append(max(0.0, sc.value - sc.ci["low"]))
+                hi.append(max(0.0, sc.ci["high"] - sc.value))
         init = bool(models[m].get("baseline_of"))
         ax.bar(
             xs,
@@ -302,20 +303,13 @@ def plot_bars(results: dict, path: str | os.PathLike) -> Path:
             edgecolor="white" if init else None,
         )
     for i, t in enumerate(tasks):
-        ref = next(
-            (
-                models[m]["results"]["tasks"].get(t)
-                for m in order
-                if (models[m]["results"]["tasks"].get(t) or {}).get("status") == "ok"
-            ),
-            None,
-        )
+        ref = next((r for m in order if (r := task_result(models, m, t)) and r.ok), None)
         if ref:
-            ax.hlines(ref.get("chance", 0.0), i - 0.45, i + 0.45, colors="black", linestyles="dotted", linewidth=1)
+            ax.hlines(ref.score.chance, i - 0.45, i + 0.45, colors="black", linestyles="dotted", linewidth=1)
     labels = []
     for t in tasks:
-        ref = next((models[m]["results"]["tasks"].get(t) for m in order), None) or {}
-        labels.append(f"{t}\n({ref.get('metric', '')})")
+        ref = next((task_result(models, m, t) for m in order), None)
+        labels.append(f"{t}\n({ref.score.metric if ref and ref.ok else ''})")
     ax.set_xticks(range(len(tasks)), labels, fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("score (95% interval; dotted: chance)")
@@ -345,16 +339,20 @@ def plot_dynamics(results: dict, path: str | os.PathLike) -> Path | None:
         chance = None
         top = 0.0
         for m, points in dyn.items():
-            pts = [(p.get("tokens") or 0, p["tasks"][t]) for p in points if p["tasks"].get(t, {}).get("status") == "ok"]
+            pts = [
+                (p.get("tokens") or 0, r.score)
+                for p in points
+                if t in p["tasks"] and (r := TaskResult.from_dict(p["tasks"][t])).ok
+            ]
             if not pts:
                 continue
             xs = [x for x, _ in pts]
-            ys = [r["value"] for _, r in pts]
-            lo = [r["value"] - r["ci"]["low"] for _, r in pts]
-            hi = [r["ci"]["high"] - r["value"] for _, r in pts]
+            ys = [sc.value for _, sc in pts]
+            lo = [sc.value - sc.ci["low"] for _, sc in pts]
+            hi = [sc.ci["high"] - sc.value for _, sc in pts]
             ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=2, label=m)
-            chance = pts[0][1].get("chance", chance)
-            top = max(top, max(r["ci"]["high"] for _, r in pts))
+            chance = pts[0][1].chance
+            top = max(top, max(sc.ci["high"] for _, sc in pts))
         if chance is not None:
             ax.axhline(chance, color="black", linestyle="dotted", linewidth=1)
         ax.set_ylim(0, min(1.0, max(0.05, top * 1.15)))

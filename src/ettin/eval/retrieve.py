@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ettin.eval.finetune import adamw, update, warmup_linear
+from ettin.eval.finetune import tune
 from ettin.eval.handle import EvalModel
 from ettin.eval.metrics import ranking_scores
 from ettin.eval.pooling import default_pooling, embed_ids, pooled
@@ -100,32 +100,32 @@ def contrastive_finetune(
     model.train()
     q_ids = text_ids(em, [p[0] for p in pairs], cfg.max_length)
     d_ids = text_ids(em, [p[1] for p in pairs], cfg.max_length)
-    opt = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
-    total = contrastive_steps(len(pairs), cfg)
-    warmup = max(1, int(cfg.warmup * total))
-    g = torch.Generator().manual_seed(seed)
-    step = 0
-    while step < total:
-        order = torch.randperm(len(pairs), generator=g).tolist()
-        for k in range(0, len(order) - 1, cfg.batch_size):
-            if step >= total:
-                break
-            idx = order[k : k + cfg.batch_size]
-            if len(idx) < 2:
-                continue
-            q = pooled(model, [q_ids[i] for i in idx], how)
-            d = pooled(model, [d_ids[i] for i in idx], how)
-            update(opt, mnrl_loss(q, d, cfg.scale), cfg.lr * warmup_linear(step, total, warmup))
-            step += 1
-            if progress:
-                progress(1)
+
+    def loss(idx: list[int]) -> torch.Tensor:
+        q = pooled(model, [q_ids[i] for i in idx], how)
+        d = pooled(model, [d_ids[i] for i in idx], how)
+        return mnrl_loss(q, d, cfg.scale)
+
+    steps = tune(
+        model.parameters(),
+        loss,
+        len(pairs),
+        contrastive_steps(len(pairs), cfg),
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup=cfg.warmup,
+        batch_size=cfg.batch_size,
+        seed=seed,
+        min_batch=2,
+        progress=progress,
+    )
     model.eval()
     tuned = copy.copy(em)
     tuned.model = model
     tuned.info = dict(
         em.info,
         contrastive={
-            "steps": total,
+            "steps": steps,
             "lr": cfg.lr,
             "batch_size": cfg.batch_size,
             "scale": cfg.scale,

@@ -39,3 +39,12 @@ def lr_fraction(lr: LRSection, tokens: int, phase_tokens: int) -> float:
 def lr_at(phase: Phase, peak: float, tokens: int) -> float:
     """Learning rate for an optimizer step that ends with `tokens` seen in the phase."""
     return peak * lr_fraction(phase.lr, tokens, phase.tokens)
+
+
+def warmup_linear_decay(step: int, total: int, warmup: int) -> float:
+    """Fraction of the peak for optimizer step `step` (0-based) of `total`, counted in steps: linear
+    warmup reaching the peak at step `warmup - 1`, then linear decay from the peak to 0 at `total`.
+    The evaluation's fine-tuning schedule (the paper's GLUE recipe: 6% warmup, then linear decay)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
