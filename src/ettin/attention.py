@@ -36,6 +36,7 @@ class Varlen:
     lengths: list[int]
     max_seqlen: int
     positions: torch.Tensor  # int64 [N], position of each token inside its sequence
+    dropout_keys: torch.Tensor | None = None  # int32 [N], per-token dropout keys (ettin.dropout) in training
     _masks: dict = field(default_factory=dict, repr=False, compare=False)  # block masks, built once per batch
 
     @classmethod
