@@ -129,16 +129,12 @@ def main() -> int:
             return 1
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        from ettin.attention import _flash_varlen
+        from ettin.attention import backend_for
         from ettin.bench.machine import matmul_peak
         from ettin.bench.timing import run
         from ettin.bench.workloads import Spec
 
-        report["ettin_attention"] = (
-            "flash-attn varlen (sliding window on local layers)"
-            if _flash_varlen is not None
-            else "SDPA (flash-attn not importable; see env.flash_attn_error)"
-        )
+        report["ettin_attention"] = backend_for("cuda", torch.bfloat16)
         hf = env.get("transformers") is not None and not args.no_hf
         hf_attn = "flash_attention_2" if env.get("flash_attn") else "sdpa"
         report["hf_attention"] = hf_attn if hf else None

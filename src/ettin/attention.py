@@ -2,9 +2,17 @@
 
 Training and unpadded inference hand the model several sequences concatenated into one flat tensor,
 described by cumulative lengths. No padding is computed and no token attends across a sequence
-boundary. On CUDA with flash-attn installed and half-precision inputs, flash-attn's varlen kernel
-runs the whole batch at once (sliding windows included); everywhere else each sequence goes through
-PyTorch's scaled_dot_product_attention, with equal-length batches fused into one call.
+boundary. Backends (`backend_for`, chosen per call from the device and dtype, and `ETTIN_ATTENTION`):
+
+  torch-varlen  CUDA, fp16/bf16: torch's own flash kernel for flat batches,
+                `torch.nn.attention.varlen.varlen_attn` (windows included; nothing to install)
+  flash-attn    CUDA, fp16/bf16, only when asked for (ETTIN_ATTENTION=flash-attn): flash-attn's varlen
+  sdpa          everywhere else: PyTorch's scaled_dot_product_attention per sequence (equal lengths
+                fused), or block-local attention when the window makes that cheaper
+
+ETTIN_ATTENTION=auto (the default) takes torch-varlen where it runs, else sdpa. Asking for a backend
+that cannot run here is an error naming the reason (a broken flash-attn install is reported, never
+silently replaced).
 
 Window semantics (ettin-spec.md section 2), with w = local_attention // 2 = 64 by default:
   encoder local: |i - j| <= w           decoder local: i - w < j <= i
@@ -13,16 +21,87 @@ Window semantics (ettin-spec.md section 2), with w = local_attention // 2 = 64 b
 from __future__ import annotations
 
 import functools
+import inspect
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-try:  # optional GPU kernel
-    from flash_attn import flash_attn_varlen_func as _flash_varlen
-except Exception:  # noqa: BLE001 - any import failure means "not available"
-    _flash_varlen = None
+from ettin.errors import EttinError
+
+BACKENDS = ("auto", "torch-varlen", "flash-attn", "sdpa")
+ENV = "ETTIN_ATTENTION"
+
+
+@functools.cache
+def _torch_varlen():
+    """(varlen_attn, takes window_size) or None when this torch has no native varlen attention."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    return varlen_attn, "window_size" in params
+
+
+@functools.cache
+def _flash_attn():
+    """flash-attn's varlen function; an installed but broken flash-attn is an error that says why."""
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ModuleNotFoundError as exc:
+        if exc.name != "flash_attn":
+            raise EttinError(f"flash-attn is installed but cannot be imported: {exc}", field=ENV) from None
+        raise EttinError(
+            "flash-attn is not installed", field=ENV, fix="pip install flash-attn, or use ETTIN_ATTENTION=auto"
+        ) from None
+    except ImportError as exc:  # typically a build for another torch or CUDA
+        raise EttinError(
+            f"flash-attn is installed but cannot be imported: {exc}",
+            field=ENV,
+            fix="reinstall flash-attn for this torch and CUDA, or use ETTIN_ATTENTION=auto",
+        ) from None
+    return flash_attn_varlen_func
+
+
+def requested_backend() -> str:
+    name = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if name not in BACKENDS:
+        raise EttinError(f"{ENV}={name!r} is not a backend", field=ENV, fix=f"use one of {', '.join(BACKENDS)}")
+    return name
+
+
+def backend_for(device: torch.device | str, dtype: torch.dtype, windowed: bool = True) -> str:
+    """The backend that runs attention for inputs on `device` in `dtype` (what the bench and runs record)."""
+    name = requested_backend()
+    half = dtype in (torch.float16, torch.bfloat16)
+    cuda = torch.device(device).type == "cuda"
+    if name == "sdpa":
+        return "sdpa"
+    if name == "flash-attn":
+        _flash_attn()
+        if not (cuda and half):
+            raise EttinError(f"flash-attn needs CUDA and fp16/bf16 inputs (here: {device}, {dtype})", field=ENV)
+        return "flash-attn"
+    native = _torch_varlen()
+    usable = native is not None and cuda and half and (native[1] or not windowed)
+    if name == "torch-varlen" and not usable:
+        why = "this torch has no torch.nn.attention.varlen" if native is None else f"inputs on {device} in {dtype}"
+        if native is not None and not native[1] and windowed:
+            why = "this torch's varlen_attn has no window_size"
+        raise EttinError(f"torch-varlen cannot run here ({why})", field=ENV, fix="use ETTIN_ATTENTION=auto")
+    return "torch-varlen" if usable else "sdpa"
+
+
+def window_size(half_window: int | None, causal: bool) -> tuple[int, int]:
+    """(left, right) keys each query may see, flash-attn's convention; -1 is unlimited.
+
+    Encoder local: |i - j| <= w, so (w, w). Decoder local: i - w < j <= i, so (w - 1, 0)."""
+    if half_window is None:
+        return (-1, 0) if causal else (-1, -1)
+    return (half_window - 1, 0) if causal else (half_window, half_window)
 
 
 @dataclass
@@ -36,6 +115,7 @@ class Varlen:
     lengths: list[int]
     max_seqlen: int
     positions: torch.Tensor  # int64 [N], position of each token inside its sequence
+    dropout_keys: torch.Tensor | None = None  # int32 [N], per-token dropout keys (ettin.dropout) in training
     _masks: dict = field(default_factory=dict, repr=False, compare=False)  # block masks, built once per batch
 
     @classmethod
@@ -164,23 +244,27 @@ def varlen_attention(
     scale: float,
 ) -> torch.Tensor:
     """Attention over a flat batch. q, k, v: [N, H, D] -> [N, H, D]."""
-    if _flash_varlen is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        if half_window is None:
-            window = (-1, -1)
-        else:
-            window = (half_window - 1, 0) if causal else (half_window, half_window)
-        return _flash_varlen(
-            q,
-            k,
-            v,
-            seqs.cu_seqlens,
-            seqs.cu_seqlens,
-            seqs.max_seqlen,
-            seqs.max_seqlen,
-            softmax_scale=scale,
-            causal=causal,
-            window_size=window,
-        )
+    if q.is_cuda:
+        backend = backend_for(q.device, q.dtype, half_window is not None)
+        if backend == "torch-varlen":
+            varlen_attn, windowed = _torch_varlen()
+            cu, m = seqs.cu_seqlens, seqs.max_seqlen
+            if windowed:
+                return varlen_attn(q, k, v, cu, cu, m, m, scale=scale, window_size=window_size(half_window, causal))
+            return varlen_attn(q, k, v, cu, cu, m, m, is_causal=causal)  # an older torch: global layers, 1/sqrt(D)
+        if backend == "flash-attn":
+            return _flash_attn()(
+                q,
+                k,
+                v,
+                seqs.cu_seqlens,
+                seqs.cu_seqlens,
+                seqs.max_seqlen,
+                seqs.max_seqlen,
+                softmax_scale=scale,
+                causal=causal,
+                window_size=window_size(half_window, causal),
+            )
     if half_window is not None and max(seqs.lengths) > half_window + (0 if causal else 1):
         # Block-local attention computes (2 or 3) x w keys per query; masked full attention sum(T^2).
         keys_per_query = (2 if causal else 3) * half_window

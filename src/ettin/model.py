@@ -20,6 +20,7 @@ from torch import nn
 
 from ettin.attention import Varlen, cache_mask, cached_attention, varlen_attention
 from ettin.config import ModelConfig
+from ettin.dropout import hashed_dropout, token_keys
 
 IGNORE_INDEX = -100
 
@@ -108,6 +109,7 @@ class Attention(nn.Module):
         self.config = config
         self.num_heads = config.num_attention_heads
         self.head_dim = config.head_dim
+        self.layer_idx = layer_idx
         self.is_global = config.layer_types[layer_idx] == "full_attention"
         self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=False)
         self.Wo = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
@@ -129,7 +131,10 @@ class Attention(nn.Module):
         out = varlen_attention(
             q, k, v, seqs, causal=self.config.is_causal, half_window=self.half_window, scale=self.head_dim**-0.5
         )
-        return self.out_drop(self.Wo(out.reshape(x.shape)))
+        out = self.Wo(out.reshape(x.shape))
+        if self.training and seqs.dropout_keys is not None:
+            return hashed_dropout(out, seqs.dropout_keys, self.layer_idx, self.out_drop.p)
+        return self.out_drop(out)
 
     def forward_cached(self, x, cos, sin, cache: "KVCache", layer_idx: int) -> torch.Tensor:
         """x [B, T, hidden] of new tokens; keys and values are appended to the cache."""
@@ -399,14 +404,21 @@ class EttinModel(nn.Module):
         max_seqlen: int | None = None,
         labels: torch.Tensor | None = None,
         return_logits: bool = True,
+        dropout_keys: torch.Tensor | None = None,
     ) -> EttinOutput:
         """Padded ([B, T] + attention_mask) or varlen ([N] + cu_seqlens) input.
 
         With labels (-100 = ignore), the encoder runs its head only where there are labels (sparse
         prediction) and returns logits [M, V] for those positions; the decoder's labels are the
         already aligned next tokens and it returns logits for every position.
+        `dropout_keys` (int32 [B], `ettin.dropout.sequence_dropout_keys`) make training dropout a function
+        of each sequence's identity, not of the batch split; without them dropout uses torch's generator.
         """
         ids, seqs, index = self._as_varlen(input_ids, attention_mask, cu_seqlens, max_seqlen)
+        if dropout_keys is not None and self.training and self.config.attention_dropout > 0:
+            if len(dropout_keys) != len(seqs.lengths):
+                raise ValueError(f"dropout_keys has {len(dropout_keys)} keys for {len(seqs.lengths)} sequences")
+            seqs.dropout_keys = token_keys(dropout_keys, seqs.lengths, seqs.positions)
         h = self.model(ids, seqs)
         flat_labels = None
         if labels is not None:

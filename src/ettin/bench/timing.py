@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 
+from ettin.attention import backend_for
 from ettin.bench.machine import describe, matmul_peak, median, peak_rss_mb, reset_peak_rss, rss_mb, sync
 from ettin.bench.workloads import Spec, Workload, workloads
 
@@ -146,6 +147,7 @@ def run(
         "repeats": repeats,
         "warmup": warmup,
         "check": check,
+        "ettin_attention": backend_for(spec.device, torch.bfloat16 if spec.dtype == "bf16" else torch.float32),
     }
     lengths = spec.lengths()
     report["tokens_per_step"] = next(iter(sides.values())).tokens

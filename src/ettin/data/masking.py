@@ -25,13 +25,10 @@ import numpy as np
 import torch
 
 from ettin.errors import EttinError
+from ettin.hashing import sequence_keys, uniform
 
 OBJECTIVES = ("mlm", "clm", "mntp")
 IGNORE_INDEX = -100
-_M64 = (1 << 64) - 1
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_C1 = np.uint64(0xBF58476D1CE4E5B9)
-_C2 = np.uint64(0x94D049BB133111EB)
 
 
 @dataclass
@@ -78,27 +75,6 @@ class Batch:
             self.labels.to(device, non_blocking=non_blocking),
             self.num_label_tokens,
         )
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    x = (x ^ (x >> np.uint64(30))) * _C1
-    x = (x ^ (x >> np.uint64(27))) * _C2
-    return x ^ (x >> np.uint64(31))
-
-
-def sequence_keys(seed: int, step: int, indices: np.ndarray) -> np.ndarray:
-    """One 64-bit key per sequence from (seed, step, index in the global batch)."""
-    with np.errstate(over="ignore"):
-        k = _mix(np.full(len(indices), seed & _M64, np.uint64) + _GOLDEN)
-        k = _mix(k + np.full(len(indices), step & _M64, np.uint64) * _GOLDEN)
-        return _mix(k + np.asarray(indices, np.uint64) * _GOLDEN)
-
-
-def uniform(keys: np.ndarray, positions: np.ndarray, stream: int) -> np.ndarray:
-    """Uniform [0, 1) floats, one per (key, position), independent across `stream` numbers."""
-    with np.errstate(over="ignore"):
-        x = _mix(keys ^ ((positions.astype(np.uint64) * np.uint64(4) + np.uint64(stream + 1)) * _C2))
-    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
 @functools.lru_cache(maxsize=8)
