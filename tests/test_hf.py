@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import ettin
-from ettin import hf
+from ettin import commands, hf
 from ettin.config import ModelConfig, config_for_size, special_ids_for
 from ettin.errors import EttinError
 from ettin.model import EttinModel
@@ -103,12 +103,12 @@ def test_decoder_round_trip(tmp_path):
 
 def test_convert_between_archs(tmp_path):
     enc = make_model("encoder", seed=2)
-    dec = hf.convert(enc, "decoder")
+    dec = commands.convert(enc, "decoder")
     assert dec.config.arch == "decoder" and dec.config == enc.config.replace(arch="decoder")
     assert_same_weights(enc, dec)
-    assert hf.convert(dec, "decoder") is dec
+    assert commands.convert(dec, "decoder") is dec
     path = hf.save_pretrained(dec, tmp_path / "dec")
-    again = hf.convert(path, "encoder")
+    again = commands.convert(path, "encoder")
     assert again.config == enc.config
     assert_same_weights(enc, again)
     # ... and the causal mask really is on: future tokens no longer change earlier logits
@@ -123,7 +123,7 @@ def test_convert_between_archs(tmp_path):
 def test_export_reads_as_other_arch_and_copies_tokenizer(tmp_path, small_tokenizer_dir):
     src = hf.save_pretrained(make_model("encoder", seed=3), tmp_path / "enc", small_tokenizer_dir)
     assert (src / "tokenizer.json").is_file() and (src / "tokenizer_config.json").is_file()
-    out, model = hf.export(src, tmp_path / "dec", arch="decoder")
+    out, model = commands.export(src, tmp_path / "dec", arch="decoder")
     assert model.config.arch == "decoder"
     from ettin.tokenizer import tokenizer_fingerprint
 
@@ -385,7 +385,7 @@ def test_bad_model_folder_gives_one_clear_error(tmp_path, small_tokenizer_dir, c
     assert not (tmp_path / "UNPICKLED").exists()
     # export fails the same way and writes nothing
     with pytest.raises(EttinError, match="."):
-        hf.export(path, tmp_path / "out")
+        commands.export(path, tmp_path / "out")
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
@@ -419,7 +419,7 @@ def test_bad_paths_and_names(tmp_path, monkeypatch):
     with pytest.raises(EttinError, match="unknown dtype"):
         ettin.load(path, dtype="int8")
     with pytest.raises(EttinError, match="unknown size 'huge'"):
-        hf.init_model("huge", "encoder", tmp_path / "out")
+        commands.init_model("huge", "encoder", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

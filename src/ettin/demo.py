@@ -100,7 +100,7 @@ def run_demo(
     log: Callable[[str], None] = print,
     eval_progress=None,
 ) -> DemoResult:
-    from ettin import hf
+    from ettin import commands
     from ettin.eval.runner import compare_run
     from ettin.recipe import load_recipe
     from ettin.train.trainer import RECIPE_FILE, TrainOptions, train
@@ -127,7 +127,7 @@ def run_demo(
     with _step(result, "export both to Hugging Face", log):
         for arch in ("encoder", "decoder"):
             target = out / f"{arch}-hf"
-            hf.export(run_dir / arch, target, overwrite=True)
+            commands.export(run_dir / arch, target, overwrite=True)
             exports[arch] = target
             result.written.append((f"{arch} (Hugging Face)", target))
             log(f"{arch}: {target}")
