@@ -12,7 +12,7 @@ from ettin.config import MODERNBERT_VOCAB_SIZE, SIZES, config_for_size
 from ettin.errors import EttinError
 from ettin.hf.adapter import check_arch
 from ettin.hf.files import prepare_out
-from ettin.hf.load import load, load_dir, read_config, resolve
+from ettin.hf.loading import load, load_dir, read_config, resolve
 from ettin.hf.save import save_pretrained
 from ettin.tokenizer import check_tokenizer_dir
 

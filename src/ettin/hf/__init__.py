@@ -6,7 +6,7 @@ One job per module:
   (`STATE_DICT_MAP`, the one table both directions and the docs use);
 - `ettin.hf.files`: the folder's files, safetensors read and validated (pickle refused), and the
   one atomic write;
-- `ettin.hf.load`: which folder a path, run or hub id stands for, and loading it;
+- `ettin.hf.loading`: which folder a path, run or hub id stands for, and loading it;
 - `ettin.hf.save`: `save_pretrained`.
 
 `ettin init`, `ettin export` and `ettin convert` are in `ettin.commands`.
@@ -26,7 +26,7 @@ from ettin.hf.adapter import (
     state_dict_to_hf,
 )
 from ettin.hf.files import PICKLE_NAMES, TOKENIZER_FILES, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, read_weights
-from ettin.hf.load import DTYPES, HubUnavailableError, load, load_dir, read_config, resolve
+from ettin.hf.loading import DTYPES, HubUnavailableError, load, load_dir, read_config, resolve
 from ettin.hf.save import save_pretrained
 from ettin.tokenizer import check_tokenizer_dir as check_tokenizer
 

@@ -279,7 +279,7 @@ def config_from_hf(
     The result loads exactly as transformers 5.x would build the model: a missing theta takes
     transformers' default for that layer type, a decoder's window comes from `local_attention`.
     `arch` overrides the config's own arch (reading an encoder as a decoder or back); `tokenizer_ids`
-    (the folder's tokenizer's special ids, see `ettin.hf.load.tokenizer_special_ids`) fill the ids a
+    (the folder's tokenizer's special ids, see `ettin.hf.loading.tokenizer_special_ids`) fill the ids a
     ModernBERT config does not carry.
     """
     model_type = d.get("model_type")

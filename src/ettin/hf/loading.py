@@ -129,8 +129,18 @@ def _hub_download(repo_id: str, revision: str | None) -> Path:
         raise EttinError(
             f"is not a usable hub repository ({first_line(exc)})", path=repo_id, fix="check the repository name"
         ) from None
-    # Not the user's: the hub answered with a server error or a rate limit, or could not be reached.
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status is not None and (status >= 500 or status == 429):  # the hub's: a server error, a rate limit
+            raise HubUnavailableError(repo_id, first_line(exc)) from None
+        raise EttinError(  # another 4xx: this account may not read it, or the request names something wrong
+            f"is not a local folder, and the hub refused it ({first_line(exc)})",
+            path=repo_id,
+            fix="check the repository name and revision, and your access (`hf auth login`)",
+        ) from None
+    # Not the user's: no network (snapshot_download reports it as nothing in the local cache), or the
+    # connection broke.
+    except (LocalEntryNotFoundError, OSError) as exc:
         raise HubUnavailableError(repo_id, first_line(exc)) from None
 
 
