@@ -679,3 +679,20 @@ def test_a_hub_style_tokenizer_is_checked_only_on_the_ids_it_defines(tmp_path, s
     check_tokenizer_fits(tok, config, defined_only=True)
     with pytest.raises(EttinError, match="bos_token_id: tokenizer None"):
         check_tokenizer_fits(tok, config)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [{"dtype": "F99", "shape": [2], "data_offsets": [0, 8]}, {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}],
+    ids=["unknown-dtype", "shape-contradicts-offsets"],
+)
+def test_a_damaged_header_that_passes_the_size_check_is_reported_as_corrupt(tmp_path, entry):
+    import struct
+
+    from ettin.hf.files import read_safetensors
+
+    header = json.dumps({"a": entry}).encode()
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
+    with pytest.raises(EttinError, match="is corrupt: .*copy or export the model again"):
+        read_safetensors(f)

@@ -104,7 +104,9 @@ def register(app: typer.Typer) -> None:
         from ettin import commands
 
         with _busy(f"exporting {src}"):
-            path, model = commands.export(src, out, revision=revision, arch=arch, tokenizer=tokenizer, overwrite=overwrite)
+            path, model = commands.export(
+                src, out, revision=revision, arch=arch, tokenizer=tokenizer, overwrite=overwrite
+            )
         _report(path, model, f"exported {src}" + (f" @ {revision}" if revision else ""))
 
     @app.command("convert")

@@ -69,11 +69,12 @@ def check_safetensors(path: Path) -> None:
 
 def read_safetensors(path: Path) -> dict[str, "torch.Tensor"]:
     check_safetensors(path)
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
         return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for damaged files
+    except SafetensorError as exc:  # a damaged file the header check let through (bad dtype, bad offsets)
         raise EttinError(
             f"is corrupt: {exc}".splitlines()[0], path=path, fix="copy or export the model again"
         ) from None
