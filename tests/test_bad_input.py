@@ -36,12 +36,12 @@ ETTIN_BIN = Path(sys.executable).with_name("ettin")
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory, small_tokenizer_dir) -> Path:
     """Good inputs the cases copy and break: a tokenizer, an encoder and a decoder (tiny), a corpus."""
-    from ettin import hf
+    from ettin import commands
 
     root = tmp_path_factory.mktemp("bad-input-assets")
     shutil.copytree(small_tokenizer_dir, root / "tok")
-    hf.init_model("tiny", "encoder", root / "enc", tokenizer=root / "tok", seed=0)
-    hf.init_model("tiny", "decoder", root / "dec", tokenizer=root / "tok", seed=0)
+    commands.init_model("tiny", "encoder", root / "enc", tokenizer=root / "tok", seed=0)
+    commands.init_model("tiny", "decoder", root / "dec", tokenizer=root / "tok", seed=0)
     (root / "corpus.txt").write_text("The quick brown fox jumps over the lazy dog.\n" * 200, encoding="utf-8")
     _prepared_data_and_run(root)
     return root

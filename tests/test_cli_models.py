@@ -186,3 +186,28 @@ def test_usage_and_input_errors_are_one_line(monkeypatch, capsys, tmp_path):
         assert code == 2, args
         assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and expected in err, err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(("status", "error_code", "exit_code"), [(404, "RepoNotFound", 2), (503, None, 1)])
+def test_hub_errors_are_one_line_and_say_whose_they_are(tmp_path, monkeypatch, capsys, status, error_code, exit_code):
+    """A missing repository is the user's (exit 2, fix the name); a hub outage is not (exit 1, try again)."""
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import hf_raise_for_status
+
+    http = sys.modules[HfHubHTTPError.__mro__[1].__module__]
+    request = http.Request("GET", "https://huggingface.co/api/models/some-org/some-model/revision/main")
+    response = http.Response(status, headers={"X-Error-Code": error_code} if error_code else {}, request=request)
+
+    def snapshot_download(**kwargs):
+        hf_raise_for_status(response)
+        raise AssertionError("huggingface_hub accepted the answer")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(monkeypatch, capsys, "export", "some-org/some-model", tmp_path / "out")
+    assert code == exit_code
+    assert err.startswith("error: some-org/some-model: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert ("try again later" in err) == (exit_code == 1)
+    assert not (tmp_path / "out").exists()

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import ettin
-from ettin import hf
+from ettin import commands, hf
 from ettin.config import ModelConfig, config_for_size, special_ids_for
 from ettin.errors import EttinError
 from ettin.model import EttinModel
@@ -103,12 +103,12 @@ def test_decoder_round_trip(tmp_path):
 
 def test_convert_between_archs(tmp_path):
     enc = make_model("encoder", seed=2)
-    dec = hf.convert(enc, "decoder")
+    dec = commands.convert(enc, "decoder")
     assert dec.config.arch == "decoder" and dec.config == enc.config.replace(arch="decoder")
     assert_same_weights(enc, dec)
-    assert hf.convert(dec, "decoder") is dec
+    assert commands.convert(dec, "decoder") is dec
     path = hf.save_pretrained(dec, tmp_path / "dec")
-    again = hf.convert(path, "encoder")
+    again = commands.convert(path, "encoder")
     assert again.config == enc.config
     assert_same_weights(enc, again)
     # ... and the causal mask really is on: future tokens no longer change earlier logits
@@ -123,7 +123,7 @@ def test_convert_between_archs(tmp_path):
 def test_export_reads_as_other_arch_and_copies_tokenizer(tmp_path, small_tokenizer_dir):
     src = hf.save_pretrained(make_model("encoder", seed=3), tmp_path / "enc", small_tokenizer_dir)
     assert (src / "tokenizer.json").is_file() and (src / "tokenizer_config.json").is_file()
-    out, model = hf.export(src, tmp_path / "dec", arch="decoder")
+    out, model = commands.export(src, tmp_path / "dec", arch="decoder")
     assert model.config.arch == "decoder"
     from ettin.tokenizer import tokenizer_fingerprint
 
@@ -385,7 +385,7 @@ def test_bad_model_folder_gives_one_clear_error(tmp_path, small_tokenizer_dir, c
     assert not (tmp_path / "UNPICKLED").exists()
     # export fails the same way and writes nothing
     with pytest.raises(EttinError, match="."):
-        hf.export(path, tmp_path / "out")
+        commands.export(path, tmp_path / "out")
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
@@ -419,7 +419,7 @@ def test_bad_paths_and_names(tmp_path, monkeypatch):
     with pytest.raises(EttinError, match="unknown dtype"):
         ettin.load(path, dtype="int8")
     with pytest.raises(EttinError, match="unknown size 'huge'"):
-        hf.init_model("huge", "encoder", tmp_path / "out")
+        commands.init_model("huge", "encoder", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -526,3 +526,173 @@ def test_exports_carry_the_template_of_their_arch(tmp_path, small_tokenizer_dir)
     body = ref("to be or not", add_special_tokens=False)["input_ids"]
     assert ids["encoder"] == [ref.cls_token_id, *body, ref.sep_token_id]
     assert ids["decoder"] == [ref.cls_token_id, *body]
+
+
+# ------------------------------------------------------------------------- the one state-dict table
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+TABLE_START, TABLE_END = "<!-- conversion-table: start -->", "<!-- conversion-table: end -->"
+
+
+def test_the_docs_table_is_rendered_from_the_mapping():
+    text = DOCS.read_text(encoding="utf-8")
+    assert text.count(TABLE_START) == 1 and text.count(TABLE_END) == 1
+    doc_table = text.split(TABLE_START)[1].split(TABLE_END)[0].strip() + "\n"
+    assert doc_table == hf.conversion_table_markdown(), (
+        "docs/architecture.md's parameter table differs from ettin.hf.STATE_DICT_MAP; paste "
+        "`python -c 'from ettin import hf; print(hf.conversion_table_markdown())'` between its markers"
+    )
+
+
+@pytest.mark.parametrize("arch", ["encoder", "decoder"])
+def test_every_parameter_of_both_libraries_is_in_the_table(arch):
+    """Each ettin name and each name of transformers' class matches exactly one rule: nothing of
+    either model converts by the table's pass-through for names it does not know."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    from ettin.hf.adapter import _FROM_HF, _TO_HF
+
+    model = make_model(arch)
+    for name in model.state_dict():
+        assert sum(bool(p.fullmatch(name)) for p, _ in _TO_HF) == 1, name
+    hf_config = AutoConfig.for_model(**hf.config_to_hf(model.config))
+    auto = AutoModelForMaskedLM if arch == "encoder" else AutoModelForCausalLM
+    theirs = auto.from_config(hf_config).state_dict()
+    for name in theirs:
+        assert sum(bool(p.fullmatch(name)) for p, _, _ in _FROM_HF[arch]) + (name == "decoder.weight") == 1, name
+    ours = hf.state_dict_to_hf(model.state_dict(), arch, model.config)
+    assert set(ours) == set(theirs) - {"decoder.weight"}
+    assert all(ours[k].shape == theirs[k].shape for k in ours)
+    back = hf.state_dict_from_hf(ours, hf.MODEL_TYPES[arch])
+    assert set(back) == set(model.state_dict()) - {"decoder.weight"}
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items() if k != "decoder.weight")
+
+
+def test_a_split_tensor_with_a_part_missing_names_the_part():
+    model = make_model("decoder")
+    sd = hf.state_dict_to_hf(model.state_dict(), "decoder", model.config)
+    del sd["model.layers.1.attn.k_proj.weight"]
+    with pytest.raises(KeyError, match="model.layers.1.attn.k_proj.weight"):
+        hf.state_dict_from_hf(sd, "modernbert-decoder")
+
+
+# ------------------------------------------------------------------------------------ hub errors
+
+
+def _hub_error(status: int, error_code: str | None = None) -> Exception:
+    """The exception huggingface_hub itself raises for this answer of the hub."""
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import hf_raise_for_status
+
+    http = sys.modules[HfHubHTTPError.__mro__[1].__module__]  # the HTTP library huggingface_hub uses
+    request = http.Request("GET", "https://huggingface.co/api/models/some-org/some-model/revision/main")
+    response = http.Response(status, headers={"X-Error-Code": error_code} if error_code else {}, request=request)
+    try:
+        hf_raise_for_status(response)
+    except Exception as exc:
+        return exc
+    raise AssertionError(f"huggingface_hub accepted HTTP {status}")
+
+
+def _fail_with(monkeypatch, tmp_path, exc: Exception) -> None:
+    import huggingface_hub
+
+    def snapshot_download(**kwargs):
+        raise exc
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "message"),
+    [
+        (404, "RepoNotFound", "does not exist or is private"),
+        (403, "GatedRepo", "is gated"),
+        (404, "RevisionNotFound", "has no revision 'v9'"),
+        (403, None, "the hub refused it"),
+    ],
+)
+def test_hub_errors_of_the_users_own_are_user_fixable(tmp_path, monkeypatch, status, code, message):
+    _fail_with(monkeypatch, tmp_path, _hub_error(status, code))
+    with pytest.raises(EttinError, match=message) as err:
+        ettin.load("some-org/some-model", "v9")
+    assert not isinstance(err.value, hf.HubUnavailableError) and err.value.exit_code == 2
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+def test_hub_failures_are_not_called_the_users(tmp_path, monkeypatch, status):
+    _fail_with(monkeypatch, tmp_path, _hub_error(status))
+    with pytest.raises(hf.HubUnavailableError, match=f"{status}.*not with the command; try again later") as err:
+        ettin.load("some-org/some-model")
+    assert err.value.exit_code == 1
+
+
+def test_no_network_is_not_called_the_users(tmp_path, monkeypatch):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    _fail_with(monkeypatch, tmp_path, LocalEntryNotFoundError("cannot reach the hub and nothing is cached"))
+    with pytest.raises(hf.HubUnavailableError, match="cannot reach the hub"):
+        ettin.load("some-org/some-model")
+
+
+def test_a_bug_under_the_hub_call_keeps_its_traceback(tmp_path, monkeypatch):
+    _fail_with(monkeypatch, tmp_path, TypeError("a bug"))
+    with pytest.raises(TypeError, match="a bug"):
+        ettin.load("some-org/some-model")
+
+
+# ------------------------------------------------------------------------------ one rule in one place
+
+
+def test_loaded_and_converted_models_have_their_head_tied(tmp_path):
+    path = hf.save_pretrained(make_model("encoder"), tmp_path / "enc")
+    for model in (hf.load_dir(path), hf.load_dir(path, arch="decoder"), commands.convert(make_model(), "decoder")):
+        assert model.head_is_tied and model.decoder.weight is model.model.embeddings.tok_embeddings.weight
+    model = make_model()
+    model.decoder.weight = torch.nn.Parameter(model.decoder.weight.detach().clone())
+    assert not model.head_is_tied
+    with pytest.raises(ValueError, match="not tied"):
+        hf.save_pretrained(model, tmp_path / "untied")
+    model.tie_head()
+    assert model.head_is_tied
+
+
+def test_sequence_length_limit():
+    config = config_for_size("tiny", vocab_size=VOCAB, max_position_embeddings=64)
+    config.check_seq_len(64)
+    with pytest.raises(EttinError, match="field 'phases.1.seq_len': sequence length 65 is beyond .* 64 positions"):
+        config.check_seq_len(65, field="phases.1.seq_len")
+
+
+def test_a_hub_style_tokenizer_is_checked_only_on_the_ids_it_defines(tmp_path, small_tokenizer_dir):
+    """A tokenizer without bos/eos (as many hub tokenizers are) fits a model whose other ids agree."""
+    from ettin.tokenizer import check_tokenizer_dir, check_tokenizer_fits, load_tokenizer, special_token_ids
+
+    tok = load_tokenizer(small_tokenizer_dir)
+    config = config_for_size("tiny", vocab_size=len(tok), **{k: v for k, v in special_token_ids(tok).items()})
+    check_tokenizer_dir(small_tokenizer_dir, config)
+    with pytest.raises(EttinError, match="mask_token_id: tokenizer"):
+        check_tokenizer_dir(small_tokenizer_dir, config.replace(mask_token_id=(config.mask_token_id + 1) % len(tok)))
+    tok.bos_token = None
+    check_tokenizer_fits(tok, config, defined_only=True)
+    with pytest.raises(EttinError, match="bos_token_id: tokenizer None"):
+        check_tokenizer_fits(tok, config)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [{"dtype": "F99", "shape": [2], "data_offsets": [0, 8]}, {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}],
+    ids=["unknown-dtype", "shape-contradicts-offsets"],
+)
+def test_a_damaged_header_that_passes_the_size_check_is_reported_as_corrupt(tmp_path, entry):
+    import struct
+
+    from ettin.hf.files import read_safetensors
+
+    header = json.dumps({"a": entry}).encode()
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
+    with pytest.raises(EttinError, match="is corrupt: .*copy or export the model again"):
+        read_safetensors(f)

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 import ettin
-from ettin import hf
+from ettin import commands
 from ettin.errors import EttinError
 from ettin.train import checkpoint as ck
 
@@ -48,7 +48,7 @@ def _control(load, marker: Path) -> None:
 
 @pytest.fixture()
 def model_dir(tmp_path) -> Path:
-    path, _ = hf.init_model("tiny", "encoder", tmp_path / "model", vocab_size=256, seed=0)
+    path, _ = commands.init_model("tiny", "encoder", tmp_path / "model", vocab_size=256, seed=0)
     return path
 
 

@@ -28,6 +28,8 @@ MODERNBERT_SPECIAL_IDS = {
     "eos_token_id": 50282,
 }
 SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
+# Ettin's position limit (max_position_embeddings); tokenizers truncate at the same length.
+DEFAULT_MAX_POSITIONS = 7999
 
 
 @dataclass
@@ -44,7 +46,7 @@ class ModelConfig:
     local_attention: int = 128
     global_rope_theta: float = 160_000.0
     local_rope_theta: float = 160_000.0
-    max_position_embeddings: int = 7999
+    max_position_embeddings: int = DEFAULT_MAX_POSITIONS
     norm_eps: float = 1e-5
     initializer_range: float = 0.02
     initializer_cutoff_factor: float = 2.0
@@ -107,6 +109,16 @@ class ModelConfig:
     @property
     def is_causal(self) -> bool:
         return self.arch == "decoder"
+
+    def check_seq_len(self, seq_len: int, *, field: str = "seq_len") -> None:
+        """The sequence-length limit: a sequence may use at most max_position_embeddings positions."""
+        limit = self.max_position_embeddings
+        if seq_len > limit:
+            raise EttinError(
+                f"sequence length {seq_len} is beyond the model's limit of {limit} positions",
+                field=field,
+                fix=f"use seq_len <= {limit} for this model",
+            )
 
     @property
     def half_window(self) -> int:

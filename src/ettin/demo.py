@@ -106,7 +106,7 @@ def run_demo(
     render_command: Callable[[ComparePlan], str] | None = None,
 ) -> DemoResult:
     """`render_command`: the line the report gives to reproduce the evaluation (the CLI passes its own)."""
-    from ettin import hf, runs
+    from ettin import commands, hf, runs
     from ettin.eval.plan import CompareRequest, plan_run
     from ettin.eval.runner import run_plan
     from ettin.recipe import load_recipe
@@ -134,7 +134,7 @@ def run_demo(
     with _step(result, "export both to Hugging Face", log):
         for arch in ("encoder", "decoder"):
             target = out / f"{arch}-hf"
-            hf.export(run_dir / arch, target, overwrite=True)
+            commands.export(run_dir / arch, target, overwrite=True)
             exports[arch] = target
             result.written.append((f"{arch} (Hugging Face)", target))
             log(f"{arch}: {target}")

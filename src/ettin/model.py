@@ -313,6 +313,10 @@ class KVCache:
         return self.k[layer][:, :, : self._end], self.v[layer][:, :, : self._end]
 
 
+# The state-dict name of the tied output projection (see EttinModel.tie_head).
+TIED_KEY = "decoder.weight"
+
+
 class EttinModel(nn.Module):
     """A ModernBERT encoder or decoder with its tied prediction head."""
 
@@ -322,9 +326,21 @@ class EttinModel(nn.Module):
         self.model = Backbone(config)
         self.head = PredictionHead(config)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
-        self.decoder.weight = self.model.embeddings.tok_embeddings.weight
+        self.tie_head()
         if init:
             self.reset_parameters()
+
+    # ------------------------------------------------------------------------------------- tying
+    def tie_head(self) -> None:
+        """The output projection is the token embedding: the one tying rule. Files store the tensor
+        once (as the embedding; `TIED_KEY` is left out), so whoever loads weights calls this after."""
+        emb = self.model.embeddings.tok_embeddings.weight
+        if self.decoder.weight is not emb:
+            self.decoder.weight = emb
+
+    @property
+    def head_is_tied(self) -> bool:
+        return self.decoder.weight.data_ptr() == self.model.embeddings.tok_embeddings.weight.data_ptr()
 
     # ----------------------------------------------------------------------------------------- init
     @torch.no_grad()

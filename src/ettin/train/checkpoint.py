@@ -31,6 +31,7 @@ import torch
 
 from ettin.errors import EttinError
 from ettin.io import atomic_dir
+from ettin.model import TIED_KEY  # the tying rule lives with the model
 from ettin.runs import (  # noqa: F401  (re-exported: the checkpoint API reads runs through these)
     HF_DIR,
     STATE_DIR,
@@ -47,7 +48,6 @@ from ettin.runs import (  # noqa: F401  (re-exported: the checkpoint API reads r
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.safetensors"
-TIED_KEY = "decoder.weight"
 EMBEDDING_KEY = "model.embeddings.tok_embeddings.weight"
 # --resume has no tag option: it takes the newest full state, so a damaged one is moved out of the way
 DAMAGED_FIX = "move this tag's folder out of checkpoints/ to resume from the one before it (`ettin checkpoints RUN`)"
