@@ -106,7 +106,7 @@ def run_demo(
     render_command: Callable[[ComparePlan], str] | None = None,
 ) -> DemoResult:
     """`render_command`: the line the report gives to reproduce the evaluation (the CLI passes its own)."""
-    from ettin import commands, hf, runs
+    from ettin import commands, runs
     from ettin.eval.plan import CompareRequest, plan_run
     from ettin.eval.runner import run_plan
     from ettin.recipe import load_recipe
