@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
             "--source",
             "-s",
             help="a built-in corpus (wiki, shakespeare, pydoc) or [NAME=]KIND:PATH[#FIELD] with KIND text, jsonl, "
-            "parquet or hf; repeatable",
+            "parquet, hf or mds (MosaicML MDS folder, local or s3://, gs://, hf://); repeatable",
         ),
         tokenizer: Path = typer.Option(..., "--tokenizer", help="tokenizer directory (tokenizer.json)"),
         out: Path = typer.Option(..., "--out", help="data folder; each source goes to OUT/NAME"),
