@@ -454,6 +454,54 @@ def prepare_mds_ids(spec, tok, out_dir: Path, *, shard_tokens: int, verify: bool
     Every id is checked against the tokenizer: one at or above its vocabulary stops with the shard
     and sample, and nothing is written.
     """
+    folder = MDSFolder.open(spec.path)
+    column = ids_column(folder, spec.field)
+
+    def items():
+        done = 0
+        for shard, (values,) in folder.iter_shards([column], verify=True):
+            for j, value in enumerate(values):
+                where = f"shard {shard.file} sample {j} (sample {done + j} of the folder)"
+                yield sample_ids(value, ids_dtype=spec.ids_dtype, where=where), f"{shard.raw}:{j}", where
+            done += len(values)
+            if progress:
+                progress(spec.name, done, folder.num_samples)
+
+    info = {"location": folder.location, "column": column, "encoding": folder.columns[column]}
+    return prepare_id_documents(
+        spec,
+        tok,
+        out_dir,
+        items,
+        shard_tokens=shard_tokens,
+        verify=verify,
+        info_key="mds",
+        info=info,
+        where=folder.location,
+    )
+
+
+def prepare_id_documents(
+    spec,
+    tok,
+    out_dir: Path,
+    items,
+    *,
+    shard_tokens: int,
+    verify: bool,
+    info_key: str,
+    info: dict,
+    where: str,
+    extra_arrays=None,
+    check=None,
+):
+    """Write documents given as token ids (no tokenizer run) as a prepared source.
+
+    `items()` yields (ids, origin, where) per document in order; ids at or above the tokenizer's
+    vocabulary stop with `where`; `check(ids, where)` may refuse more. A leading [CLS] and a
+    trailing [SEP] are stripped and kept as per-document flags (`mds-flags.npy`). `extra_arrays()`
+    returns {file name: array} written after the documents and listed in the manifest's `info_key`.
+    """
     import shutil
     import time
 
@@ -471,8 +519,6 @@ def prepare_mds_ids(spec, tok, out_dir: Path, *, shard_tokens: int, verify: bool
     from ettin.io import atomic_path, atomic_write_json
 
     t0 = time.perf_counter()
-    folder = MDSFolder.open(spec.path)
-    column = ids_column(folder, spec.field)
     key = _prepare_key(source_fingerprint(spec), tok, shard_tokens)
     final = out_dir / spec.name
     if (final / MANIFEST).is_file():
@@ -505,12 +551,11 @@ def prepare_mds_ids(spec, tok, out_dir: Path, *, shard_tokens: int, verify: bool
     try:
         atomic_write_json(staging / "plan.json", {"key": key, "source": spec.to_dict()})
         shards: list[dict] = []
-        flags_all: list[np.ndarray] = []
+        flags_all: list[int] = []
         buf_bodies: list[np.ndarray] = []
         buf_origins: list[str] = []
         buf_tokens = 0
         first_doc = 0
-        total = folder.num_samples
 
         def flush() -> None:
             nonlocal buf_bodies, buf_origins, buf_tokens, first_doc
@@ -522,47 +567,46 @@ def prepare_mds_ids(spec, tok, out_dir: Path, *, shard_tokens: int, verify: bool
             first_doc += len(buf_bodies)
             buf_bodies, buf_origins, buf_tokens = [], [], 0
 
-        done = 0
-        for shard, (values,) in folder.iter_shards([column], verify=True):
-            flags = np.zeros(len(values), np.uint8)
-            for j, value in enumerate(values):
-                where = f"shard {shard.file} sample {j} (sample {done + j} of the folder)"
-                ids = sample_ids(value, ids_dtype=spec.ids_dtype, where=where)
-                if len(ids) and (int(ids.max()) >= vocab or int(ids.min()) < 0):
-                    bad = int(ids.max()) if int(ids.max()) >= vocab else int(ids.min())
+        for ids, origin, item_where in items():
+            if len(ids):
+                hi, lo = int(ids.max()), int(ids.min())
+                if hi >= vocab or lo < 0:
                     raise EttinError(
-                        f"{where}: id {bad} is outside the tokenizer's vocabulary of {vocab}",
-                        path=folder.location,
+                        f"{item_where}: id {hi if hi >= vocab else lo} is outside the tokenizer's vocabulary of {vocab}",
+                        path=where,
                         field="tokenizer",
                         fix="declare the tokenizer the data was made with (--tokenizer; ModernBERT's for Ettin's data)",
                     )
-                a, b = 0, len(ids)
-                if b and ids[0] == cls_id:
-                    flags[j] |= FLAG_CLS
-                    a = 1
-                if b > a and ids[b - 1] == sep_id:
-                    flags[j] |= FLAG_SEP
-                    b -= 1
-                buf_bodies.append(ids[a:b])
-                buf_origins.append(f"{shard.raw}:{j}")
-                buf_tokens += b - a
-                if buf_tokens >= shard_tokens:
-                    flush()
-            flags_all.append(flags)
-            done += len(values)
-            if progress:
-                progress(spec.name, done, total)
+            if check is not None:
+                check(ids, item_where)
+            flag = 0
+            a, b = 0, len(ids)
+            if b and ids[0] == cls_id:
+                flag |= FLAG_CLS
+                a = 1
+            if b > a and ids[b - 1] == sep_id:
+                flag |= FLAG_SEP
+                b -= 1
+            flags_all.append(flag)
+            buf_bodies.append(ids[a:b])
+            buf_origins.append(origin)
+            buf_tokens += b - a
+            if buf_tokens >= shard_tokens:
+                flush()
         if buf_bodies:
             flush()
         documents = sum(e["documents"] for e in shards)
         tokens = sum(e["num_tokens"] for e in shards)
         if documents == 0:
-            raise EttinError("the MDS folder holds no samples", path=folder.location, field="source")
-        flags = np.concatenate(flags_all)
-        with atomic_path(staging / FLAGS_FILE) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, flags, allow_pickle=False)
-            flags_entry = {"file": FLAGS_FILE, "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
+            raise EttinError("the source holds no samples", path=where, field="source")
+        flags = np.asarray(flags_all, np.uint8)
+        arrays = {FLAGS_FILE: flags, **(extra_arrays() if extra_arrays else {})}
+        entries = {}
+        for name, arr in arrays.items():
+            with atomic_path(staging / name) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, arr, allow_pickle=False)
+                entries[name] = {"file": name, "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
         report = SourceReport(documents=documents).to_dict()
         manifest = {
             "format": FORMAT,
@@ -583,12 +627,11 @@ def prepare_mds_ids(spec, tok, out_dir: Path, *, shard_tokens: int, verify: bool
             "tokens": tokens,
             "text_bytes": 0,
             "report": report,
-            "mds": {
-                "location": folder.location,
-                "column": column,
-                "encoding": folder.columns[column],
+            info_key: {
+                **info,
                 "samples": documents,
-                "flags": flags_entry,
+                "flags": entries.pop(FLAGS_FILE),
+                "files": entries,
                 "cls_samples": int(np.count_nonzero(flags & FLAG_CLS)),
                 "sep_samples": int(np.count_nonzero(flags & FLAG_SEP)),
             },
@@ -606,7 +649,7 @@ def prepare_mds_ids(spec, tok, out_dir: Path, *, shard_tokens: int, verify: bool
 
 def load_flags(folder: Path, manifest: dict) -> np.ndarray:
     """The per-document [CLS]/[SEP] flags of a source prepared from MDS ids (zeros for any other source)."""
-    info = manifest.get("mds")
+    info = manifest.get("mds") or manifest.get("replay")
     if not info or "flags" not in info:
         return np.zeros(int(manifest["documents"]), np.uint8)
     path = folder / info["flags"]["file"]

@@ -19,7 +19,8 @@ accepted as a short form of weights.
 `order` picks who decides the sample order (`OrderSpec`): `sampler: ettin` (the default: chunked
 documents, a seeded permutation per source and epoch, sources interleaved by share) or
 `sampler: bert24` (the original Ettin runs: one sample per document of a single source, usually an
-MDS folder, in bert24's `DistributedSamplerPCG64DXSM` order; see ettin.data.stream).
+MDS folder, in bert24's `DistributedSamplerPCG64DXSM` order; see ettin.data.stream) or
+`sampler: replay` (a prepared `replay:` source: each step gets exactly the rows of one recorded step).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class MixtureEntry:
         return d
 
 
-SAMPLERS = ("ettin", "bert24")
+SAMPLERS = ("ettin", "bert24", "replay")
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,9 @@ class OrderSpec:
             raise EttinError(f"unknown key(s) {extra}", field=where, fix=f"known keys: {', '.join(sorted(known))}")
         sampler = d.get("sampler", "ettin")
         if sampler not in SAMPLERS:
-            raise EttinError(f"unknown sampler {sampler!r}", field=f"{where}.sampler", fix="use ettin or bert24")
+            raise EttinError(
+                f"unknown sampler {sampler!r}", field=f"{where}.sampler", fix="use ettin, bert24 or replay"
+            )
         out = {"sampler": sampler}
         for key, lo in (("shuffle_seed", 0), ("world_size", 1)):
             if key in d:
@@ -229,9 +232,9 @@ class DataSpec:
         if not isinstance(backfill, bool):
             raise EttinError(f"expected true or false, got {backfill!r}", field=f"{where}.backfill")
         order = OrderSpec.from_dict(d.get("order"), where=f"{where}.order")
-        if order.sampler == "bert24" and len(entries) != 1:
+        if order.sampler != "ettin" and len(entries) != 1:
             raise EttinError(
-                f"the bert24 order reads one source, the mixture names {len(entries)}",
+                f"the {order.sampler} order reads one source, the mixture names {len(entries)}",
                 field=f"{where}.order",
                 fix="give one source (the MDS folder), or use sampler: ettin for mixtures",
             )

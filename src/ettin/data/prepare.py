@@ -233,6 +233,10 @@ def prepare_source(
 
         if ids_column(MDSFolder.open(spec.path), spec.field) is not None:
             return prepare_mds_ids(spec, tok, out_dir, shard_tokens=shard_tokens, verify=verify, progress=progress)
+    if spec.kind == "replay":  # a released batch-order folder (ettin.data.order)
+        from ettin.data.order import prepare_replay
+
+        return prepare_replay(spec, tok, out_dir, shard_tokens=shard_tokens, verify=verify, progress=progress)
     t0 = time.perf_counter()
     files = source_files(spec)
     total_bytes = sum(f.stat().st_size for f in files)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ettin.errors import EttinError
 
-KINDS = ("text", "jsonl", "parquet", "hf", "builtin", "mds")
+KINDS = ("text", "jsonl", "parquet", "hf", "builtin", "mds", "replay")
 BUILTINS = ("wiki", "shakespeare", "pydoc")
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 SPLITS = ("file", "line", "blank")
@@ -246,6 +246,10 @@ def source_files(spec: SourceSpec) -> list[Path]:
         from ettin.data.mds import MDSFolder
 
         return MDSFolder.open(spec.path).files()
+    if spec.kind == "replay":
+        from ettin.data.order import release_files
+
+        return [f.path for f in release_files(spec.path)]
     path = Path(spec.path)
     if not path.exists():
         raise EttinError("no such file or folder", path=path, field="source", fix="check the path of the source")
@@ -471,6 +475,16 @@ def _mds_documents(spec: SourceSpec, report: SourceReport) -> Iterator[Document]
             yield Document(value, origin=f"{shard.raw}:{j}")
 
 
+def _replay_documents(spec: SourceSpec, report: SourceReport) -> Iterator[Document]:
+    raise EttinError(
+        "a replay source holds token ids, not text",
+        path=spec.path,
+        field="source",
+        fix="prepare it (`ettin data prepare --source NAME=replay:FOLDER`) and train with order: {sampler: replay}",
+    )
+    yield  # pragma: no cover
+
+
 def iter_documents(spec, report: SourceReport | None = None) -> Iterator[Document]:
     """Documents of a source in a fixed order; empty (whitespace-only) documents are skipped and counted."""
     spec = as_spec(spec)
@@ -482,6 +496,7 @@ def iter_documents(spec, report: SourceReport | None = None) -> Iterator[Documen
         "parquet": _parquet_documents,
         "hf": _hf_documents,
         "mds": _mds_documents,
+        "replay": _replay_documents,
     }[spec.kind]
     for doc in reader(spec, report):
         if not doc.text.strip():

@@ -196,6 +196,64 @@ class Bert24Order:
         return ranks, epoch * self.per_rank + local + size
 
 
+class ReplayOrder:
+    """Position in a replayed batch order (a prepared `replay:` source): `pos` recorded steps given out."""
+
+    def __init__(self, name: str, source: PreparedSource, seq_len: int, cls_id: int, sep_id: int):
+        from ettin.data.mds import FLAG_CLS, FLAG_SEP, load_flags
+        from ettin.data.order import REPLAY_STEPS_FILE
+
+        info = source.manifest.get("replay")
+        if not info:
+            raise EttinError(
+                f"source '{name}' is not a replay source",
+                path=source.folder,
+                field="data.order",
+                fix="prepare the order folder with --source NAME=replay:FOLDER, or use another sampler",
+            )
+        self.name, self.source, self.seq_len = name, source, seq_len
+        self.cls_id, self.sep_id = cls_id, sep_id
+        self.flags = load_flags(source.folder, source.manifest)
+        self._FLAG_CLS, self._FLAG_SEP = FLAG_CLS, FLAG_SEP
+        path = source.folder / REPLAY_STEPS_FILE
+        if not path.is_file():
+            raise EttinError("the replay source has no step table", path=path, fix="prepare it again")
+        table = np.load(path, allow_pickle=False)
+        self.steps = table[:, 0]
+        self.first_doc = np.concatenate([[0], np.cumsum(table[:, 1])]).astype(np.int64)
+        lengths = source.doc_lengths + (self.flags & FLAG_CLS > 0) + (self.flags & FLAG_SEP > 0)
+        self.sample_tokens = lengths
+        if len(lengths) and int(lengths.max()) > seq_len:
+            raise EttinError(
+                f"replayed rows hold up to {int(lengths.max())} tokens, more than seq_len {seq_len}",
+                path=source.folder,
+                field="seq_len",
+                fix="replay with the seq_len the order was recorded with",
+            )
+
+    @property
+    def num_chunks(self) -> int:
+        return self.source.num_documents
+
+    def sample(self, doc: int) -> Sample:
+        body = np.asarray(self.source.document_tokens(doc), np.int32)
+        f = int(self.flags[doc])
+        head = [self.cls_id] if f & self._FLAG_CLS else []
+        tail = [self.sep_id] if f & self._FLAG_SEP else []
+        ids = np.concatenate([np.asarray(head, np.int32), body, np.asarray(tail, np.int32)])
+        return Sample(ids, self.name, doc, 0)
+
+    def step_batch(self, pos: int) -> list[Sample]:
+        if pos >= len(self.steps):
+            raise EttinError(
+                f"the replayed order has {len(self.steps)} step(s); the phase asks for more",
+                path=self.source.folder,
+                field="tokens",
+                fix="shorten the phase (tokens) to the recorded steps",
+            )
+        return [self.sample(d) for d in range(int(self.first_doc[pos]), int(self.first_doc[pos + 1]))]
+
+
 class TokenStream:
     """Samples of one phase; see the module docstring."""
 
@@ -243,7 +301,10 @@ class TokenStream:
             raise EttinError("the tokenizer the data was prepared with has no [CLS] or [SEP]", path=self.data_dir)
         self.vocab_size = int(opened[0].manifest["tokenizer"]["vocab_size"])
         self.bert24 = self.spec.order.sampler == "bert24"
-        if self.bert24:
+        self.replay = self.spec.order.sampler == "replay"
+        if self.replay:
+            self._orders = [ReplayOrder(self.spec.sources[0], opened[0], self.seq_len, self.cls_id, self.sep_id)]
+        elif self.bert24:
             self._orders = [
                 Bert24Order(self.spec.sources[0], opened[0], self.spec.order, self.seq_len, self.cls_id, self.sep_id)
             ]
@@ -268,7 +329,7 @@ class TokenStream:
             "min_tokens": self.min_tokens,
             "backfill": self.spec.backfill,
             "mixture": [e.to_dict() for e in self.spec.mixture],
-            **({"order": self.spec.order.to_dict()} if self.bert24 else {}),
+            **({"order": self.spec.order.to_dict()} if self.bert24 or self.replay else {}),
             "data": [s.manifest["key"] for s in opened],
         }
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
@@ -293,6 +354,12 @@ class TokenStream:
 
     def _bert24_batch(self, size: int) -> list[Sample]:
         order = self._orders[0]
+        if self.replay:  # the recorded step decides its size
+            batch = order.step_batch(int(self._positions[0]))
+            self._positions[0] += 1
+            self._tokens[0] += sum(len(s) for s in batch)
+            self._samples += len(batch)
+            return batch
         w = order.spec.world_size
         if size % w:
             raise EttinError(
@@ -308,7 +375,7 @@ class TokenStream:
 
     def peek(self) -> Sample:
         """The sample `next_sample` will return, without taking it."""
-        if self.bert24:
+        if self.bert24 or self.replay:
             if not self._buffer:
                 self._buffer = self._bert24_batch(self.spec.order.world_size)
             return self._buffer[0]
@@ -318,7 +385,7 @@ class TokenStream:
         return self._peeked[1]
 
     def next_sample(self) -> Sample:
-        if self.bert24:
+        if self.bert24 or self.replay:
             self.peek()
             return self._buffer.pop(0)
         sample = self.peek()
@@ -336,9 +403,11 @@ class TokenStream:
         if batch_size_sequences is not None:
             if batch_size_sequences < 1:
                 raise EttinError(f"batch size {batch_size_sequences} is not positive", field="batch_size")
-            if self.bert24 and not self._buffer:
+            if (self.bert24 or self.replay) and not self._buffer:
                 return self._bert24_batch(batch_size_sequences)
             return [self.next_sample() for _ in range(batch_size_sequences)]
+        if self.replay and not self._buffer:
+            return self._bert24_batch(0)
         if self.bert24:
             raise EttinError(
                 "the bert24 order takes batch sizes in sequences, not tokens",
