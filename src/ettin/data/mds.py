@@ -430,14 +430,14 @@ def ids_column(folder: MDSFolder, field: str) -> str | None:
 
 
 def sample_ids(value, *, ids_dtype: str, where: str) -> np.ndarray:
-    """One sample's token ids as a 1-D int64 array (bytes are read as `ids_dtype`)."""
+    """One sample's token ids as a 1-D integer array of its own width (bytes are read as `ids_dtype`)."""
     if isinstance(value, bytes):
         arr = np.frombuffer(value, np.dtype(ids_dtype).newbyteorder("<"))
     else:
         arr = np.asarray(value)
         if not np.issubdtype(arr.dtype, np.integer):
             raise EttinError(f"{where}: token ids are {arr.dtype}, not integers", fix="write ids as ndarray:uint16")
-    return arr.reshape(-1).astype(np.int64, copy=False)
+    return arr.reshape(-1)
 
 
 FLAG_CLS = 1  # the sample began with [CLS] (stripped; the stream adds it back)
@@ -460,9 +460,12 @@ def prepare_mds_ids(spec, tok, out_dir: Path, *, shard_tokens: int, verify: bool
     def items():
         done = 0
         for shard, (values,) in folder.iter_shards([column], verify=True):
-            for j, value in enumerate(values):
-                where = f"shard {shard.file} sample {j} (sample {done + j} of the folder)"
-                yield sample_ids(value, ids_dtype=spec.ids_dtype, where=where), f"{shard.raw}:{j}", where
+
+            def where_of(j: int, shard=shard, done=done) -> str:
+                return f"shard {shard.file} sample {j} (sample {done + j} of the folder)"
+
+            arrays = [sample_ids(v, ids_dtype=spec.ids_dtype, where=where_of(j)) for j, v in enumerate(values)]
+            yield arrays, [f"{shard.raw}:{j}" for j in range(len(values))], where_of
             done += len(values)
             if progress:
                 progress(spec.name, done, folder.num_samples)
@@ -497,8 +500,9 @@ def prepare_id_documents(
 ):
     """Write documents given as token ids (no tokenizer run) as a prepared source.
 
-    `items()` yields (ids, origin, where) per document in order; ids at or above the tokenizer's
-    vocabulary stop with `where`; `check(ids, where)` may refuse more. A leading [CLS] and a
+    `items()` yields batches (id arrays, origins, where_of) in document order, `where_of(j)` naming
+    document j of the batch for errors; ids at or above the tokenizer's vocabulary stop there;
+    `check(flat ids, ends, where_of)` may refuse more. A leading [CLS] and a
     trailing [SEP] are stripped and kept as per-document flags (`mds-flags.npy`). `extra_arrays()`
     returns {file name: array} written after the documents and listed in the manifest's `info_key`.
     """
@@ -551,55 +555,65 @@ def prepare_id_documents(
     try:
         atomic_write_json(staging / "plan.json", {"key": key, "source": spec.to_dict()})
         shards: list[dict] = []
-        flags_all: list[int] = []
-        buf_bodies: list[np.ndarray] = []
+        flags_all: list[np.ndarray] = []
+        buf_flat: list[np.ndarray] = []
+        buf_lengths: list[np.ndarray] = []
         buf_origins: list[str] = []
         buf_tokens = 0
         first_doc = 0
 
         def flush() -> None:
-            nonlocal buf_bodies, buf_origins, buf_tokens, first_doc
-            lengths = np.fromiter((len(b) for b in buf_bodies), np.int64, count=len(buf_bodies))
+            nonlocal buf_flat, buf_lengths, buf_origins, buf_tokens, first_doc
+            lengths = np.concatenate(buf_lengths)
             offsets = np.zeros(len(lengths) + 1, np.int64)
             np.cumsum(lengths, out=offsets[1:])
-            flat = np.concatenate(buf_bodies).astype(dtype) if buf_bodies else np.zeros(0, dtype)
+            flat = np.concatenate(buf_flat).astype(dtype, copy=False)
             shards.append(_write_shard(staging, len(shards), flat, offsets, buf_origins, first_doc, 0))
-            first_doc += len(buf_bodies)
-            buf_bodies, buf_origins, buf_tokens = [], [], 0
+            first_doc += len(lengths)
+            buf_flat, buf_lengths, buf_origins, buf_tokens = [], [], [], 0
 
-        for ids, origin, item_where in items():
-            if len(ids):
-                hi, lo = int(ids.max()), int(ids.min())
-                if hi >= vocab or lo < 0:
+        for arrays, origins, where_of in items():
+            if not arrays:
+                continue
+            lengths = np.fromiter((len(a) for a in arrays), np.int64, count=len(arrays))
+            flat = np.concatenate(arrays)  # the data's own width (uint16 for Ettin's): no widening copy
+            ends = np.cumsum(lengths)
+            starts = ends - lengths
+            if len(flat):
+                out_of_vocab = int(flat.max()) >= vocab or (flat.dtype.kind == "i" and int(flat.min()) < 0)
+                bad = np.flatnonzero((flat >= vocab) | (flat < 0)) if out_of_vocab else ()
+                if len(bad):
+                    j = int(np.searchsorted(ends, bad[0], side="right"))
                     raise EttinError(
-                        f"{item_where}: id {hi if hi >= vocab else lo} is outside the tokenizer's vocabulary of {vocab}",
+                        f"{where_of(j)}: id {int(flat[bad[0]])} is outside the tokenizer's vocabulary of {vocab}",
                         path=where,
                         field="tokenizer",
                         fix="declare the tokenizer the data was made with (--tokenizer; ModernBERT's for Ettin's data)",
                     )
             if check is not None:
-                check(ids, item_where)
-            flag = 0
-            a, b = 0, len(ids)
-            if b and ids[0] == cls_id:
-                flag |= FLAG_CLS
-                a = 1
-            if b > a and ids[b - 1] == sep_id:
-                flag |= FLAG_SEP
-                b -= 1
-            flags_all.append(flag)
-            buf_bodies.append(ids[a:b])
-            buf_origins.append(origin)
-            buf_tokens += b - a
+                check(flat, ends, where_of)
+            nonempty = lengths > 0
+            has_cls = nonempty & (flat[np.minimum(starts, max(len(flat) - 1, 0))] == cls_id) if len(flat) else nonempty
+            rest = lengths - has_cls
+            has_sep = (rest > 0) & (flat[np.maximum(ends - 1, 0)] == sep_id) if len(flat) else nonempty
+            keep = np.ones(len(flat), bool)
+            keep[starts[has_cls]] = False
+            keep[ends[has_sep] - 1] = False
+            flags_all.append((has_cls * FLAG_CLS + has_sep * FLAG_SEP).astype(np.uint8))
+            body = flat[keep]
+            buf_flat.append(body)
+            buf_lengths.append(lengths - has_cls - has_sep)
+            buf_origins.extend(origins)
+            buf_tokens += len(body)
             if buf_tokens >= shard_tokens:
                 flush()
-        if buf_bodies:
+        if buf_lengths:
             flush()
         documents = sum(e["documents"] for e in shards)
         tokens = sum(e["num_tokens"] for e in shards)
         if documents == 0:
             raise EttinError("the source holds no samples", path=where, field="source")
-        flags = np.asarray(flags_all, np.uint8)
+        flags = np.concatenate(flags_all) if flags_all else np.zeros(0, np.uint8)
         arrays = {FLAGS_FILE: flags, **(extra_arrays() if extra_arrays else {})}
         entries = {}
         for name, arr in arrays.items():

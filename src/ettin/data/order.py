@@ -656,23 +656,30 @@ def prepare_replay(spec, tok, out_dir: Path, *, shard_tokens: int, verify: bool 
     def items():
         for step, rows in iter_release_steps(spec.path):
             steps.append((step, len(rows)))
-            for j, row in enumerate(rows):
+            arrays = []
+            for row in rows:
                 ids = np.asarray(row, np.int64)
                 if pad_id is not None:
-                    keep = len(ids)
-                    while keep and ids[keep - 1] == pad_id:
-                        keep -= 1
-                    ids = ids[:keep]
-                yield ids, f"step {step} row {j}", f"step {step} row {j}"
-
-    def check(ids, where):
-        if mask_id is not None and np.any(ids == mask_id):
-            raise EttinError(
-                f"{where} holds [MASK] ({mask_id}): recorded encoder rows may be masked, so they cannot be replayed",
-                path=spec.path,
-                field="source",
-                fix="replay a decoder's order (unmasked rows), or the order ettin exports (`ettin data order export`)",
+                    pads = np.flatnonzero(ids != pad_id)
+                    ids = ids[: int(pads[-1]) + 1] if len(pads) else ids[:0]
+                arrays.append(ids)
+            yield (
+                arrays,
+                [f"step {step} row {j}" for j in range(len(rows))],
+                lambda j, step=step: f"step {step} row {j}",
             )
+
+    def check(flat, ends, where_of):
+        if mask_id is not None:
+            hit = np.flatnonzero(flat == mask_id)
+            if len(hit):
+                j = int(np.searchsorted(ends, hit[0], side="right"))
+                raise EttinError(
+                    f"{where_of(j)} holds [MASK] ({mask_id}): recorded encoder rows may be masked, so they cannot be replayed",
+                    path=spec.path,
+                    field="source",
+                    fix="replay a decoder's order (unmasked rows), or the order ettin exports (`ettin data order export`)",
+                )
 
     info = {"location": str(spec.path), "layout": RELEASE_LAYOUT, "files": len(files), "pad_id": pad_id}
     return prepare_id_documents(
