@@ -286,3 +286,27 @@ def test_float_column_is_refused(tmp_path, small_tokenizer_dir):
     code, _, err = _prepare_cli(f"x=mds:{FIXTURES / 'floats'}", small_tokenizer_dir, tmp_path / "out")
     assert_one_line_error(code, err, "ndarray:float32", "not integer token ids")
     assert not (tmp_path / "out").exists()
+
+
+def test_hub_folder_is_downloaded_once_into_the_cache(tmp_path, monkeypatch, small_tokenizer_dir, mds_data):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_download(repo_id, filename, repo_type=None, revision=None):
+        calls.append((repo_id, filename, repo_type, revision))
+        return str(FIXTURES / filename)  # the hub repo's folder u16-zstd/ is our fixture
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setenv("ETTIN_MDS_CACHE", str(tmp_path / "cache"))
+    url = "hf://datasets/jhu-clsp/ettin-like@v1/u16-zstd"
+    first = prepare([f"remote=mds:{url}"], small_tokenizer_dir, tmp_path / "d")[0]
+    n_shards = len(MDSFolder.open(FIXTURES / "u16-zstd").shards)
+    assert first.status == "prepared" and len(calls) == 1 + n_shards
+    assert calls[0] == ("jhu-clsp/ettin-like", "u16-zstd/index.json", "dataset", "v1")
+    again = prepare([f"remote=mds:{url}"], small_tokenizer_dir, tmp_path / "d")[0]
+    assert again.status == "up to date" and len(calls) == 1 + n_shards
+    remote, local = PreparedSource.open(tmp_path / "d" / "remote"), PreparedSource.open(mds_data / "u16_zstd")
+    assert [remote.document_tokens(i).tolist() for i in range(remote.num_documents)] == [
+        local.document_tokens(i).tolist() for i in range(local.num_documents)
+    ]
