@@ -240,6 +240,8 @@ def test_training_on_mds_in_bert24_order_sees_exactly_the_written_samples(mds_da
     for step, want in enumerate(ref, 1):
         got = [r["input_ids"] for r in rows if r["step"] == step]
         assert got == [reference_bert24_sample(samples[i], seq_len) for i in want], step
+    code, out, err = run_in_process(["data", "order", tmp_path / "run", "--check"])  # plan.json keeps the order
+    assert code == 0 and "identical" in out, out + err
 
 
 # ------------------------------------------------------------------------------------------ bad input
