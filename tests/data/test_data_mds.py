@@ -312,3 +312,37 @@ def test_hub_folder_is_downloaded_once_into_the_cache(tmp_path, monkeypatch, sma
     assert [remote.document_tokens(i).tolist() for i in range(remote.num_documents)] == [
         local.document_tokens(i).tolist() for i in range(local.num_documents)
     ]
+
+
+def test_recipe_prepare_sources_take_an_mds_folder(small_tokenizer_dir, tmp_path):
+    import torch
+    import yaml
+
+    from ettin.data.order import read_order
+    from ettin.recipe import load_recipe
+    from ettin.train.trainer import TrainOptions, train
+
+    recipe = {
+        "name": "mds-auto",
+        "arch": "decoder",
+        "model": {"size": "tiny", "max_position_embeddings": 64},
+        "precision": "fp32",
+        "micro_batch_size": 2,
+        "tokenizer": str(small_tokenizer_dir),
+        "data_dir": str(tmp_path / "data"),
+        "prepare": {"sources": [f"ettin32=mds:{FIXTURES / 'u32-zstd'}"]},
+        "checkpoint": {"every_tokens": 100000},
+        "phases": [{"name": "p", "tokens": 10**6, "seq_len": 64, "batch_size": 4, "data": {"mixture": {"ettin32": 1}}}],
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(load_recipe(path), TrainOptions(out=tmp_path / "run", progress=False, max_steps=2, log=lambda m: None))
+    finally:
+        torch.set_num_threads(before)
+    assert PreparedSource.open(tmp_path / "data" / "ettin32").manifest["mds"]["encoding"] == "ndarray:uint32"
+    bodies = {tuple(w[(w[:1] == CLS).sum() : len(w) - (w[-1:] == SEP).sum()].tolist()) for w in written("u32-zstd")}
+    rows = read_order(tmp_path / "run", arch="decoder").to_pylist()
+    assert len(rows) == 8 and all(r["input_ids"][0] == CLS and tuple(r["input_ids"][1:-1]) in bodies for r in rows)
