@@ -105,6 +105,15 @@ def test_prepare_copies_ids_without_tokenizing(mds_data, name):
         assert CLS not in body[:1] and SEP not in body[-1:]
 
 
+def test_bytes_column_is_read_as_int64_ids(tmp_path, small_tokenizer_dir):
+    prepare([f"b=mds:{FIXTURES / 'bytes-i64'}"], small_tokenizer_dir, tmp_path / "d")
+    src = PreparedSource.open(tmp_path / "d" / "b")
+    assert src.manifest["mds"]["encoding"] == "bytes"
+    assert [[CLS, *src.document_tokens(i).tolist(), SEP] for i in range(src.num_documents)] == [
+        w.tolist() for w in written("bytes-i64")
+    ]
+
+
 def test_text_only_mds_is_tokenized_like_other_sources(mds_data, small_tokenizer_dir):
     from ettin.tokenizer import load_tokenizer
 
