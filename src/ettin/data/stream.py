@@ -20,6 +20,10 @@ it (then cut to seq_len), when no [SEP] is anywhere in the sample it is cut to s
 [SEP] appended, then cut to seq_len. A global batch of G sequences is rank 0's device batch of
 G / world_size, then rank 1's, and so on.
 
+With `order: {sampler: replay}` (one source prepared from a released batch-order folder with
+`replay:`) each global batch is exactly the rows of the next recorded step (`ReplayOrder`),
+whatever size the caller asks for.
+
 `PhaseBatches` adds batch-size warmup (`batch_size_at`) on top; the trainer and the data-order
 regeneration both use it so that they agree by construction.
 """
