@@ -200,3 +200,21 @@ def test_fault_specs_are_checked():
     with faults.arm("io.file_rename", "enospc"), pytest.raises(OSError, match="No space left on device") as info:
         faults.point("io.file_rename", path="/a/b")
     assert info.value.filename == "/a/b"
+
+
+def test_a_bad_ettin_faults_value_is_one_error_line(tmp_path, small_tokenizer_dir):
+    import subprocess
+
+    (tmp_path / "a.txt").write_text("to be or not to be " * 40)
+    args = ["data", "prepare", "--source", f"text:{tmp_path / 'a.txt'}", "--tokenizer", str(small_tokenizer_dir)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "ettin", *args, "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=ct.child_env() | {faults.ENV: "prepare.write_shard:1=explode"},
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: field 'ETTIN_FAULTS': unknown fault action 'explode' (use kill, enospc, interrupt or sleep:SECONDS)"
+    ]

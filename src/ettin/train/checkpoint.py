@@ -135,7 +135,7 @@ class FullState:
 
 
 def _damaged(path: Path, what: str) -> EttinError:
-    return EttinError(f"is damaged ({what})".splitlines()[0], path=path, fix=DAMAGED_FIX)
+    return EttinError(f"cannot be read: damaged ({what})".splitlines()[0], path=path, fix=DAMAGED_FIX)
 
 
 def _unreadable(path: Path, exc: OSError) -> EttinError:

@@ -16,9 +16,9 @@ from ettin import runs
 from ettin.errors import EttinError
 from ettin.recipe import Phase
 from ettin.train import checkpoint as ck
+from ettin.train.context import Member, RunContext
 from ettin.train.distributed import full_model_state, full_optimizer_state
 from ettin.train.guards import check_finite_weights
-from ettin.train.setup import Member, RunContext
 from ettin.train.state import RankRng, TrainState
 
 

@@ -17,7 +17,7 @@ from ettin.runs import latest_full_state
 from ettin.train.distributed import DistContext
 
 if TYPE_CHECKING:
-    from ettin.train.setup import Member
+    from ettin.train.context import Member
 
 
 class NonFiniteLoss(EttinError):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from ettin.recipe import Phase
+from ettin.train.context import RunContext
 from ettin.train.distributed import rank_slice
-from ettin.train.setup import RunContext
 
 
 class HeldOutLoss:

@@ -6,60 +6,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
 
 from ettin import runs
 from ettin.errors import EttinError
 from ettin.recipe import Recipe, diff_recipes, load_recipe, save_recipe
+from ettin.train import checkpoint as ck
+from ettin.train.checkpointer import write_export
+from ettin.train.context import Member, RunContext
 from ettin.train.distributed import DistContext, choose_strategy, load_full_state, wrap_model
+from ettin.train.guards import DataOrderMismatch
 from ettin.train.metrics import MetricsLog
 from ettin.train.optim import build_optimizer
 from ettin.train.state import PAIR_FIELDS, TrainState
 
 # Fields that do not change what is trained: a resume may change them without --force.
 RESUME_NEUTRAL = ("distributed.", "checkpoint.keep_last", "checkpoint.export_hf")
-
-
-@dataclass
-class Member:
-    """One model of the run and everything that belongs to it alone."""
-
-    arch: str
-    objective: str
-    dir: Path
-    model: nn.Module  # the EttinModel
-    wrapped: nn.Module  # what forward/backward go through (DDP / FSDP2 / the model itself)
-    optimizer: torch.optim.Optimizer
-    metrics: MetricsLog | None = None
-    order: Any = None  # ettin.data.order.OrderWriter on rank 0
-    order_chain: str = ""  # running hash over every step's batch hash
-    grad_norm: float = float("nan")  # of the last step
-    skipped: str | None = None  # why the last step's update was skipped (guards), or None
-    skips: int = 0  # skipped steps in a row
-    last_loss: float = float("nan")
-    phase_time: float = 0.0
-    phase_tokens: int = 0
-
-
-@dataclass
-class RunContext:
-    """What setup decided, fixed for the whole run, read by the step, the checkpointer and the held-out loss."""
-
-    recipe: Recipe
-    dist: DistContext
-    out: Path
-    log: Callable[[str], None]
-    tokenizer_dir: Path
-    fingerprint: str
-    special_ids: dict[str, int]
-    vocab_size: int  # ids masking's random replacements may draw: what the tokenizer can produce
-    members: list[Member]
-    strategy: str = "none"
 
 
 def prepare_run_dir(recipe: Recipe, out: Path, *, resume: bool, force: bool, log=print) -> None:
@@ -195,13 +157,10 @@ def common_resume_step(members: list[Member]) -> dict[str, Path] | None:
     return {a: v[step] for a, v in per_arch.items()}
 
 
-def load_resume(run: RunContext, paths: dict[str, Path]) -> dict[str, Any]:
+def load_resume(run: RunContext, paths: dict[str, Path]) -> dict[str, ck.FullState]:
     """Load every member's full state (weights, optimizer, its counters) and this rank's RNG.
 
     Returns arch -> FullState; the pair's states agree on PAIR_FIELDS or this raises."""
-    from ettin.train import checkpoint as ck
-    from ettin.train.guards import DataOrderMismatch
-
     states = {arch: ck.load_checkpoint(p) for arch, p in paths.items()}
     first: TrainState = next(iter(states.values())).trainer
     for st in states.values():
@@ -222,13 +181,18 @@ def load_resume(run: RunContext, paths: dict[str, Path]) -> dict[str, Any]:
     rng = states[run.members[0].arch].trainer.rng.get(run.dist.rank)
     if rng is not None:
         rng.restore()
+    phases = run.recipe.phases
+    run.log(
+        f"resuming at step {first.step} ({first.tokens:,} tokens, phase "
+        f"{phases[first.phase].name if first.phase < len(phases) else 'done'}) "
+        f"from {', '.join(str(p) for p in paths.values())}"
+    )
     return states
 
 
 def open_run_files(run: RunContext, step: int, *, resumed: bool, tensorboard: bool) -> None:
     """On rank 0: metrics and data order opened at `step`; what a crash left behind cleaned up."""
     from ettin.data.order import ORDER_DIR, OrderWriter, plan_from_recipe
-    from ettin.train import checkpoint as ck
 
     plan = plan_from_recipe(run.recipe)  # plan.json: the order can be regenerated from the data and the seed
     for m in run.members:
@@ -243,10 +207,8 @@ def open_run_files(run: RunContext, step: int, *, resumed: bool, tensorboard: bo
         ck.apply_retention(m.dir, run.recipe.checkpoint.keep_last)  # a crash may have come before it ran
 
 
-def repair_missing_exports(run: RunContext, states: dict[str, Any]) -> None:
+def repair_missing_exports(run: RunContext, states: dict[str, ck.FullState]) -> None:
     """A crash between a full state and its HF export leaves the export missing; make it now."""
-    from ettin.train.checkpointer import write_export
-
     if not run.recipe.checkpoint.export_hf:
         return
     for m in run.members:

@@ -15,10 +15,10 @@ from torch import nn
 
 from ettin import faults
 from ettin.recipe import Phase
+from ettin.train.context import Member, RunContext
 from ettin.train.distributed import rank_slice, set_gradient_sync
 from ettin.train.guards import skip_reason
 from ettin.train.optim import set_lr
-from ettin.train.setup import Member, RunContext
 
 
 def step_seed(seed: int, arch: str, step: int, rank: int) -> int:

@@ -24,6 +24,7 @@ from ettin import faults
 from ettin.recipe import Phase, Recipe
 from ettin.runs import RECIPE_FILE  # noqa: F401  (re-exported: the run's saved recipe)
 from ettin.train.checkpointer import Checkpointer
+from ettin.train.context import Member, RunContext
 from ettin.train.distributed import DistContext, init_distributed
 from ettin.train.guards import (  # noqa: F401  (re-exported: the errors a run stops with)
     DataOrderMismatch,
@@ -37,8 +38,6 @@ from ettin.train.heldout import HeldOutLoss
 from ettin.train.metrics import PhaseProgress
 from ettin.train.schedule import lr_at
 from ettin.train.setup import (
-    Member,
-    RunContext,
     build_run,
     common_resume_step,
     load_resume,
@@ -97,7 +96,7 @@ class Trainer:
         self.out = Path(options.out)
         self.ctx = ctx or init_distributed(options.device)
         self.log = options.log if self.ctx.is_main else (lambda *_: None)
-        self.context: RunContext | None = None  # set by setup()
+        self.run_context: RunContext | None = None  # set by setup()
         # where the run is: what a checkpoint records and a resume restores
         self.step = 0
         self.tokens = 0
@@ -112,7 +111,7 @@ class Trainer:
 
     @property
     def members(self) -> list[Member]:
-        return self.context.members if self.context else []
+        return self.run_context.members if self.run_context else []
 
     def setup(self) -> None:
         """Run folder, assets, models, and the resume point (see ettin.train.setup)."""
@@ -122,9 +121,9 @@ class Trainer:
         if o.threads is not None:
             torch.set_num_threads(max(1, o.threads))
         run = build_run(self.recipe, self.out, ctx, resume=o.resume, force=o.force, log=self.log)
-        self.context = run
+        self.run_context = run
         self.checkpointer = Checkpointer(run)
-        self.heldout_loss_of = HeldOutLoss(run)
+        self._heldout = HeldOutLoss(run)
         resume_from = common_resume_step(run.members) if o.resume else None
         states = load_resume(run, resume_from) if resume_from else None
         if states:
@@ -132,12 +131,6 @@ class Trainer:
             self.step, self.tokens = first.step, first.tokens
             self.phase_index, self.phase_step, self.phase_tokens = first.phase, first.phase_step, first.phase_tokens
             self._resume_data = first.data
-            phases = self.recipe.phases
-            self.log(
-                f"resuming at step {self.step} ({self.tokens:,} tokens, phase "
-                f"{phases[self.phase_index].name if self.phase_index < len(phases) else 'done'}) "
-                f"from {', '.join(str(p) for p in resume_from.values())}"
-            )
         elif o.resume:
             self.log(f"{self.out}: no checkpoint yet, starting from the beginning")
         if ctx.is_main:
@@ -161,7 +154,7 @@ class Trainer:
 
     def heldout_loss(self, phase: Phase) -> dict[str, float]:
         """Each model's loss on the recipe's held-out data (`eval.data`), logged to its metrics."""
-        return self.heldout_loss_of(phase, self.step, self.tokens)
+        return self._heldout(phase, self.step, self.tokens)
 
     # ------------------------------------------------------------------ the loop
 
@@ -238,7 +231,7 @@ class Trainer:
         losses = {}
         for m in self.members:
             t = time.perf_counter()
-            losses[m.arch] = member_step(self.context, m, samples, phase, lr, step)
+            losses[m.arch] = member_step(self.run_context, m, samples, phase, lr, step)
             m.phase_time += time.perf_counter() - t
             m.phase_tokens += n_tokens
         check_finite_losses(losses, step, phase, self.members)
@@ -280,7 +273,7 @@ class Trainer:
             phase.data_spec(),
             seed=self.recipe.seed,
             seq_len=phase.seq_len,
-            tokenizer_fingerprint=self.context.fingerprint,
+            tokenizer_fingerprint=self.run_context.fingerprint,
         )
         self.batches = PhaseBatches(
             stream,
