@@ -75,7 +75,7 @@ def test_two_processes_match_one_and_their_checkpoint_resumes_in_one(one_process
         assert len(two) == stop.step
         _compare(two, _losses(single.out, arch)[: stop.step])
         state = ck.read_trainer_state(run / arch / "checkpoints" / stop.tag)
-        assert state["world_size"] == 2 and state["strategy"] == "ddp"
+        assert state.world_size == 2 and state.strategy == "ddp"
     resumed = train(load_recipe(recipe), TrainOptions(out=run, resume=True, progress=False, tensorboard=False))
     assert resumed.finished and resumed.step == single.step
     for arch in ("encoder", "decoder"):
@@ -90,9 +90,9 @@ def test_fsdp2_matches_one_process(one_process, tmp_path):
     for arch in ("encoder", "decoder"):
         _compare(_losses(run, arch), _losses(single.out, arch)[:5])
     state = ck.read_trainer_state(ck.latest_full_state(run / "encoder"))
-    assert state["strategy"] == "fsdp"
+    assert state.strategy == "fsdp"
     resumed = train(
         load_recipe(recipe),
-        TrainOptions(out=run, resume=True, progress=False, tensorboard=False, max_steps=state["step"] + 2),
+        TrainOptions(out=run, resume=True, progress=False, tensorboard=False, max_steps=state.step + 2),
     )
-    assert resumed.step == state["step"] + 2
+    assert resumed.step == state.step + 2

@@ -171,6 +171,9 @@ def _write_shard(
             with open(tmp, "wb") as f:
                 write(f)
             entry[kind] = {"file": names[kind], "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
+    from ettin import faults  # a test hook (crash trials, full-disk tests); costs nothing unless armed
+
+    faults.point("prepare.write_shard", index=index, path=staging / names["tokens"])
     atomic_write_json(staging / f"shard-{index:05d}.json", entry)
     return entry
 
