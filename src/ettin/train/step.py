@@ -1,8 +1,10 @@
 """One model's optimizer step over one global batch: micro-batches, this rank's slice, the update.
 
 The loss is normalised by the label tokens of the whole global batch (all micro-batches, all ranks),
-so the gradient does not depend on how the batch is cut. The dropout RNG is seeded from (seed, arch,
-step, rank) at the start, which is what makes a resumed step equal the uninterrupted one.
+so the gradient does not depend on how the batch is cut. Dropout masks are a hash of (seed, arch, step,
+the sequence's index in the global batch, position) (`ettin.dropout`), so they do not depend on it
+either, and a resumed step equals the uninterrupted one. torch's generator is still seeded from (seed,
+arch, step, rank) for anything else that might draw from it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 
 from ettin import faults
+from ettin.dropout import dropout_seed, sequence_dropout_keys
 from ettin.recipe import Phase
 from ettin.train.context import Member, RunContext
 from ettin.train.distributed import rank_slice, set_gradient_sync
@@ -63,14 +66,16 @@ def member_step(run: RunContext, m: Member, samples: list, phase: Phase, lr: flo
                 first_index=a + s,
             )
             local_labels += batch.num_label_tokens
-            pieces.append(batch)
+            keys = sequence_dropout_keys(dropout_seed(r.seed, m.arch), step, a + s, e - s)
+            pieces.append((batch, keys))
         else:
             pieces.append(None)
     total_labels = ctx.all_reduce_sum([float(local_labels)])[0]
     scale = ctx.world_size / max(total_labels, 1.0)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.precision == "bf16")
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    for i, batch in enumerate(pieces):
+    for i, piece in enumerate(pieces):
+        batch, keys = piece if piece is not None else (None, None)
         with set_gradient_sync(m.wrapped, run.strategy, i == len(pieces) - 1):
             if batch is None or batch.num_label_tokens == 0:
                 # keeps every rank in the same collectives; contributes nothing
@@ -88,6 +93,7 @@ def member_step(run: RunContext, m: Member, samples: list, phase: Phase, lr: flo
                         max_seqlen=batch.max_seqlen,
                         labels=batch.labels,
                         return_logits=False,
+                        dropout_keys=keys,
                     )
                 part = out.loss.float() * batch.num_label_tokens
                 loss_sum += part.detach().double()
