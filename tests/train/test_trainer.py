@@ -224,3 +224,13 @@ def test_missing_data_names_the_command(write_recipe, tmp_path):
     recipe = load_recipe(write_recipe(tmp_path, {"phases.0.data": {"mixture": {"nosuch": 1}}}))
     with pytest.raises(EttinError, match=r"nosuch not prepared here.*ettin data prepare --source nosuch"):
         train(recipe, _options(tmp_path / "run"))
+
+
+def test_each_launch_records_what_it_ran_on(pair_run):
+    import json
+
+    _, result = pair_run
+    lines = (result.out / "launches.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    assert first["attention_backend"] == "sdpa" and first["device"] == "cpu" and first["world_size"] == 1
+    assert first["omp_wait_policy"] and first["step"] == 0 and first["resumed"] is False

@@ -205,6 +205,46 @@ def open_run_files(run: RunContext, step: int, *, resumed: bool, tensorboard: bo
         if removed:
             run.log(f"{m.arch}: dropped tags past the resumed step: {', '.join(removed)}")
         ck.apply_retention(m.dir, run.recipe.checkpoint.keep_last)  # a crash may have come before it ran
+    record_launch(run, step, resumed=resumed)
+
+
+LAUNCHES_FILE = "launches.jsonl"
+
+
+def launch_record(run: RunContext, step: int, *, resumed: bool) -> dict:
+    """What this launch ran on: the choices that change speed but not the trajectory."""
+    import platform
+    import time
+
+    import torch
+
+    from ettin import __version__, attention, omp
+
+    device = run.dist.device
+    dtype = torch.bfloat16 if run.recipe.precision == "bf16" else torch.float32
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "step": step,
+        "resumed": resumed,
+        "ettin": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "world_size": run.dist.world_size,
+        "strategy": run.strategy,
+        "attention_backend": attention.backend_for(device, dtype),
+        "omp_wait_policy": str(omp.current()),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def record_launch(run: RunContext, step: int, *, resumed: bool) -> None:
+    """One line per launch in RUN/launches.jsonl (appended; a run resumed elsewhere shows both)."""
+    import json
+
+    line = json.dumps(launch_record(run, step, resumed=resumed)) + "\n"
+    with open(run.out / LAUNCHES_FILE, "a", encoding="utf-8") as f:
+        f.write(line)
 
 
 def repair_missing_exports(run: RunContext, states: dict[str, ck.FullState]) -> None:
