@@ -127,6 +127,55 @@ def _encoded_batches(batches: Iterable[list[str]], tok: _Tokenizer, dtype: np.dt
             yield texts0, *fut.result()
 
 
+class ShardCutter:
+    """Where shards close, as a pure function of the documents' token counts in order (every engine uses it).
+
+    Documents never straddle shards: a shard closes before a document that would not fit, and as soon as
+    it holds `shard_tokens`; a document longer than a shard gets a shard of its own. The cuts do not
+    depend on how the lengths are batched, so any engine that feeds the same lengths gets the same shards.
+    """
+
+    def __init__(self, shard_tokens: int, first_doc: int = 0) -> None:
+        self.shard_tokens = shard_tokens
+        self.fill = 0  # tokens in the open shard
+        self.next_doc = first_doc  # global index of the next document fed
+        self.open_docs = 0  # documents in the open shard
+
+    def feed(self, lengths: np.ndarray) -> list[int]:
+        """Global end indices (exclusive) of the shards that close within these documents."""
+        cuts: list[int] = []
+        cum = np.cumsum(lengths, dtype=np.int64)
+        n, i, base = len(lengths), 0, 0
+        while i < n:
+            room = self.shard_tokens - self.fill
+            stop = min(
+                int(np.searchsorted(cum, base + room, side="right")),  # documents that fit
+                int(np.searchsorted(cum, base + room, side="left")) + 1,  # ... up to the one that fills the shard
+            )
+            if stop <= i:
+                if self.fill:
+                    cuts.append(self.next_doc + i)  # the next document does not fit: close the open shard
+                    self.fill = self.open_docs = 0
+                    continue
+                stop = i + 1  # one document longer than a shard gets a shard of its own
+            self.fill += int(cum[stop - 1]) - base
+            self.open_docs += stop - i
+            base = int(cum[stop - 1])
+            i = stop
+            if self.fill >= self.shard_tokens or i < n:
+                cuts.append(self.next_doc + i)
+                self.fill = self.open_docs = 0
+        self.next_doc += n
+        return cuts
+
+    def close(self) -> list[int]:
+        """The end of the last shard, if one is open."""
+        if not self.open_docs:
+            return []
+        self.fill = self.open_docs = 0
+        return [self.next_doc]
+
+
 def _prepare_key(source_fp: str, tok: _Tokenizer, shard_tokens: int) -> str:
     blob = json.dumps(
         {
@@ -217,45 +266,34 @@ def _check_dir_tokenizer(out_dir: Path, names: set[str], tok: _Tokenizer, overwr
             )
 
 
-def prepare_source(
-    spec: SourceSpec,
-    tok: _Tokenizer,
-    out_dir: Path,
-    *,
-    shard_tokens: int = DEFAULT_SHARD_TOKENS,
-    batch_chars: int = DEFAULT_BATCH_CHARS,
-    workers: int = 1,
-    verify: bool = False,
-    progress: Progress | None = None,
-) -> PrepareResult:
-    t0 = time.perf_counter()
-    files = source_files(spec)
-    total_bytes = sum(f.stat().st_size for f in files)
-    key = _prepare_key(source_fingerprint(spec), tok, shard_tokens)
-    final = out_dir / spec.name
+def _up_to_date(spec: SourceSpec, final: Path, key: str, verify: bool, t0: float) -> PrepareResult | None:
+    """The result of a finished preparation with the same key, after checking its files; else None."""
+    if not (final / MANIFEST).is_file():
+        return None
+    try:
+        manifest = read_manifest(final)
+    except EttinError:
+        return None
+    if manifest.get("key") != key:
+        return None
+    verify_files(final, manifest, sha256=verify)
+    return PrepareResult(
+        spec.name,
+        final,
+        "up to date",
+        manifest["documents"],
+        manifest["tokens"],
+        manifest["text_bytes"],
+        len(manifest["shards"]),
+        time.perf_counter() - t0,
+        manifest["report"],
+    )
+
+
+def _open_staging(spec: SourceSpec, out_dir: Path, key: str) -> tuple[Path, bool]:
+    """The hidden `.<name>.partial/` folder of this key (kept from an interrupted run, or new) and whether it is new."""
     for stale in out_dir.glob(f".{spec.name}.old-*"):  # left by a crash during the final swap
         shutil.rmtree(stale, ignore_errors=True)
-    if (final / MANIFEST).is_file():
-        try:
-            manifest = read_manifest(final)
-        except EttinError:
-            manifest = {}
-        if manifest.get("key") == key:
-            verify_files(final, manifest, sha256=verify)
-            if progress:
-                progress(spec.name, total_bytes, total_bytes)
-            return PrepareResult(
-                spec.name,
-                final,
-                "up to date",
-                manifest["documents"],
-                manifest["tokens"],
-                manifest["text_bytes"],
-                len(manifest["shards"]),
-                time.perf_counter() - t0,
-                manifest["report"],
-            )
-
     staging = out_dir / f".{spec.name}.partial"
     created = not staging.exists()
     try:
@@ -267,6 +305,78 @@ def prepare_source(
         created = True
         staging.mkdir(parents=True)
         atomic_write_json(staging / "plan.json", {"key": key, "source": spec.to_dict()})
+    return staging, created
+
+
+def _finish(
+    spec: SourceSpec,
+    tok: _Tokenizer,
+    key: str,
+    shard_tokens: int,
+    staging: Path,
+    final: Path,
+    shards: list[dict],
+    report: dict,
+    n_files: int,
+) -> dict:
+    """Write the manifest (the same for every engine) and move the finished folder into place."""
+    documents = sum(e["documents"] for e in shards)
+    tokens = sum(e["num_tokens"] for e in shards)
+    if documents == 0 or tokens == 0:
+        raise EttinError(
+            f"no text to prepare ({report['empty_documents']} empty document(s) in {n_files} file(s))",
+            path=spec.path or spec.name,
+            field="source",
+            fix="point the source at files with text",
+        )
+    manifest = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "name": spec.name,
+        "key": key,
+        "source": spec.to_dict(),
+        "source_fingerprint": source_fingerprint(spec),
+        "tokenizer": {
+            "fingerprint": tok.fingerprint,
+            "vocab_size": tok.vocab_size,
+            "special_ids": tok.special_ids,
+            "path": tok.path,
+        },
+        "dtype": token_dtype(tok.vocab_size).name,
+        "shard_tokens": shard_tokens,
+        "documents": documents,
+        "tokens": tokens,
+        "text_bytes": sum(e["text_bytes"] for e in shards),
+        "report": report,
+        "shards": shards,
+    }
+    atomic_write_json(staging / MANIFEST, manifest)
+    _swap_into_place(staging, final)
+    return manifest
+
+
+def prepare_source(
+    spec: SourceSpec,
+    tok: _Tokenizer,
+    out_dir: Path,
+    *,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    batch_chars: int = DEFAULT_BATCH_CHARS,
+    workers: int = 1,
+    verify: bool = False,
+    progress: Progress | None = None,
+) -> PrepareResult:
+    """The local engine: read, tokenize (in `workers` processes) and write shards in order on this machine."""
+    t0 = time.perf_counter()
+    files = source_files(spec)
+    total_bytes = sum(f.stat().st_size for f in files)
+    key = _prepare_key(source_fingerprint(spec), tok, shard_tokens)
+    final = out_dir / spec.name
+    if (result := _up_to_date(spec, final, key, verify, t0)) is not None:
+        if progress:
+            progress(spec.name, total_bytes, total_bytes)
+        return result
+    staging, created = _open_staging(spec, out_dir, key)
     done = _finished_shards(staging)
     status = "resumed" if done else "prepared"
     dtype = token_dtype(tok.vocab_size)
@@ -296,12 +406,13 @@ def prepare_source(
         origins_all: list[str] = []
         buf_tokens: list[np.ndarray] = []
         buf_lengths: list[np.ndarray] = []
-        buf_count = buf_docs = buf_bytes = 0
+        buf_docs = buf_bytes = 0
         first_doc = skip_docs
         shards = list(done)
+        cutter = ShardCutter(shard_tokens, first_doc=skip_docs)
 
         def flush() -> None:
-            nonlocal buf_tokens, buf_lengths, buf_count, buf_docs, buf_bytes, first_doc
+            nonlocal buf_tokens, buf_lengths, buf_docs, buf_bytes, first_doc
             lengths = np.concatenate(buf_lengths)
             offsets = np.zeros(len(lengths) + 1, np.int64)
             np.cumsum(lengths, out=offsets[1:])
@@ -311,65 +422,33 @@ def prepare_source(
                 _write_shard(staging, len(shards), np.concatenate(buf_tokens), offsets, origins, first_doc, buf_bytes)
             )
             first_doc += buf_docs
-            buf_tokens, buf_lengths, buf_count, buf_docs, buf_bytes = [], [], 0, 0, 0
+            buf_tokens, buf_lengths, buf_docs, buf_bytes = [], [], 0, 0
+
+        def take(flat, lengths, text_bytes, cum, j: int, k: int) -> None:
+            nonlocal buf_docs, buf_bytes
+            if k > j:
+                lo = int(cum[j - 1]) if j else 0
+                buf_tokens.append(flat[lo : int(cum[k - 1])])
+                buf_lengths.append(lengths[j:k])
+                buf_bytes += int(text_bytes[j:k].sum())
+                buf_docs += k - j
 
         for texts, flat, lengths in _encoded_batches(batches(), tok, dtype, workers):
             text_bytes = np.fromiter((len(t.encode("utf-8")) for t in texts), np.int64, count=len(texts))
             bytes_done += int(text_bytes.sum())
             cum = np.cumsum(lengths)
-            i = 0
-            # Documents never straddle shards: a shard closes when the next document would not fit.
-            while i < len(lengths):
-                base = int(cum[i - 1]) if i else 0
-                stop = int(np.searchsorted(cum - base, shard_tokens - buf_count, side="right"))
-                if stop == i and buf_count == 0:
-                    stop = i + 1  # one document longer than a shard gets a shard of its own
-                if stop > i:
-                    n = int(cum[stop - 1]) - base
-                    buf_tokens.append(flat[base : base + n])
-                    buf_lengths.append(lengths[i:stop])
-                    buf_bytes += int(text_bytes[i:stop].sum())
-                    buf_count += n
-                    buf_docs += stop - i
-                    i = stop
-                if buf_count >= shard_tokens or i < len(lengths):
-                    flush()
+            batch_first = cutter.next_doc
+            j = 0
+            for end in cutter.feed(lengths):
+                take(flat, lengths, text_bytes, cum, j, end - batch_first)
+                j = end - batch_first
+                flush()
+            take(flat, lengths, text_bytes, cum, j, len(lengths))
             if progress:
                 progress(spec.name, min(bytes_done, total_bytes), total_bytes)
-        if buf_docs:
+        if cutter.close():
             flush()
-        documents = sum(e["documents"] for e in shards)
-        tokens = sum(e["num_tokens"] for e in shards)
-        if documents == 0 or tokens == 0:
-            raise EttinError(
-                f"no text to prepare ({report.empty_documents} empty document(s) in {len(files)} file(s))",
-                path=spec.path or spec.name,
-                field="source",
-                fix="point the source at files with text",
-            )
-        manifest = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "name": spec.name,
-            "key": key,
-            "source": spec.to_dict(),
-            "source_fingerprint": source_fingerprint(spec),
-            "tokenizer": {
-                "fingerprint": tok.fingerprint,
-                "vocab_size": tok.vocab_size,
-                "special_ids": tok.special_ids,
-                "path": tok.path,
-            },
-            "dtype": dtype.name,
-            "shard_tokens": shard_tokens,
-            "documents": documents,
-            "tokens": tokens,
-            "text_bytes": sum(e["text_bytes"] for e in shards),
-            "report": report.to_dict(),
-            "shards": shards,
-        }
-        atomic_write_json(staging / MANIFEST, manifest)
-        _swap_into_place(staging, final)
+        manifest = _finish(spec, tok, key, shard_tokens, staging, final, shards, report.to_dict(), len(files))
     except EttinError:
         if created or status == "resumed":
             shutil.rmtree(staging, ignore_errors=True)
@@ -380,12 +459,12 @@ def prepare_source(
         spec.name,
         final,
         status,
-        documents,
-        tokens,
+        manifest["documents"],
+        manifest["tokens"],
         manifest["text_bytes"],
         len(shards),
         time.perf_counter() - t0,
-        report.to_dict(),
+        manifest["report"],
     )
 
 
