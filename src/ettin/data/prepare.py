@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -39,6 +40,7 @@ from ettin.io import atomic_path, atomic_write_json, replace_dir
 
 DEFAULT_SHARD_TOKENS = 1 << 25
 DEFAULT_BATCH_CHARS = 1 << 20
+ENGINES = ("local", "ray")
 Progress = Callable[[str, int, int], None]  # (source name, bytes done, bytes total)
 
 
@@ -153,7 +155,7 @@ class ShardCutter:
                 int(np.searchsorted(cum, base + room, side="left")) + 1,  # ... up to the one that fills the shard
             )
             if stop <= i:
-                if self.fill:
+                if self.open_docs:
                     cuts.append(self.next_doc + i)  # the next document does not fit: close the open shard
                     self.fill = self.open_docs = 0
                     continue
@@ -468,6 +470,24 @@ def prepare_source(
     )
 
 
+def _make_out_dir(out_dir: Path) -> bool:
+    """Create the output folder (True when this run made it), or one clear line when it cannot be written."""
+    made = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".ettin-write-check-", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise EttinError(
+            f"cannot write the output folder ({exc.strerror or exc})",
+            path=out_dir,
+            field="--out",
+            fix="choose a folder you can write",
+        ) from None
+    return made
+
+
 def prepare(
     sources: Iterable,
     tokenizer,
@@ -479,8 +499,22 @@ def prepare(
     verify: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> list[PrepareResult]:
-    """Prepare each source into `out_dir/<name>/`; see the module docstring for the guarantees."""
+    """Prepare each source into `out_dir/<name>/`; see the module docstring for the guarantees.
+
+    `engine="local"` works on this machine (`workers` tokenizer processes); `engine="ray"` runs on a Ray
+    cluster (`ray_address`, or the running Ray session, or a Ray started here with `workers` CPUs) and
+    writes the same bytes (see ettin.data.ray_engine)."""
+    if engine not in ENGINES:
+        raise EttinError(f"unknown engine '{engine}'", field="--engine", fix=f"use one of {', '.join(ENGINES)}")
+    if ray_address and engine != "ray":
+        raise EttinError("--ray-address needs --engine ray", field="--ray-address", fix="add --engine ray")
+    if engine == "ray":
+        from ettin.data.ray_engine import import_ray
+
+        import_ray()  # one clear line before anything else when Ray is missing
     specs = [as_spec(s) for s in sources]
     if not specs:
         raise EttinError("no sources given", field="source", fix="name at least one, e.g. --source wiki")
@@ -496,10 +530,28 @@ def prepare(
     tok = _Tokenizer.load(tokenizer)
     out_dir = Path(out_dir)
     _check_dir_tokenizer(out_dir, set(names), tok, overwrite)
-    made_dir = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    made_dir = _make_out_dir(out_dir)
     results = []
     try:
+        if engine == "ray":
+            from ettin.data.ray_engine import check_workers_can_write, prepare_source_ray, ray_cluster
+
+            with ray_cluster(ray_address, num_cpus=workers if workers > 1 else None) as ray:
+                check_workers_can_write(ray, out_dir)
+                for spec in specs:
+                    results.append(
+                        prepare_source_ray(
+                            ray,
+                            spec,
+                            tok,
+                            out_dir,
+                            shard_tokens=shard_tokens,
+                            batch_chars=batch_chars,
+                            verify=verify,
+                            progress=progress,
+                        )
+                    )
+            return results
         for spec in specs:
             results.append(
                 prepare_source(
