@@ -194,7 +194,9 @@ def test_bad_input_leaves_nothing(ray_session, tmp_path, corpus_dir, small_token
     with pytest.raises(EttinError, match="cannot write the output folder"):
         prepare([f"jsonl:{corpus_dir / 'wiki.jsonl'}"], small_tokenizer_dir, blocker / "out", engine="ray")
     with pytest.raises(EttinError, match="no such file or folder"):
-        prepare(["jsonl:s3://no-such-bucket/x.jsonl"], small_tokenizer_dir, tmp_path / "o", engine="ray")
+        prepare([f"jsonl:file://{tmp_path}/no-such-folder"], small_tokenizer_dir, tmp_path / "o", engine="ray")
+    with pytest.raises(EttinError, match="read by the Ray engine only"):
+        prepare([f"jsonl:file://{tmp_path}"], small_tokenizer_dir, tmp_path / "o")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "a.jsonl").write_text('{"text": "fine"}\n')
@@ -202,3 +204,23 @@ def test_bad_input_leaves_nothing(ray_session, tmp_path, corpus_dir, small_token
     with pytest.raises(EttinError, match="malformed JSONL line"):
         prepare([f"jsonl:{bad}"], small_tokenizer_dir, tmp_path / "o", engine="ray")
     assert not (tmp_path / "o").exists()
+
+
+@needs_ray
+def test_url_source_gives_the_same_shards(ray_session, tmp_path, inputs, local_out, small_tokenizer_dir):
+    """A folder read through pyarrow.fs by URL (file:// here; s3:// and gs:// take the same path)."""
+    spec = inputs[0]
+    url = SourceSpec(kind="jsonl", path=f"file://{spec.path}", name="jl", on_error="skip")
+    (result,) = prepare([url], small_tokenizer_dir, tmp_path / "d", shard_tokens=SHARD_TOKENS, engine="ray")
+    got, want = tree_hashes(tmp_path / "d" / "jl"), tree_hashes(local_out / "jl")
+    assert {k: v for k, v in got.items() if k != "manifest.json"} == {
+        k: v for k, v in want.items() if k != "manifest.json"
+    }
+    manifest = json.loads((tmp_path / "d" / "jl" / "manifest.json").read_text())
+    local = json.loads((local_out / "jl" / "manifest.json").read_text())
+    assert manifest["shards"] == local["shards"] and manifest["source"]["path"] == url.path
+    assert local["report"]["bad_utf8_files"] == [f"{spec.path}/sub/part2.jsonl:2"]
+    assert manifest["report"]["bad_utf8_files"] == [f"file://{spec.path}/sub/part2.jsonl:2"]
+    assert {k: v for k, v in manifest["report"].items() if k != "bad_utf8_files"} == {
+        k: v for k, v in local["report"].items() if k != "bad_utf8_files"
+    }

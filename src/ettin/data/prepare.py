@@ -320,6 +320,7 @@ def _finish(
     shards: list[dict],
     report: dict,
     n_files: int,
+    fingerprint: str,
 ) -> dict:
     """Write the manifest (the same for every engine) and move the finished folder into place."""
     documents = sum(e["documents"] for e in shards)
@@ -337,7 +338,7 @@ def _finish(
         "name": spec.name,
         "key": key,
         "source": spec.to_dict(),
-        "source_fingerprint": source_fingerprint(spec),
+        "source_fingerprint": fingerprint,
         "tokenizer": {
             "fingerprint": tok.fingerprint,
             "vocab_size": tok.vocab_size,
@@ -372,7 +373,8 @@ def prepare_source(
     t0 = time.perf_counter()
     files = source_files(spec)
     total_bytes = sum(f.stat().st_size for f in files)
-    key = _prepare_key(source_fingerprint(spec), tok, shard_tokens)
+    fingerprint = source_fingerprint(spec)
+    key = _prepare_key(fingerprint, tok, shard_tokens)
     final = out_dir / spec.name
     if (result := _up_to_date(spec, final, key, verify, t0)) is not None:
         if progress:
@@ -450,7 +452,9 @@ def prepare_source(
                 progress(spec.name, min(bytes_done, total_bytes), total_bytes)
         if cutter.close():
             flush()
-        manifest = _finish(spec, tok, key, shard_tokens, staging, final, shards, report.to_dict(), len(files))
+        manifest = _finish(
+            spec, tok, key, shard_tokens, staging, final, shards, report.to_dict(), len(files), fingerprint
+        )
     except EttinError:
         if created or status == "resumed":
             shutil.rmtree(staging, ignore_errors=True)
@@ -468,6 +472,11 @@ def prepare_source(
         time.perf_counter() - t0,
         manifest["report"],
     )
+
+
+def is_url(path: str) -> bool:
+    """An object-store (or file://) URL such as s3://bucket/prefix, read through pyarrow.fs."""
+    return "://" in path
 
 
 def _make_out_dir(out_dir: Path) -> bool:
@@ -526,6 +535,15 @@ def prepare(
     if shard_tokens < 1:
         raise EttinError("shard_tokens must be positive", field="shard_tokens")
     for spec in specs:
+        if is_url(spec.path):
+            if engine != "ray":
+                raise EttinError(
+                    "object-store URLs are read by the Ray engine only",
+                    path=spec.path,
+                    field="source",
+                    fix="add --engine ray, or copy the files to a local folder",
+                )
+            continue  # the Ray engine lists (and checks) them
         source_files(spec)  # every path checked before anything is written
     tok = _Tokenizer.load(tokenizer)
     out_dir = Path(out_dir)

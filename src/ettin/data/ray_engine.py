@@ -21,10 +21,12 @@ driver and every node can write (a shared file system); this is checked on every
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -46,9 +48,17 @@ from ettin.data.prepare import (
     _Tokenizer,
     _up_to_date,
     _write_shard,
+    is_url,
 )
 from ettin.data.shards import token_dtype, verify_files
-from ettin.data.sources import SourceReport, SourceSpec, iter_documents, source_files, source_fingerprint
+from ettin.data.sources import (
+    TEXT_SUFFIXES,
+    SourceReport,
+    SourceSpec,
+    iter_documents,
+    source_files,
+    source_fingerprint,
+)
 from ettin.errors import EttinError
 from ettin.io import atomic_path, atomic_write_json
 
@@ -133,10 +143,82 @@ class Unit:
     spec: SourceSpec  # what the task reads: the source itself, or one of its files
     rename: tuple[str, str] | None  # (file name, path relative to the source folder) for origins
     nbytes: int
+    url: str = ""  # a file in an object store: the task copies it to local disk and reads the copy
+
+
+_URL_KINDS = {"text": TEXT_SUFFIXES, "jsonl": (".jsonl", ".jsonl.gz", ".json"), "parquet": (".parquet",)}
+
+
+def _url_fs(url: str):
+    import pyarrow.fs as pafs
+
+    try:
+        return pafs.FileSystem.from_uri(url)
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for unknown schemes and bad buckets
+        raise EttinError(
+            f"cannot open the URL ({str(exc).splitlines()[0]})",
+            path=url,
+            field="source",
+            fix="check the URL and the credentials of the store (the usual AWS_* / GOOGLE_* settings)",
+        ) from None
+
+
+def url_files(spec: SourceSpec) -> list[tuple[str, str, int]]:
+    """(URL, path relative to the source, size) of each file an object-store source reads, sorted."""
+    import pyarrow.fs as pafs
+
+    if spec.kind not in _URL_KINDS:
+        raise EttinError(
+            f"a '{spec.kind}' source cannot be read from a URL",
+            path=spec.path,
+            field="source",
+            fix=f"use kind {', '.join(_URL_KINDS)}, or copy the files to a shared folder",
+        )
+    fs, root = _url_fs(spec.path)
+    scheme = spec.path.split("://", 1)[0]
+    try:
+        info = fs.get_file_info(root)
+        if info.type == pafs.FileType.File:
+            return [(spec.path, info.base_name, info.size)]
+        if info.type != pafs.FileType.Directory:
+            raise EttinError("no such file or folder", path=spec.path, field="source", fix="check the URL")
+        found = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    except OSError as exc:
+        raise EttinError(
+            f"cannot list the URL ({str(exc).splitlines()[0]})", path=spec.path, field="source", fix="check the URL"
+        ) from None
+    files = []
+    for f in found:
+        rel = f.path[len(root.rstrip("/")) + 1 :]
+        if f.type == pafs.FileType.File and not any(part.startswith(".") for part in rel.split("/")):
+            if f.base_name.endswith(_URL_KINDS[spec.kind]):
+                files.append((f"{scheme}://{f.path}" if scheme != "file" else f"file://{f.path}", rel, f.size))
+    if not files:
+        raise EttinError(
+            f"folder has no {' / '.join(_URL_KINDS[spec.kind])} files",
+            path=spec.path,
+            field="source",
+            fix="point at a folder with text to read",
+        )
+    return sorted(files, key=lambda x: x[1])
+
+
+def url_fingerprint(spec: SourceSpec, files: list[tuple[str, str, int]]) -> str:
+    """As `source_fingerprint` for a local folder: sha256 over the spec and each file's name, size and content."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in spec.to_dict().items() if k != "name"}, sort_keys=True).encode())
+    for url, rel, size in files:
+        h.update(rel.encode() + b"\0" + str(size).encode() + b"\0")
+        fs, path = _url_fs(url)
+        with fs.open_input_stream(path) as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def read_units(spec: SourceSpec) -> list[Unit]:
     """One unit per file of a text/JSONL/Parquet folder (read in parallel), else the whole source."""
+    if is_url(spec.path):
+        return [Unit(i, spec, (Path(rel).name, rel), size, url) for i, (url, rel, size) in enumerate(url_files(spec))]
     files = source_files(spec)
     base = Path(spec.path)
     if spec.kind in ("text", "jsonl", "parquet") and base.is_dir():
@@ -201,6 +283,35 @@ def _backend(fingerprint: str, tokenizer_json: str):
 
 def tokenize_unit(unit: Unit, blocks: str, fingerprint: str, tokenizer_json: str, dtype: str, batch_chars: int) -> dict:
     """Read and tokenize one unit into block files plus a marker; returns the marker."""
+    if not unit.url:
+        return _tokenize_unit(unit, blocks, fingerprint, tokenizer_json, dtype, batch_chars)
+    with tempfile.TemporaryDirectory(prefix="ettin-unit-") as tmp:
+        local = Path(tmp) / unit.rename[0]
+        fs, path = _url_fs(unit.url)
+        with fs.open_input_stream(path) as src, open(local, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 22)
+        try:
+            entry = _tokenize_unit(
+                replace(unit, spec=replace(unit.spec, path=str(local))),
+                blocks,
+                fingerprint,
+                tokenizer_json,
+                dtype,
+                batch_chars,
+            )
+        except EttinError as exc:
+            raise EttinError(str(exc).replace(str(local), unit.url)) from None
+    rep = entry["report"]
+    rep["bad_utf8_files"] = [
+        unit.url + f[len(str(local)) :] if f.startswith(str(local)) else f for f in rep["bad_utf8_files"]
+    ]
+    atomic_write_json(Path(blocks) / f"unit-{unit.index:05d}.json", entry)
+    return entry
+
+
+def _tokenize_unit(
+    unit: Unit, blocks: str, fingerprint: str, tokenizer_json: str, dtype: str, batch_chars: int
+) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -322,7 +433,7 @@ def _get(ray, refs: list) -> list:
         # kept for the rerun; cancelling a running task would interrupt it mid-write).
         if isinstance(cause, EttinError):
             for ref in refs:
-                ray.cancel(ref, force=True)
+                ray.cancel(ref)  # a running task gets KeyboardInterrupt: its temporary files are removed
         ray.wait(refs, num_returns=len(refs))
         if isinstance(cause, EttinError):
             raise EttinError(str(cause)) from None
@@ -405,7 +516,11 @@ def prepare_source_ray(
     t0 = time.perf_counter()
     units = read_units(spec)
     total_bytes = sum(u.nbytes for u in units)
-    key = _prepare_key(source_fingerprint(spec), tok, shard_tokens)
+    if units[0].url:
+        fingerprint = url_fingerprint(spec, [(u.url, u.rename[1], u.nbytes) for u in units])
+    else:
+        fingerprint = source_fingerprint(spec)
+    key = _prepare_key(fingerprint, tok, shard_tokens)
     final = out_dir / spec.name
     if (result := _up_to_date(spec, final, key, verify, t0)) is not None:
         if progress:
@@ -477,7 +592,8 @@ def prepare_source_ray(
         blocks.rmdir()
         for p in staging.glob(".fault-*"):
             p.unlink()
-        manifest = _finish(spec, tok, key, shard_tokens, staging, final, shards, report, len(source_files(spec)))
+        n_files = len(units) if units[0].url else len(source_files(spec))
+        manifest = _finish(spec, tok, key, shard_tokens, staging, final, shards, report, n_files, fingerprint)
     except EttinError:
         if created or resumed:
             shutil.rmtree(staging, ignore_errors=True)
