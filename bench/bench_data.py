@@ -7,7 +7,7 @@
    data order) against one training step (forward, backward, optimizer) of the smallest CPU models.
    Target: under 5% of a step.
 3. Engines (`--only engines`): tokens/s of `prepare --engine local` and `--engine ray` on the same JSONL
-   folder, Ray's start-up timed apart; target: Ray within 25% of local. From tokens/s per core, the
+   folder (`--engines-mb`), Ray's start-up timed apart; target: Ray within 25% of local. From tokens/s per core, the
    cores needed to prepare 2T tokens in a day.
 
     .venv/bin/python bench/bench_data.py [--quick] [--json OUT]
@@ -222,6 +222,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="shakespeare only, fewer repeats")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     ap.add_argument("--only", choices=("prepare", "batches", "engines"), help="run one part")
+    ap.add_argument("--engines-mb", type=float, default=32, help="MB of JSONL text for --only engines")
     ap.add_argument(
         "--threads",
         type=int,
@@ -247,7 +248,7 @@ def main() -> None:
         else:
             small = train_tokenizer(list(iter_texts("shakespeare")), 4096, tmp / "small")
         if args.only == "engines":
-            report["engines"] = bench_engines(tmp, mb, 8 if args.quick else 32, 8, repeat)
+            report["engines"] = bench_engines(tmp, mb, args.engines_mb / (4 if args.quick else 1), 8, repeat)
             print(json.dumps({"engines": report["engines"]}, indent=2), flush=True)
         elif args.only != "batches":
             report["prepare_modernbert"] = bench_prepare(tmp, mb, sources, repeat)

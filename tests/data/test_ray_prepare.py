@@ -203,7 +203,7 @@ def test_bad_input_leaves_nothing(ray_session, tmp_path, corpus_dir, small_token
     (bad / "b.jsonl").write_text("{oops\n")
     with pytest.raises(EttinError, match="malformed JSONL line"):
         prepare([f"jsonl:{bad}"], small_tokenizer_dir, tmp_path / "o", engine="ray")
-    assert not (tmp_path / "o").exists()
+    assert not (tmp_path / "o").exists(), sorted(str(p) for p in (tmp_path / "o").rglob("*"))
 
 
 @needs_ray

@@ -6,6 +6,10 @@ second run with the same key only checks the files. Safe to interrupt: work happ
 a rerun with the same key keeps the finished shards and continues after them; the folder becomes
 `<name>/` by a rename after the manifest is written. A user error (bad bytes, bad JSON lines, empty
 corpus, tokenizer clash) removes what this run started, so nothing half-written is left behind.
+
+Two engines, one result: the local engine here (`prepare_source`) and the Ray engine
+(`ettin.data.ray_engine`) share the pure steps (reading through `iter_documents`, `_encode`, the shard
+cuts of `ShardCutter`, `_write_shard`, the manifest of `_finish`), so they write the same bytes.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ from ettin.data.sources import (
     source_fingerprint,
 )
 from ettin.errors import EttinError
-from ettin.io import atomic_path, atomic_write_json
+from ettin.io import atomic_write_json
 
 MAX_RETRIES = 3
 _LISTED = 5  # as many bad files / lines as a source report lists (sources._MAX_LISTED)
@@ -273,6 +273,27 @@ def _unit_done(blocks: Path, index: int) -> dict | None:
 _BACKENDS: dict[str, object] = {}
 
 
+@contextmanager
+def _atomic_in(path: Path) -> Iterator[Path]:
+    """As ettin.io.atomic_path, but never creating the folder: a task still running after its run was
+    discarded (the staging removed) fails instead of bringing the folder back."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_json_in(path: Path, obj) -> None:
+    with _atomic_in(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2))
+
+
 def _backend(fingerprint: str, tokenizer_json: str):
     if fingerprint not in _BACKENDS:
         from tokenizers import Tokenizer
@@ -305,7 +326,7 @@ def tokenize_unit(unit: Unit, blocks: str, fingerprint: str, tokenizer_json: str
     rep["bad_utf8_files"] = [
         unit.url + f[len(str(local)) :] if f.startswith(str(local)) else f for f in rep["bad_utf8_files"]
     ]
-    atomic_write_json(Path(blocks) / f"unit-{unit.index:05d}.json", entry)
+    _write_json_in(Path(blocks) / f"unit-{unit.index:05d}.json", entry)
     return entry
 
 
@@ -350,11 +371,11 @@ def _tokenize_unit(
     names = _block_names(unit.index)
     files = {}
     for kind, arr in arrays.items():
-        with atomic_path(blocks_dir / names[kind]) as tmp:
+        with _atomic_in(blocks_dir / names[kind]) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, arr, allow_pickle=False)
             files[names[kind]] = tmp.stat().st_size
-    with atomic_path(blocks_dir / names["origins"]) as tmp:
+    with _atomic_in(blocks_dir / names["origins"]) as tmp:
         pq.write_table(pa.table({"origin": pa.array(origins, pa.string())}), tmp)
         files[names["origins"]] = tmp.stat().st_size
     entry = {
@@ -364,7 +385,7 @@ def _tokenize_unit(
         "report": report.to_dict(),
         "files": files,
     }
-    atomic_write_json(blocks_dir / f"unit-{unit.index:05d}.json", entry)
+    _write_json_in(blocks_dir / f"unit-{unit.index:05d}.json", entry)
     return entry
 
 
@@ -434,7 +455,11 @@ def _get(ray, refs: list) -> list:
         if isinstance(cause, EttinError):
             for ref in refs:
                 ray.cancel(ref)  # a running task gets KeyboardInterrupt: its temporary files are removed
-        ray.wait(refs, num_returns=len(refs))
+        for ref in refs:  # every task over (and its error retrieved, so Ray does not log it later)
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError:
+                pass
         if isinstance(cause, EttinError):
             raise EttinError(str(cause)) from None
         raise _InfraError(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__) from None
@@ -493,6 +518,15 @@ def _kept_shards(staging: Path, plan: list[dict]) -> dict[int, dict]:
         if all(entry.get(k) == v for k, v in want.items() if k != "pieces"):
             kept[want["index"]] = entry
     return kept
+
+
+def _remove_tree(path: Path) -> None:
+    """rmtree that also wins against a last write of a task that is still winding down."""
+    for _ in range(10):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        time.sleep(0.2)
 
 
 def _remove_temporaries(folder: Path) -> None:
@@ -596,7 +630,7 @@ def prepare_source_ray(
         manifest = _finish(spec, tok, key, shard_tokens, staging, final, shards, report, n_files, fingerprint)
     except EttinError:
         if created or resumed:
-            shutil.rmtree(staging, ignore_errors=True)
+            _remove_tree(staging)
         raise
     except _InfraError as exc:
         raise EttinError(
