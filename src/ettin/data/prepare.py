@@ -547,7 +547,10 @@ def prepare(
                     field="source",
                     fix="add --engine ray, or copy the files to a local folder",
                 )
-            continue  # the Ray engine lists (and checks) them
+            from ettin.data.ray_engine import url_files
+
+            url_files(spec)  # the files exist and the store answers, before anything starts
+            continue
         source_files(spec)  # every path checked before anything is written
     tok = _Tokenizer.load(tokenizer)
     out_dir = Path(out_dir)

@@ -163,8 +163,40 @@ def _url_fs(url: str):
         ) from None
 
 
-def url_files(spec: SourceSpec) -> list[tuple[str, str, int]]:
-    """(URL, path relative to the source, size) of each file an object-store source reads, sorted."""
+URL_TIMEOUT_S = 30.0
+
+
+def url_files(spec: SourceSpec, timeout: float = URL_TIMEOUT_S) -> list[tuple[str, str, int]]:
+    """(URL, path relative to the source, size) of each file an object-store source reads, sorted.
+
+    Listing runs in a daemon thread with a time limit: a store that cannot be reached (no network, a
+    wrong endpoint) gives one line instead of pyarrow's long retries."""
+    import threading
+
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["files"] = _list_url(spec)
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise EttinError(
+            f"no answer from the store within {timeout:.0f} s",
+            path=spec.path,
+            field="source",
+            fix="check the URL, the network and the store's credentials on this machine",
+        )
+    if "error" in box:
+        raise box["error"]
+    return box["files"]
+
+
+def _list_url(spec: SourceSpec) -> list[tuple[str, str, int]]:
     import pyarrow.fs as pafs
 
     if spec.kind not in _URL_KINDS:
