@@ -10,6 +10,9 @@
    tests/data/fixtures/mds/write_fixtures.py --bench): tokens/s decoding the MDS shards, preparing
    them (ids copied, checked, written as ettin shards), and streaming batches from the result in the
    bert24 order, against streaming ettin's own shards of tokenized text in ettin's order.
+4. Engines (`--only engines`): tokens/s of `prepare --engine local` and `--engine ray` on the same JSONL
+   folder (`--engines-mb`), Ray's start-up timed apart; target: Ray within 25% of local. From tokens/s per core, the
+   cores needed to prepare 2T tokens in a day.
 
     .venv/bin/python bench/bench_data.py [--quick] [--json OUT] [--only mds --mds FOLDER]
 """
@@ -94,6 +97,63 @@ def bench_prepare(tmp: Path, tokenizer_dir: Path, sources: list[str], repeat: in
         "prepare_workers2_sources_vs_direct": direct / min(processing[2]),
     }
     return out
+
+
+def bench_engines(tmp: Path, tokenizer_dir: Path, target_mb: float, files: int, repeat: int) -> dict:
+    """Local against Ray on one JSONL folder of `files` files (built from the built-in corpora, repeated)."""
+    import itertools
+
+    import ray
+
+    from ettin.data.prepare import prepare
+    from ettin.data.sources import iter_texts
+
+    corpus = tmp / "engines-corpus"
+    corpus.mkdir()
+    texts = list(iter_texts("wiki")) + list(iter_texts("shakespeare"))
+    handles = [open(corpus / f"part{i:03d}.jsonl", "w", encoding="utf-8") for i in range(files)]
+    written = 0
+    for i, t in enumerate(itertools.cycle(texts)):
+        line = json.dumps({"text": t}) + "\n"
+        handles[i % files].write(line)
+        written += len(line)
+        if written >= target_mb * 1e6:
+            break
+    for h in handles:
+        h.close()
+    source = [f"bench=jsonl:{corpus}"]
+    cpus = os.cpu_count() or 1
+    t = time.perf_counter()
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    startup = time.perf_counter() - t
+    seconds: dict[str, list[float]] = {"local": [], "local_workers": [], "ray": []}
+    tokens = 0
+    try:
+        prepare(source, tokenizer_dir, tmp / "engines-warm", engine="ray")  # workers start, tokenizer loads
+        for _ in range(repeat):  # interleaved, so load from other processes hits all alike
+            for name, kw in (("local", {}), ("local_workers", {"workers": cpus}), ("ray", {"engine": "ray"})):
+                t = time.perf_counter()
+                (r,) = prepare(source, tokenizer_dir, tempfile.mkdtemp(dir=tmp), **kw)
+                seconds[name].append(time.perf_counter() - t)
+                tokens = r.tokens
+    finally:
+        ray.shutdown()
+    tps = {k: tokens / min(v) for k, v in seconds.items()}
+    best_local = max(tps["local"], tps["local_workers"])
+    per_core = tps["ray"] / cpus
+    return {
+        "text_mb": written / 1e6,
+        "files": files,
+        "tokens": tokens,
+        "cpus": cpus,
+        "local_tokens_s": tps["local"],
+        "local_workers_tokens_s": tps["local_workers"],
+        "ray_tokens_s": tps["ray"],
+        "ray_startup_s": startup,
+        "ray_overhead": 1 - tps["ray"] / best_local,
+        "ray_tokens_s_per_core": per_core,
+        "cores_for_2T_tokens_a_day": 2e12 / (86400 * per_core),
+    }
 
 
 def bench_batches(tmp: Path, data_dir: Path, size: str, seq_len: int, batch_size: int, steps: int) -> dict:
@@ -231,8 +291,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="shakespeare only, fewer repeats")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
-    ap.add_argument("--only", choices=("prepare", "batches", "mds"), help="run one part")
+    ap.add_argument("--only", choices=("prepare", "batches", "mds", "engines"), help="run one part")
     ap.add_argument("--mds", type=Path, help="with --only mds: an MDS folder in Ettin's layout")
+    ap.add_argument("--engines-mb", type=float, default=32, help="MB of JSONL text for --only engines")
     ap.add_argument(
         "--threads",
         type=int,
@@ -263,13 +324,19 @@ def main() -> None:
         sources = ["shakespeare"] if args.quick else ["wiki", "shakespeare"]
         repeat = 2 if args.quick else 3
         mb = build_modernbert_tokenizer(tmp / "modernbert") if args.only != "batches" else None
-        small = train_tokenizer(list(iter_texts("shakespeare")), 4096, tmp / "small")
-        if args.only != "batches":
+        if args.only == "engines":
+            small = None
+        else:
+            small = train_tokenizer(list(iter_texts("shakespeare")), 4096, tmp / "small")
+        if args.only == "engines":
+            report["engines"] = bench_engines(tmp, mb, args.engines_mb / (4 if args.quick else 1), 8, repeat)
+            print(json.dumps({"engines": report["engines"]}, indent=2), flush=True)
+        elif args.only != "batches":
             report["prepare_modernbert"] = bench_prepare(tmp, mb, sources, repeat)
             print(json.dumps({"prepare_modernbert": report["prepare_modernbert"]}, indent=2), flush=True)
             report["prepare_small_bpe"] = bench_prepare(tmp, small, sources, repeat)
             print(json.dumps({"prepare_small_bpe": report["prepare_small_bpe"]}, indent=2), flush=True)
-        if args.only != "prepare":
+        if args.only not in ("prepare", "engines"):
             prepare(["wiki", "shakespeare"], small, tmp / "data-small")
             cases = (
                 [("tiny", 128, 32), ("demo", 256, 32)]

@@ -101,6 +101,15 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(
             False, "--overwrite", help="allow replacing sources made with another tokenizer"
         ),
+        engine: str = typer.Option(
+            "local", "--engine", help="local (processes on this machine) or ray (a Ray cluster; same bytes)"
+        ),
+        ray_address: str | None = typer.Option(
+            None,
+            "--ray-address",
+            help="with --engine ray: HOST:PORT of a running cluster (`ray start --head`); default: RAY_ADDRESS, "
+            "else Ray started on this machine",
+        ),
     ) -> None:
         """Tokenize sources into memory-mapped shards plus a manifest; a second run with the same inputs does nothing."""
         from rich.progress import (
@@ -149,6 +158,8 @@ def register(app: typer.Typer) -> None:
                 verify=verify,
                 overwrite=overwrite,
                 progress=progress,
+                engine=engine,
+                ray_address=ray_address,
             )
         for r in results:
             speed = f", {r.text_bytes / max(r.seconds, 1e-9) / 1e6:.1f} MB/s" if r.status != "up to date" else ""

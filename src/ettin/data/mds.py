@@ -509,7 +509,7 @@ def prepare_id_documents(
     import shutil
     import time
 
-    from ettin.data.prepare import PrepareResult, _prepare_key, _swap_into_place, _write_shard
+    from ettin.data.shard_writer import PrepareResult, _prepare_key, _swap_into_place, _write_shard
     from ettin.data.shards import (
         FORMAT,
         FORMAT_VERSION,
