@@ -246,8 +246,8 @@ def bench_mds(tmp: Path, mds_dir: Path, tokenizer_dir: Path, text_data: Path, re
         prepare([f"ettin_mds=mds:{mds_dir}"], tok, out)
 
     t_prepare = best_of(run_prepare, repeat)
-    from ettin.data.mds import prepare_mds_ids
     from ettin.data.prepare import DEFAULT_SHARD_TOKENS, _Tokenizer
+    from ettin.data.pretokenized import prepare_mds_ids
     from ettin.data.sources import parse_source
 
     loaded = _Tokenizer.load(tok)  # its fingerprint (about a second for ModernBERT's) is taken once here

@@ -99,12 +99,13 @@ def prepare_source(
 ) -> PrepareResult:
     """The local engine: read, tokenize (in `workers` processes) and write shards in order on this machine."""
     if spec.kind == "mds":  # pre-tokenized MDS: ids are copied as they are (ettin.data.mds)
-        from ettin.data.mds import MDSFolder, ids_column, prepare_mds_ids
+        from ettin.data.mds import MDSFolder, ids_column
+        from ettin.data.pretokenized import prepare_mds_ids
 
         if ids_column(MDSFolder.open(spec.path), spec.field) is not None:
             return prepare_mds_ids(spec, tok, out_dir, shard_tokens=shard_tokens, verify=verify, progress=progress)
     if spec.kind == "replay":  # a released batch-order folder (ettin.data.order)
-        from ettin.data.order import prepare_replay
+        from ettin.data.pretokenized import prepare_replay
 
         return prepare_replay(spec, tok, out_dir, shard_tokens=shard_tokens, verify=verify, progress=progress)
     t0 = time.perf_counter()

@@ -45,6 +45,8 @@ from ettin.errors import EttinError
 
 STATE_VERSION = 1
 
+REPLAY_STEPS_FILE = "replay-steps.npy"  # (step, rows) of a replayed order folder (ettin.data.order)
+
 
 @dataclass
 class Sample:
@@ -205,7 +207,6 @@ class ReplayOrder:
 
     def __init__(self, name: str, source: PreparedSource, seq_len: int, cls_id: int, sep_id: int):
         from ettin.data.mds import FLAG_CLS, FLAG_SEP, load_flags
-        from ettin.data.order import REPLAY_STEPS_FILE
 
         info = source.manifest.get("replay")
         if not info:
