@@ -6,6 +6,7 @@ import importlib.util
 import json
 import socket
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -224,3 +225,15 @@ def test_url_source_gives_the_same_shards(ray_session, tmp_path, inputs, local_o
     assert {k: v for k, v in manifest["report"].items() if k != "bad_utf8_files"} == {
         k: v for k, v in local["report"].items() if k != "bad_utf8_files"
     }
+
+
+@needs_ray
+def test_token_id_sources_give_the_same_shards_under_ray(ray_session, tmp_path, small_tokenizer_dir):
+    """MDS input_ids are copied, not tokenized: the Ray engine prepares them as the local engine does."""
+    mds = Path(__file__).parent / "fixtures" / "mds"
+    sources = [f"u16=mds:{mds / 'u16-zstd'}", f"text=mds:{mds / 'text-only'}"]
+    local = prepare(sources, small_tokenizer_dir, tmp_path / "local", shard_tokens=300)
+    ray_out = prepare(sources, small_tokenizer_dir, tmp_path / "ray", shard_tokens=300, engine="ray")
+    assert [r.status for r in local] == [r.status for r in ray_out] == ["prepared", "prepared"]
+    for name in ("u16", "text"):
+        assert tree_hashes(tmp_path / "ray" / name) == tree_hashes(tmp_path / "local" / name), name

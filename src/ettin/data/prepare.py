@@ -86,6 +86,17 @@ def _encoded_batches(batches: Iterable[list[str]], tok: _Tokenizer, dtype: np.dt
             yield texts0, *fut.result()
 
 
+def _token_ids(spec: SourceSpec) -> bool:
+    """A source that arrives as token ids (MDS input_ids, a replayed order folder): prepared by copying."""
+    if spec.kind == "replay":
+        return True
+    if spec.kind == "mds":
+        from ettin.data.mds import MDSFolder, ids_column
+
+        return ids_column(MDSFolder.open(spec.path), spec.field) is not None
+    return False
+
+
 def prepare_source(
     spec: SourceSpec,
     tok: _Tokenizer,
@@ -98,16 +109,11 @@ def prepare_source(
     progress: Progress | None = None,
 ) -> PrepareResult:
     """The local engine: read, tokenize (in `workers` processes) and write shards in order on this machine."""
-    if spec.kind == "mds":  # pre-tokenized MDS: ids are copied as they are (ettin.data.mds)
-        from ettin.data.mds import MDSFolder, ids_column
-        from ettin.data.pretokenized import prepare_mds_ids
+    if _token_ids(spec):  # MDS input_ids or a released order folder: ids copied (ettin.data.pretokenized)
+        from ettin.data.pretokenized import prepare_mds_ids, prepare_replay
 
-        if ids_column(MDSFolder.open(spec.path), spec.field) is not None:
-            return prepare_mds_ids(spec, tok, out_dir, shard_tokens=shard_tokens, verify=verify, progress=progress)
-    if spec.kind == "replay":  # a released batch-order folder (ettin.data.order)
-        from ettin.data.pretokenized import prepare_replay
-
-        return prepare_replay(spec, tok, out_dir, shard_tokens=shard_tokens, verify=verify, progress=progress)
+        how = prepare_replay if spec.kind == "replay" else prepare_mds_ids
+        return how(spec, tok, out_dir, shard_tokens=shard_tokens, verify=verify, progress=progress)
     t0 = time.perf_counter()
     files = source_files(spec)
     total_bytes = sum(f.stat().st_size for f in files)
@@ -268,7 +274,7 @@ def prepare(
     if shard_tokens < 1:
         raise EttinError("shard_tokens must be positive", field="shard_tokens")
     for spec in specs:
-        if is_url(spec.path):
+        if is_url(spec.path) and spec.kind != "mds":  # MDS folders download themselves (ettin.data.mds)
             if engine != "ray":
                 raise EttinError(
                     "object-store URLs are read by the Ray engine only",
@@ -293,6 +299,9 @@ def prepare(
             with ray_cluster(ray_address, num_cpus=workers if workers > 1 else None) as ray:
                 check_workers_can_write(ray, out_dir)
                 for spec in specs:
+                    if _token_ids(spec):  # copied, not tokenized: nothing to spread over the cluster
+                        results.append(prepare_source(spec, tok, out_dir, shard_tokens=shard_tokens, verify=verify))
+                        continue
                     results.append(
                         prepare_source_ray(
                             ray,
