@@ -593,6 +593,9 @@ def save_pretrained(
                     shutil.copyfile(f, tmp / f.name)
         elif tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        from ettin.hf_clients import write_client_files
+
+        write_client_files(tmp, config)  # what transformers / sentence-transformers / mteb need to read it as ettin does
     return out_dir
 
 
