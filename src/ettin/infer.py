@@ -380,6 +380,22 @@ def length_batches(lengths: Sequence[int], batch_tokens: int, max_batch: int = M
     return batches
 
 
+def check_pooling(arch: str | None, pooling: str | None) -> str:
+    """The pooling to use (the arch's by default); refuses an unknown one, and mean/cls for a decoder."""
+    if pooling is not None and pooling not in ("mean", "cls", "last"):
+        raise EttinError(f"unknown pooling '{pooling}'", field="pooling", fix="use mean, cls or last")
+    if arch is None:
+        return pooling or ""
+    how = pooling or ARCH_POOLING[arch]
+    if arch == "decoder" and how in ("mean", "cls"):
+        raise EttinError(
+            f"{how} pooling of a decoder: under its causal mask only the last token has read the whole text",
+            field="pooling",
+            fix="use last (the default for decoders)",
+        )
+    return how
+
+
 def embed(
     lm: Loaded,
     texts: Sequence[str],
@@ -396,15 +412,7 @@ def embed(
 
     from ettin.eval.pooling import pool_flat
 
-    how = pooling or ARCH_POOLING[lm.arch]
-    if lm.arch == "decoder" and how in ("mean", "cls"):
-        raise EttinError(
-            f"{how} pooling of a decoder: under its causal mask only the last token has read the whole text",
-            field="pooling",
-            fix="use last (the default for decoders)",
-        )
-    if how not in ("mean", "cls", "last"):
-        raise EttinError(f"unknown pooling '{how}'", field="pooling", fix="use mean, cls or last")
+    how = check_pooling(lm.arch, pooling)
     if batch_tokens < 1:
         raise EttinError(f"batch tokens {batch_tokens} must be at least 1", field="batch_tokens")
     seqs = model_inputs(lm, texts, max_length)

@@ -178,7 +178,9 @@ def register(app: typer.Typer) -> None:
         texts = infer.read_texts(input, field)
         if max_length is not None and max_length < 2:
             raise typer.BadParameter(f"must be at least 2, not {max_length}", param_hint="'--max-length'")
+        infer.check_pooling(None, pooling)
         lm = _load(model, revision, device, dtype)
+        infer.check_pooling(lm.arch, pooling)
         console = Console(stderr=True)
         with Progress(
             TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
