@@ -595,7 +595,7 @@ def save_pretrained(
             tokenizer.save_pretrained(str(tmp))
         from ettin.hf_clients import write_client_files
 
-        write_client_files(tmp, config)  # what transformers / sentence-transformers / mteb need to read it as ettin does
+        write_client_files(tmp, config)  # so transformers / sentence-transformers / mteb read it as ettin does
     return out_dir
 
 
