@@ -227,11 +227,14 @@ def _make_out_dir(out_dir: Path) -> bool:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
+        wrong_kind = out_dir.exists() and not out_dir.is_dir()
         raise EttinError(
-            f"cannot write the output folder ({exc.strerror or exc})",
+            f"{exc.strerror or exc}" if wrong_kind else f"cannot write the output folder ({exc.strerror or exc})",
             path=out_dir,
-            field="--out",
-            fix="choose a folder you can write",
+            field=None if wrong_kind else "--out",
+            fix="a file stands where a folder is needed; choose another path"
+            if wrong_kind
+            else "choose a folder you can write",
         ) from None
     return made
 
