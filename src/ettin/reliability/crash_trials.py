@@ -349,8 +349,12 @@ def compare_runs(run: Path, reference: Path) -> list[str]:
                         + ", ".join(k for k in ta.keys() | tb.keys() if not _same(ta.get(k), tb.get(k)))
                     )
             if hf:
-                fa = sorted(p.name for p in (a / ck.HF_DIR / tag).iterdir())
-                fb = sorted(p.name for p in (b / ck.HF_DIR / tag).iterdir())
+                fa = sorted(
+                    str(p.relative_to(a / ck.HF_DIR / tag)) for p in (a / ck.HF_DIR / tag).rglob("*") if p.is_file()
+                )
+                fb = sorted(
+                    str(p.relative_to(b / ck.HF_DIR / tag)) for p in (b / ck.HF_DIR / tag).rglob("*") if p.is_file()
+                )
                 if fa != fb:
                     diffs.append(f"{arch}/hf/{tag}: files {fa} != {fb}")
                     continue
