@@ -325,6 +325,9 @@ class Trainer:
                 (self.out / RECIPE_FILE).replace(self.out / f"recipe.before-{int(time.time())}.yaml")
             save_recipe(r, self.out / RECIPE_FILE)
 
+        from ettin.train.cross import check_fits, fresh_model, init_model, resolve_init
+
+        init_source = resolve_init(r)  # a missing tag or model fails here, before anything is written
         self._on_main(run_dir_and_assets)
         self.tokenizer_dir = Path(r.tokenizer)
         tokenizer = load_tokenizer(self.tokenizer_dir)
@@ -333,13 +336,12 @@ class Trainer:
         self.vocab_size = len(tokenizer)  # masking's random replacements: ids the tokenizer can produce
         vocab_size = round_vocab_size(len(tokenizer))
 
-        from ettin.train.cross import check_fits, fresh_model, init_model
-
         for arch in r.archs():
-            if r.init.path:
-                model, source = init_model(r, arch, r.init.path, r.init.revision)
+            if init_source is not None:
+                model, source = init_model(r, arch, init_source, None)
                 if not self.opt.resume:
-                    self.log(f"{arch}: starting from {source}")
+                    at = f" at {r.init.revision}" if r.init.revision else ""
+                    self.log(f"{arch}: starting from {r.init.path}{at} ({source}; weights only, a fresh optimizer)")
             else:
                 model = fresh_model(r, arch, vocab_size, self.special_ids)
             check_fits(model, r, tokenizer, self.tokenizer_dir)
