@@ -176,6 +176,10 @@ def test_models_given_the_wrong_way_round_are_refused(repos, tmp_path):
         P.plan_run(_request(repos["decoder"], repos["encoder"], tmp_path / "o", ["step0"]))
     with pytest.raises(EttinError, match="--decoder is missing"):
         P.plan_run(P.CompareRequest(None, tmp_path / "o", encoder=str(repos["encoder"])))
+    with pytest.raises(EttinError, match="--revisions is for models given by --encoder/--decoder"):
+        P.plan_run(P.CompareRequest(repos["encoder"], tmp_path / "o", revisions=["step0"]))
+    with pytest.raises(EttinError, match="not both"):
+        P.plan_run(P.CompareRequest(repos["encoder"], tmp_path / "o", encoder="x", decoder="y"))
     with pytest.raises(EttinError, match="twice"):
         P.plan_run(_request(repos["encoder"], repos["decoder"], tmp_path / "o", ["step0", "step0"]))
 

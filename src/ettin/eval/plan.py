@@ -375,6 +375,7 @@ RELEASED_PHASES_1B: tuple[tuple[str, int], ...] = (
     ("decay", 16_666_666_667),
 )
 _RELEASED_TAG = re.compile(r"^(step|ext|decay)([0-9]+)$")
+_COMMIT = re.compile(r"^[0-9a-f]{7,40}$")  # a commit is not in a listing of tags and branches: the hub answers
 
 
 def released_phases(config) -> tuple[tuple[str, int], ...]:
@@ -437,7 +438,7 @@ def _model_tags(label: str, model, tags: list[str | None]) -> tuple[dict, list[s
     listing = hf.list_revisions(model)
     if listing is not None:
         for tag in tags:
-            if tag is not None and tag not in listing:
+            if tag is not None and tag not in listing and not _COMMIT.match(tag):
                 from ettin.hf.loading import shown_revisions
 
                 raise EttinError(
@@ -446,7 +447,7 @@ def _model_tags(label: str, model, tags: list[str | None]) -> tuple[dict, list[s
     return {tag: Path(hf.resolve(model, tag)) for tag in tags}, listing
 
 
-def _tag_tokens(model, folder: Path, tag: str | None, listing, config) -> tuple[int | None, int | None, bool]:
+def _tag_tokens(folder: Path, tag: str | None, listing, config) -> tuple[int | None, int | None, bool]:
     """(tokens, step, exact) of a tag: a training run's own record, else the released mapping."""
     record = _tag_record_of(folder)
     if record is not None:
@@ -474,6 +475,13 @@ def plan_models(request: CompareRequest) -> ComparePlan:
 
     get_suite(request.suite)
     names = resolve_tasks(request.tasks, request.suite)
+    if request.run is not None and request.encoder is None and request.decoder is None:
+        raise EttinError(
+            "--revisions is for models given by --encoder/--decoder",
+            path=request.run,
+            field="revisions",
+            fix="for a run, --revision TAG picks the tag and --checkpoints N the dynamics' tags",
+        )
     if request.run is not None:
         raise EttinError(
             "give either a run folder or --encoder/--decoder, not both",
@@ -506,7 +514,7 @@ def plan_models(request: CompareRequest) -> ComparePlan:
         config = hf.read_config(folders[evaluated])
         # only a hub repository's listing is known to be complete (a local folder holds what was fetched)
         complete = listing if hf.loading.is_hub_id(str(model)) else None
-        marks = {t: _tag_tokens(model, folders[t], t, complete, config) for t in tags}
+        marks = {t: _tag_tokens(folders[t], t, complete, config) for t in tags}
         estimated |= any(not exact for tokens, _, exact in marks.values() if tokens is not None) or any(
             tokens is None for tokens, _, _ in marks.values()
         )
