@@ -54,6 +54,16 @@ def _revision_not_found() -> Exception:
     raise AssertionError("huggingface_hub accepted a RevisionNotFound answer")
 
 
+def _refs(tags: list[str]):
+    """What `HfApi.list_repo_refs` returns: huggingface_hub's own GitRefs."""
+    from huggingface_hub.hf_api import GitRefInfo, GitRefs
+
+    def ref(kind, name):
+        return GitRefInfo(name=name, ref=f"refs/{kind}/{name}", target_commit="0" * 40)
+
+    return GitRefs(branches=[ref("heads", "main")], converts=[], tags=[ref("tags", t) for t in tags])
+
+
 @pytest.fixture
 def hub(repos, monkeypatch, tmp_path):
     """The two repositories 'on the hub': downloads and tag listings answered from the local folders."""
@@ -74,8 +84,7 @@ def hub(repos, monkeypatch, tmp_path):
         def list_repo_refs(self, repo_id, **kw):
             if not state.listing:
                 raise OSError("no network")
-            tags = [SimpleNamespace(name=t) for t in TAGS]
-            return SimpleNamespace(tags=tags, branches=[SimpleNamespace(name="main")])
+            return _refs(TAGS)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     monkeypatch.setattr(huggingface_hub, "HfApi", HfApi)

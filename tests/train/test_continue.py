@@ -96,6 +96,16 @@ def test_continues_from_a_tag_of_a_local_folder_of_revisions(released, train_dat
     assert sorted(p.name for p in (out / "encoder" / "hf").iterdir())[-1].startswith("decay")
 
 
+def _refs(tags: list[str]):
+    """What `HfApi.list_repo_refs` returns: huggingface_hub's own GitRefs."""
+    from huggingface_hub.hf_api import GitRefInfo, GitRefs
+
+    def ref(kind, name):
+        return GitRefInfo(name=name, ref=f"refs/{kind}/{name}", target_commit="0" * 40)
+
+    return GitRefs(branches=[ref("heads", "main")], converts=[], tags=[ref("tags", t) for t in tags])
+
+
 @pytest.fixture
 def hub(released, monkeypatch, tmp_path):
     import huggingface_hub
@@ -116,9 +126,7 @@ def hub(released, monkeypatch, tmp_path):
 
     class HfApi:
         def list_repo_refs(self, repo_id, **kw):
-            return SimpleNamespace(
-                tags=[SimpleNamespace(name=t) for t in TAGS], branches=[SimpleNamespace(name="main")]
-            )
+            return _refs(TAGS)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     monkeypatch.setattr(huggingface_hub, "HfApi", HfApi)
