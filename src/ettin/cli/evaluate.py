@@ -176,13 +176,17 @@ def register(app: typer.Typer) -> None:
 
     @app.command("compare")
     def compare_cmd(
-        run: str | None = typer.Argument(None, help="training run folder holding encoder/ and decoder/"),
+        run: str | None = typer.Argument(
+            None, help="training run folder holding encoder/ and decoder/ (or give --encoder and --decoder)"
+        ),
         out: str = typer.Option(..., "--out", help="output folder for report.md, results.json and plots"),
         suite: str = typer.Option("quick", "--suite", help="quick or full"),
         tasks: str | None = typer.Option(None, "--tasks", help="comma-separated tasks or suites"),
         seed: int = typer.Option(0, "--seed", help="seed for subsampling, probes and fine-tuning"),
         revision: str | None = typer.Option(
-            None, "--revision", help="evaluate this tag of every model (default: latest)"
+            None,
+            "--revision",
+            help="evaluate this tag of every model (default: the latest; with --revisions, the last of them)",
         ),
         dynamics: bool = typer.Option(True, "--dynamics/--no-dynamics", help="also evaluate earlier checkpoints"),
         checkpoints: int = typer.Option(4, "--checkpoints", help="checkpoints per model for the dynamics plot"),
