@@ -193,10 +193,15 @@ class ObjectiveSection:
 
 @dataclass
 class InitSection:
-    """Start from existing weights (cross-objective training): a run's model dir or an HF directory."""
+    """Start from existing weights: a run's model dir, an HF folder, a folder of revisions (one model
+    folder per tag) or a hub repository id; `revision` is the tag (a run's latest, or the hub's default
+    branch, when unset). Weights only: the optimizer starts fresh. `same_arch`: the weights must be of
+    the recipe's arch (continued pretraining; without it, another arch's weights start a
+    cross-objective run)."""
 
     path: str | None = None
     revision: str | None = None
+    same_arch: bool = False
 
 
 @dataclass
@@ -483,7 +488,15 @@ def _check_recipe(r: Recipe) -> None:
         r.eval.data = _normalise_data(r.eval.data, r.data_dir, "eval.data")
     if r.init.revision and not r.init.path:
         raise _Invalid(
-            "init.revision", "a revision without init.path", "set init.path (or --init) to a run's model dir"
+            "init.revision",
+            "a revision without init.path",
+            "set init.path (or --init) to a run's model dir, a folder of revisions or a hub id",
+        )
+    if r.init.same_arch and r.arch == "pair":
+        raise _Invalid(
+            "init.same_arch",
+            "a pair cannot continue from one model's weights",
+            "set arch (or --arch) to encoder or decoder, the arch of the weights",
         )
 
 

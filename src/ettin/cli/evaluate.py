@@ -1,4 +1,4 @@
-"""Evaluation commands: `ettin eval` (one model) and `ettin compare` (a trained pair)."""
+"""Evaluation commands: `ettin eval` (one model) and `ettin compare` (a trained pair, or two models at their tags)."""
 
 from __future__ import annotations
 
@@ -79,6 +79,7 @@ def compare_command(plan) -> str:
     """The `ettin compare` line that reproduces a plan made by `ettin.eval.plan.plan_run` (the flags
     are this module's; the report prints the line)."""
     req = plan.request
+    models = req.encoder is not None or req.decoder is not None
     flags = [f"--suite {req.suite}", f"--seed {req.seed}"]
     flags += [f"--tasks {','.join(plan.tasks)}"] if req.tasks else []
     flags += [f"--revision {req.revision}"] if req.revision else []
@@ -86,7 +87,11 @@ def compare_command(plan) -> str:
     flags += ["--baselines"] if req.baselines else []
     flags += [] if req.dynamics else ["--no-dynamics"]
     flags += [f"--checkpoints {req.max_checkpoints}"] if req.dynamics and req.max_checkpoints != 4 else []
-    flags += [f"--cross {c}" for c in req.cross] + ([] if req.find_cross else ["--no-find-cross"])
+    flags += [f"--cross {c}" for c in req.cross]
+    if models:
+        flags += [f"--revisions {','.join(req.revisions)}"] if req.revisions else []
+        return f"ettin compare --encoder {req.encoder} --decoder {req.decoder} --out {req.out} " + " ".join(flags)
+    flags += [] if req.find_cross else ["--no-find-cross"]
     return f"ettin compare {req.run} --out {req.out} " + " ".join(flags)
 
 
@@ -171,13 +176,17 @@ def register(app: typer.Typer) -> None:
 
     @app.command("compare")
     def compare_cmd(
-        run: str = typer.Argument(..., help="training run folder holding encoder/ and decoder/"),
+        run: str | None = typer.Argument(
+            None, help="training run folder holding encoder/ and decoder/ (or give --encoder and --decoder)"
+        ),
         out: str = typer.Option(..., "--out", help="output folder for report.md, results.json and plots"),
         suite: str = typer.Option("quick", "--suite", help="quick or full"),
         tasks: str | None = typer.Option(None, "--tasks", help="comma-separated tasks or suites"),
         seed: int = typer.Option(0, "--seed", help="seed for subsampling, probes and fine-tuning"),
         revision: str | None = typer.Option(
-            None, "--revision", help="evaluate this tag of every model (default: latest)"
+            None,
+            "--revision",
+            help="evaluate this tag of every model (default: the latest; with --revisions, the last of them)",
         ),
         dynamics: bool = typer.Option(True, "--dynamics/--no-dynamics", help="also evaluate earlier checkpoints"),
         checkpoints: int = typer.Option(4, "--checkpoints", help="checkpoints per model for the dynamics plot"),
@@ -190,6 +199,15 @@ def register(app: typer.Typer) -> None:
         find_cross: bool = typer.Option(
             True, "--find-cross/--no-find-cross", help="include runs beside RUN that start from its models"
         ),
+        encoder: str | None = typer.Option(
+            None, "--encoder", help="instead of RUN: the encoder, a hub id or a folder (with --decoder)"
+        ),
+        decoder: str | None = typer.Option(
+            None, "--decoder", help="instead of RUN: the decoder, a hub id or a folder (with --encoder)"
+        ),
+        revisions: str | None = typer.Option(
+            None, "--revisions", help="with --encoder/--decoder: tags for the dynamics, e.g. step0,ext1000,decay100"
+        ),
         device: str | None = typer.Option(None, "--device", help="auto (default: the GPU if any), cpu, cuda, cuda:N"),
         threads: int | None = typer.Option(
             None, "--threads", help="torch CPU threads (1 is much faster on a busy machine)"
@@ -197,7 +215,8 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="replace a report already in --out"),
         no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
     ) -> None:
-        """Evaluate a run's encoder and decoder on the same tasks; write report.md, results.json, plots."""
+        """Evaluate a run's encoder and decoder (or two models given by --encoder/--decoder, at --revisions)
+        on the same tasks; write report.md, results.json, plots."""
         from rich.console import Console
 
         from ettin.eval.plan import CompareRequest, plan_run
@@ -219,6 +238,9 @@ def register(app: typer.Typer) -> None:
             baselines=baselines,
             cross=tuple(cross or ()),
             find_cross=find_cross,
+            encoder=encoder,
+            decoder=decoder,
+            revisions=tuple(r.strip() for r in (revisions or "").split(",") if r.strip()),
         )
         plan = plan_run(request)
         console = Console()

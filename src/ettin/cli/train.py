@@ -81,10 +81,13 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="continue from the run's last full checkpoint"),
         force: bool = typer.Option(False, "--force", help="with --resume: accept a changed recipe"),
         init: str | None = typer.Option(
-            None, "--init", help="start from these weights: a run's model folder (RUN/encoder) or an HF folder"
+            None,
+            "--init",
+            help="start from these weights: a run's model folder (RUN/encoder), an HF folder, a folder of "
+            "revisions or a hub id (jhu-clsp/ettin-encoder-150m)",
         ),
         revision: str | None = typer.Option(
-            None, "--revision", help="with --init on a run: the tag to start from (default: its latest)"
+            None, "--revision", help="with --init: the tag to start from (default: a run's latest, the hub's main)"
         ),
         nproc: int = typer.Option(
             1, "--nproc", help="processes on this machine (runs torchrun; DDP, or FSDP2 for large models)"

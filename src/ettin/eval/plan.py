@@ -7,11 +7,18 @@ checkpoints for the dynamics plot, whether the random initialisations are added 
 the pretraining sources that overlap the tasks. Only folder listings, tag records, config.json and
 recipe.yaml are read, so every discovery rule is testable without a model; `ettin.eval.runner`
 executes the plan.
+
+`plan_run` also plans a pair given as two models instead of a run (`CompareRequest(encoder=...,
+decoder=..., revisions=[...])`): hub ids, folders of revisions, training runs of one model, each
+resolved at every tag through `ettin.hf.resolve` (a hub tag is downloaded then). The tokens of a
+released tag are derived by `released_tokens` (the mapping is documented there and in
+docs/evaluation.md).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +74,7 @@ class DynamicsPoint:
 class CompareRequest:
     """The arguments of `ettin compare`, as given (the CLI renders its reproduction line from these)."""
 
-    run: str | os.PathLike
+    run: str | os.PathLike | None
     out: str | os.PathLike
     suite: str = "quick"
     seed: int = 0
@@ -80,6 +87,10 @@ class CompareRequest:
     baselines: bool = False
     cross: Sequence[str | os.PathLike] = ()
     find_cross: bool = True
+    # A pair given as models (instead of `run`): hub ids or folders, and the tags of the dynamics
+    encoder: str | os.PathLike | None = None
+    decoder: str | os.PathLike | None = None
+    revisions: Sequence[str] = ()
 
 
 @dataclass
@@ -98,6 +109,7 @@ class ComparePlan:
     baselines: bool = False
     pretraining_sources: list[str] = field(default_factory=list)
     request: CompareRequest | None = None  # set when the plan was discovered from a run folder
+    tokens_note: str | None = None  # how the token counts were found, when they are not a run's own records
 
     def member(self, label: str) -> Member:
         return next(m for m in self.members if m.label == label)
@@ -256,9 +268,16 @@ def _evaluated_tag(model_run: Path, model_dir: Path) -> tuple[list[runs.TagInfo]
 
 def plan_run(request: CompareRequest) -> ComparePlan:
     """The plan of `ettin compare`: EttinError (before any model is loaded) for a folder that is not
-    a run of a pair, an unknown task or suite, or a revision that some member lacks."""
+    a run of a pair, an unknown task or suite, or a revision that some member lacks. A request with
+    `encoder`/`decoder` is planned by `plan_models`."""
+    if request.encoder is not None or request.decoder is not None or request.revisions:
+        return plan_models(request)
     get_suite(request.suite)
     names = resolve_tasks(request.tasks, request.suite)
+    if request.run is None:
+        raise EttinError(
+            "nothing to compare", fix="give a run folder (RUN), or two models with --encoder and --decoder"
+        )
     run_dir = Path(request.run)
     found = discover_run(run_dir)
     members: list[Member] = []
@@ -334,4 +353,205 @@ def plan_run(request: CompareRequest) -> ComparePlan:
         baselines=request.baselines,
         pretraining_sources=recipe_sources(run_dir),
         request=request,
+    )
+
+
+# ---------------------------------------------------------------------------- a pair of models
+
+# The released suite's tags (JHU-CLSP/ettin-encoder-vs-decoder README, "Accessing Training
+# Checkpoints"): step{N} in pretraining, ext{N} in extension, decay{N} in decay, N the optimizer step
+# counted from the start of the phase (e.g. step599525 near the end of pretraining, ext1000, decay100),
+# `main` the final model. Phase lengths in tokens, from ettin-spec.md section 5 and the released
+# configs (standard/*/prolong_decay: decay 50B; the model cards say 100B); the 1b configs
+# (standard/huge) make extension and decay a third as long.
+RELEASED_PHASES: tuple[tuple[str, int], ...] = (
+    ("step", 1_700_000_000_000),
+    ("ext", 250_000_000_000),
+    ("decay", 50_000_000_000),
+)
+RELEASED_PHASES_1B: tuple[tuple[str, int], ...] = (
+    ("step", 1_700_000_000_000),
+    ("ext", 83_333_333_333),
+    ("decay", 16_666_666_667),
+)
+_RELEASED_TAG = re.compile(r"^(step|ext|decay)([0-9]+)$")
+_COMMIT = re.compile(r"^[0-9a-f]{7,40}$")  # a commit is not in a listing of tags and branches: the hub answers
+
+
+def released_phases(config) -> tuple[tuple[str, int], ...]:
+    """The phase lengths of the released model with this shape (1b: its own; every other size: the paper's)."""
+    from ettin.config import SIZES
+
+    big = SIZES["1b"]
+    is_1b = (config.num_hidden_layers, config.hidden_size) == (big.num_hidden_layers, big.hidden_size)
+    return RELEASED_PHASES_1B if is_1b else RELEASED_PHASES
+
+
+def released_tokens(
+    tag: str, listing: Sequence[str] | None, phases: tuple[tuple[str, int], ...] = RELEASED_PHASES
+) -> tuple[int | None, bool]:
+    """Tokens seen at a released tag, and whether the count is exact: (None, False) when it cannot be known.
+
+    - `step0`, `ext0`, `decay0`: exact, the sum of the earlier phases' lengths (0, 1.7T, 1.95T).
+    - `{prefix}{N}`, N > 0: the phase's start plus its length x N / M, M the largest step of that phase
+      in `listing`, the repository's complete tag list (a hub repository's), when the phase is complete
+      in it (a later phase has tags, or it is the last phase). An estimate: tokens per step vary within
+      a phase (unpadded batches; the batch-size warmup of pretraining), so it is linear in steps, not exact.
+    - anything else (`main`, other names, no complete listing): unknown.
+    """
+    m = _RELEASED_TAG.match(tag)
+    if not m:
+        return None, False
+    prefix, n = m.group(1), int(m.group(2))
+    names = [p for p, _ in phases]
+    i = names.index(prefix)
+    start = sum(length for _, length in phases[:i])
+    if n == 0:
+        return start, True
+    if listing is None:
+        return None, False
+    steps: dict[str, int] = {}
+    for t in listing:
+        mt = _RELEASED_TAG.match(t)
+        if mt:
+            steps[mt.group(1)] = max(steps.get(mt.group(1), 0), int(mt.group(2)))
+    last = steps.get(prefix, 0)
+    complete = i == len(phases) - 1 or any(p in steps for p in names[i + 1 :])
+    if not complete or last < n:
+        return None, False
+    return start + round(phases[i][1] * n / last), False
+
+
+TOKENS_NOTE = (
+    "Tokens of the released tags: exact at the start of each phase (step0 = 0, ext0 = 1.7T, decay0 = 1.95T); "
+    "other tags are estimates, the phase's start plus its length (1.7T, 250B, 50B; 1b: 1.7T, 83.3B, 16.7B) "
+    "times N over the phase's last step in the repository's tag list; unknown where that list is not "
+    "available (a local folder of revisions, no network) or for names such as main."
+)
+
+
+def _model_tags(label: str, model, tags: list[str | None]) -> tuple[dict, list[str] | None]:
+    """Every tag of one model resolved to a local folder (a hub tag downloaded), after checking all of
+    them against the listing so that a missing tag fails before anything is fetched."""
+    from ettin import hf
+
+    listing = hf.list_revisions(model)
+    if listing is not None:
+        for tag in tags:
+            if tag is not None and tag not in listing and not _COMMIT.match(tag):
+                from ettin.hf.loading import shown_revisions
+
+                raise EttinError(
+                    f"the {label} has no revision '{tag}'", path=model, field="revisions", fix=shown_revisions(listing)
+                )
+    return {tag: Path(hf.resolve(model, tag)) for tag in tags}, listing
+
+
+def _tag_tokens(folder: Path, tag: str | None, listing, config) -> tuple[int | None, int | None, bool]:
+    """(tokens, step, exact) of a tag: a training run's own record, else the released mapping."""
+    record = _tag_record_of(folder)
+    if record is not None:
+        return record.tokens, record.step, True
+    if tag is None:
+        return None, None, False
+    tokens, exact = released_tokens(tag, listing, released_phases(config))
+    return tokens, None, exact
+
+
+def _tag_record_of(folder: Path) -> runs.TagInfo | None:
+    """The record of an ettin training run's tag (`hf/<tag>` inside a model run), else None."""
+    if folder.parent.name != runs.HF_DIR or not runs.is_model_run(folder.parent.parent):
+        return None
+    return next((t for t in runs.exported_tags(folder.parent.parent) if t.tag == folder.name), None)
+
+
+def plan_models(request: CompareRequest) -> ComparePlan:
+    """The plan of `ettin compare --encoder M --decoder M [--revisions a,b,...]`: each model evaluated
+    at `revision` (default: the last of `revisions`, or its default revision), and with two or more
+    revisions, each of them for the dynamics plot. EttinError before any model is loaded (and before a
+    hub tag is downloaded, when the repository lists its tags) for a missing model, a tag a model lacks,
+    a model of the wrong arch, an unknown task or suite."""
+    from ettin import hf
+
+    get_suite(request.suite)
+    names = resolve_tasks(request.tasks, request.suite)
+    if request.run is not None and request.encoder is None and request.decoder is None:
+        raise EttinError(
+            "--revisions is for models given by --encoder/--decoder",
+            path=request.run,
+            field="revisions",
+            fix="for a run, --revision TAG picks the tag and --checkpoints N the dynamics' tags",
+        )
+    if request.run is not None:
+        raise EttinError(
+            "give either a run folder or --encoder/--decoder, not both",
+            path=request.run,
+            fix="drop RUN to compare the two models, or drop --encoder/--decoder",
+        )
+    for which in ("encoder", "decoder"):
+        if getattr(request, which) is None:
+            raise EttinError(f"--{which} is missing", field=which, fix="give both models: --encoder M --decoder M")
+    revisions = [r.strip() for r in request.revisions if r.strip()]
+    dup = sorted({r for r in revisions if revisions.count(r) > 1})
+    if dup:
+        raise EttinError(f"--revisions names {', '.join(dup)} twice", field="revisions", fix="name each tag once")
+    evaluated = request.revision or (revisions[-1] if revisions else None)
+    tags: list[str | None] = list(revisions) + ([evaluated] if evaluated not in revisions else [])
+    members: list[Member] = []
+    dynamics: dict[str, list[DynamicsPoint]] = {}
+    estimated = False
+    for label in ("encoder", "decoder"):
+        model = getattr(request, label)
+        folders, listing = _model_tags(label, model, tags)
+        arch = _arch(folders[evaluated])
+        if arch != label:
+            raise EttinError(
+                f"is a{'n' if arch == 'encoder' else ''} {arch}, given as --{label}",
+                path=model,
+                field=label,
+                fix="swap --encoder and --decoder",
+            )
+        config = hf.read_config(folders[evaluated])
+        # only a hub repository's listing is known to be complete (a local folder holds what was fetched)
+        complete = listing if hf.loading.is_hub_id(str(model)) else None
+        marks = {t: _tag_tokens(folders[t], t, complete, config) for t in tags}
+        estimated |= any(not exact for tokens, _, exact in marks.values() if tokens is not None) or any(
+            tokens is None for tokens, _, _ in marks.values()
+        )
+        tokens, step, _ = marks[evaluated]
+        record = _tag_record_of(folders[evaluated])
+        tag = record.tag if record is not None else evaluated
+        if tag is None and hf.loading.is_hub_id(str(model)):
+            tag = hf.loading.DEFAULT_REVISION  # the hub's default branch: the final model
+        checkpoint = Checkpoint(tag, tokens, step) if tag is not None else None
+        members.append(Member(label, folders[evaluated], arch, checkpoint))
+        if request.dynamics and len(revisions) >= 2:
+            dynamics[label] = [
+                DynamicsPoint(folders[t], t, marks[t][0], marks[t][1], final=t == evaluated) for t in revisions
+            ]
+    for c in request.cross:
+        member, init = _cross_member(Path(c))
+        model_dir = runs.resolve_revision(member) if runs.is_model_run(member) else member
+        arch = _arch(model_dir)
+        label = Path(c).name
+        while any(m.label == label for m in members):
+            label += "+"
+        members.append(Member(label, model_dir, arch, None, cross_of=arch))
+    note = None
+    if request.dynamics and len(revisions) < 2:
+        note = "Fewer than two revisions were given (--revisions): no training dynamics to plot."
+    return ComparePlan(
+        suite=request.suite,
+        seed=request.seed,
+        tasks=names,
+        members=members,
+        limit=request.limit,
+        run_name=f"{request.encoder} and {request.decoder}",
+        dynamics=dynamics,
+        dynamics_tasks=dynamics_task_names(names, request.dynamics_tasks),
+        dynamics_note=note,
+        baselines=request.baselines,
+        pretraining_sources=[],
+        request=request,
+        tokens_note=TOKENS_NOTE if estimated else None,
     )

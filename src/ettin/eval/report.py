@@ -101,6 +101,8 @@ def render_markdown(results: dict) -> str:
             + (f" (continued from {models[m]['init']})" if models[m].get("init") else "")
             + f" | {models[m].get('tag') or '-'} |"
         )
+    if results.get("tokens_note"):
+        lines += ["", results["tokens_note"]]
     lines += ["", "## Results", ""]
     header = "| task | kind | metric | n | " + " | ".join(order) + " | chance |"
     if enc and dec:
@@ -226,6 +228,8 @@ def render_markdown(results: dict) -> str:
     dyn = results.get("dynamics") or {}
     if any(dyn.values()):
         lines += ["## Training dynamics", "", f"![metric against training tokens]({DYNAMICS_FILE})", ""]
+        if any(p.get("tokens") is None for points in dyn.values() for p in points):
+            lines += ["Some token counts are unknown, so the plot puts the checkpoints in order, by tag.", ""]
         dyn_tasks = results.get("dynamics_tasks", [])
         lines += ["| model | tag | tokens | " + " | ".join(dyn_tasks) + " |", "|---|---|---|" + "---|" * len(dyn_tasks)]
         for m, points in dyn.items():
@@ -321,7 +325,8 @@ def plot_bars(results: dict, path: str | os.PathLike) -> Path:
 
 
 def plot_dynamics(results: dict, path: str | os.PathLike) -> Path | None:
-    """Metric against training tokens, one panel per task, one line per model."""
+    """Metric against training tokens, one panel per task, one line per model (against the checkpoints
+    in order, named by tag, when some token count is unknown: released tags without a tag listing)."""
     dyn = results.get("dynamics") or {}
     tasks = results.get("dynamics_tasks") or []
     if not any(dyn.values()) or not tasks:
@@ -332,6 +337,9 @@ def plot_dynamics(results: dict, path: str | os.PathLike) -> Path | None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import EngFormatter
 
+    # x: training tokens when every point has a count; else the checkpoints in order, named by tag
+    by_tokens = all(p.get("tokens") is not None for points in dyn.values() for p in points)
+    order = [] if by_tokens else list(dict.fromkeys(p["tag"] for points in dyn.values() for p in points))
     cols = min(3, len(tasks))
     rows = math.ceil(len(tasks) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
@@ -340,7 +348,7 @@ def plot_dynamics(results: dict, path: str | os.PathLike) -> Path | None:
         top = 0.0
         for m, points in dyn.items():
             pts = [
-                (p.get("tokens") or 0, r.score)
+                (p["tokens"] if by_tokens else order.index(p["tag"]), r.score)
                 for p in points
                 if t in p["tasks"] and (r := TaskResult.from_dict(p["tasks"][t])).ok
             ]
@@ -356,14 +364,19 @@ def plot_dynamics(results: dict, path: str | os.PathLike) -> Path | None:
         if chance is not None:
             ax.axhline(chance, color="black", linestyle="dotted", linewidth=1)
         ax.set_ylim(0, min(1.0, max(0.05, top * 1.15)))
-        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        if by_tokens:
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+            ax.set_xlabel("training tokens", fontsize=8)
+        else:
+            ax.set_xticks(range(len(order)), order, fontsize=7, rotation=30)
+            ax.set_xlabel("checkpoint (training tokens unknown)", fontsize=8)
         ax.set_title(t, fontsize=9)
-        ax.set_xlabel("training tokens", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
-    fig.suptitle("metric against training tokens (95% intervals; dotted: chance)", fontsize=10)
+    against = "training tokens" if by_tokens else "checkpoint"
+    fig.suptitle(f"metric against {against} (95% intervals; dotted: chance)", fontsize=10)
     fig.tight_layout()
     _save_fig(fig, Path(path))
     plt.close(fig)

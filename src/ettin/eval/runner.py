@@ -284,6 +284,7 @@ def run_plan(
         "dynamics": dyn_out,
         "dynamics_tasks": dyn_names if dyn_out else [],
         "dynamics_note": plan.dynamics_note,
+        "tokens_note": plan.tokens_note,
         "pretraining_overlap": plan.overlap(),
         "failed": failed + dyn_failed,
         "seconds": round(time.perf_counter() - t0, 3),

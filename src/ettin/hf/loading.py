@@ -55,26 +55,114 @@ class HubUnavailableError(EttinError):
 
 def resolve(path: str | os.PathLike, revision: str | None = None) -> Path:
     """The local model folder `path` (and `revision`) stand for: a model folder, a training run's
-    checkpoint (through ettin.runs), or a hub repository downloaded for users with network."""
+    checkpoint (through ettin.runs), a folder of revisions (one model folder per tag, the local
+    stand-in for a hub repository's tags), or a hub repository downloaded for users with network."""
     p = Path(path).expanduser()
     if p.is_dir() and runs.is_run_dir(p):
         return runs.resolve_revision(p, revision)
+    if p.is_dir() and is_revisions_dir(p):
+        return _revision_dir(p, revision)
     if p.is_dir():
         if revision is not None:
             raise EttinError(
                 f"is a model folder, so --revision {revision} does not apply",
                 path=p,
                 field="revision",
-                fix="pass the training run's folder to pick a checkpoint, or drop --revision",
+                fix="pass the training run's folder (or a folder with one model folder per tag) to pick a "
+                "checkpoint, or drop --revision",
             )
         return p
     if p.exists():
         raise EttinError("is a file, not a model folder", path=p, fix="give the folder that holds config.json")
     text = str(path)
-    # `runs/demo` with an existing `runs/` is a local typo, not a hub repository
-    if _HUB_ID.match(text) and not text.startswith((".", "~")) and not p.parent.exists():
+    if is_hub_id(text):
         return _hub_download(text, revision)
     raise EttinError("no such model folder", path=p, fix="check the path; `ettin export` and `ettin init` write one")
+
+
+def is_hub_id(text: str) -> bool:
+    """`owner/name` that is not a local path (`runs/demo` with an existing `runs/` is a local typo)."""
+    p = Path(text).expanduser()
+    return bool(_HUB_ID.match(text)) and not text.startswith((".", "~")) and not p.exists() and not p.parent.exists()
+
+
+# ----------------------------------------------------------------------------------------- revisions
+
+DEFAULT_REVISION = "main"
+
+
+def is_revisions_dir(path: str | os.PathLike) -> bool:
+    """A folder of revisions: not a model folder and not a run, with subfolders that are model folders,
+    one per tag (what `hf download REPO --revision TAG --local-dir DIR/TAG` per tag leaves)."""
+    p = Path(path)
+    if not p.is_dir() or runs.is_model_dir(p) or runs.is_run_dir(p):
+        return False
+    return any(runs.is_model_dir(d) for d in p.iterdir() if d.is_dir())
+
+
+def _local_revisions(p: Path) -> list[str]:
+    return sorted((d.name for d in p.iterdir() if d.is_dir() and runs.is_model_dir(d)), key=revision_sort_key)
+
+
+_RELEASED_TAG = re.compile(r"^(step|ext|decay)([0-9]+)$")
+_PHASE_ORDER = {"step": 0, "ext": 1, "decay": 2}
+
+
+def revision_sort_key(tag: str) -> tuple:
+    """Training order for the released prefixes (step < ext < decay, then the number); other names after."""
+    m = _RELEASED_TAG.match(tag)
+    if m:
+        return (0, _PHASE_ORDER[m.group(1)], int(m.group(2)), "")
+    return (1, 0, 0, tag)
+
+
+def shown_revisions(tags: list[str]) -> str:
+    """The fix text that lists some of the tags one can ask for."""
+    if not tags:
+        return "it lists no tags"
+    shown = tags if len(tags) <= 12 else tags[:4] + ["..."] + tags[-7:]
+    return f"available: {', '.join(shown)} ({len(tags)} tags)"
+
+
+def _revision_dir(p: Path, revision: str | None) -> Path:
+    tags = _local_revisions(p)
+    tag = revision if revision is not None else DEFAULT_REVISION
+    if tag in tags:
+        return p / tag
+    what = f"no revision '{revision}'" if revision is not None else "holds several revisions and none is 'main'"
+    raise EttinError(what, path=p, field="revision", fix=shown_revisions(tags))
+
+
+def list_revisions(path: str | os.PathLike) -> list[str] | None:
+    """The tags `path` can be resolved at, in training order, or None when they cannot be listed (a plain
+    model folder, or a hub repository while the hub cannot be reached). A hub repository lists its tags
+    and branches (`HfApi.list_repo_refs`), so its listing is complete; a folder of revisions lists what
+    was downloaded into it."""
+    p = Path(path).expanduser()
+    if p.is_dir() and runs.is_run_dir(p):
+        if not runs.is_model_run(p):
+            return None
+        return [t.tag for t in runs.exported_tags(p)]
+    if p.is_dir() and is_revisions_dir(p):
+        return _local_revisions(p)
+    if p.exists() or not is_hub_id(str(path)):
+        return None
+    return hub_revisions(str(path))
+
+
+def hub_revisions(repo_id: str) -> list[str] | None:
+    """A hub repository's tags and branches, or None when the hub cannot be asked (offline, no network,
+    no access): a listing is a help to the user, never a reason to fail."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return None
+    try:
+        from huggingface_hub import HfApi
+
+        refs = HfApi().list_repo_refs(repo_id)
+    except Exception:  # noqa: BLE001 - any failure only means no listing
+        return None
+    names = [r.name for r in getattr(refs, "tags", []) or []] + [r.name for r in getattr(refs, "branches", []) or []]
+    return sorted(set(names), key=revision_sort_key)
 
 
 def _hub_download(repo_id: str, revision: str | None) -> Path:
@@ -109,11 +197,12 @@ def _hub_download(repo_id: str, revision: str | None) -> Path:
     # The user's to fix: a repository or revision that does not exist (or is private or gated for this
     # account), a disabled repository, a malformed id. GatedRepoError is a RepositoryNotFoundError.
     except RevisionNotFoundError:
+        tags = hub_revisions(repo_id)
         raise EttinError(
             f"the hub repository '{repo_id}' has no revision '{revision}'",
             path=repo_id,
             field="revision",
-            fix="check the branch, tag or commit name",
+            fix=shown_revisions(tags) if tags is not None else "check the branch, tag or commit name",
         ) from None
     except RepositoryNotFoundError as exc:
         gated = type(exc).__name__ == "GatedRepoError"

@@ -5,6 +5,11 @@ model folder and a tag) or from any Hugging Face modernbert / modernbert-decoder
 with the other objective: encoder -> decoder trains next-token prediction under the causal mask;
 decoder -> encoder trains masked LM (or masked next-token prediction) with bidirectional attention.
 Both archs name their weights alike, so switching arch is a config change plus a state-dict copy.
+
+Continued pretraining starts the same way from a model of the recipe's own arch: a run's tag, a
+folder, or a released checkpoint on the hub (`init: {path: jhu-clsp/ettin-encoder-150m, revision:
+ext1000}`), resolved through `ettin.hf.resolve` (`resolve_init`) before anything is written. An HF
+folder holds weights only, so the optimizer starts fresh whatever the source (docs/training.md).
 """
 
 from __future__ import annotations
@@ -49,12 +54,39 @@ def fresh_model(recipe: Recipe, arch: str, vocab_size: int, special_ids: dict) -
         return EttinModel(config)
 
 
-def init_model(recipe: Recipe, arch: str, path: str, revision: str | None) -> tuple[EttinModel, Path]:
-    """Weights from a run's model folder (at `revision`, default its latest tag) or an HF folder,
-    read as `arch`. Returns the model (training dropout from the recipe) and the folder it came from."""
+def resolve_init(recipe: Recipe) -> Path | None:
+    """The local model folder the recipe's `init` stands for (a hub tag is downloaded), or None without
+    one. Called before the run folder or any asset is written: a tag the source lacks stops the start
+    with one line listing the tags it has."""
+    if not recipe.init.path:
+        return None
+    from ettin import hf
+
+    return Path(hf.resolve(recipe.init.path, recipe.init.revision))
+
+
+def _an(arch: str) -> str:
+    return "an" if arch == "encoder" else "a"
+
+
+def init_model(recipe: Recipe, arch: str, path: str | Path, revision: str | None) -> tuple[EttinModel, Path]:
+    """Weights from a run's model folder (at `revision`, default its latest tag), a folder of revisions,
+    an HF folder or a hub repository (at `revision`), read as `arch`. With `init.same_arch` the weights
+    must be of `arch` (a continuation, not a cross-objective start). Returns the model (training
+    dropout from the recipe) and the folder it came from."""
     from ettin import hf
 
     source = hf.resolve(path, revision)
+    if recipe.init.same_arch:
+        have = hf.read_config(source).arch
+        if have != arch:
+            raise EttinError(
+                f"holds {_an(have)} {have}, and the recipe continues {_an(arch)} {arch} (init.same_arch)",
+                path=recipe.init.path,
+                field="init.path",
+                fix=f"pass --arch {have} to continue it as {_an(have)} {have}, "
+                "or use a cross-objective recipe to change its arch",
+            )
     loaded = hf.load_dir(source, arch=arch)
     config = loaded.config.replace(arch=arch, attention_dropout=recipe.model.attention_dropout)
     model = EttinModel(config, init=False)

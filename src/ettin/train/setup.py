@@ -81,9 +81,10 @@ def build_run(recipe: Recipe, out: Path, dist: DistContext, *, resume: bool, for
     The recipe is saved into the run only once the models exist: a start that fails leaves no run behind."""
     from ettin.tokenizer import load_tokenizer, round_vocab_size, special_token_ids, tokenizer_fingerprint
     from ettin.train.assets import ensure_data, ensure_tokenizer
-    from ettin.train.cross import check_fits, fresh_model, init_model
+    from ettin.train.cross import check_fits, fresh_model, init_model, resolve_init
 
     r = recipe
+    init_source = resolve_init(r)  # a missing tag or model fails here, before anything is written
 
     def run_dir_and_assets() -> None:
         prepare_run_dir(r, out, resume=resume, force=force, log=log)
@@ -104,10 +105,11 @@ def build_run(recipe: Recipe, out: Path, dist: DistContext, *, resume: bool, for
     special_ids = special_token_ids(tokenizer)
     members = []
     for arch in r.archs():
-        if r.init.path:
-            model, source = init_model(r, arch, r.init.path, r.init.revision)
+        if init_source is not None:
+            model, source = init_model(r, arch, init_source, None)
             if not resume:
-                log(f"{arch}: starting from {source}")
+                at = f" at {r.init.revision}" if r.init.revision else ""
+                log(f"{arch}: starting from {r.init.path}{at} ({source}; weights only, a fresh optimizer)")
         else:
             model = fresh_model(r, arch, round_vocab_size(len(tokenizer)), special_ids)
         check_fits(model, r, tokenizer, tokenizer_dir)
