@@ -30,7 +30,7 @@ def export_model(m: Member, full_state: dict, strategy: str) -> nn.Module:
 
     copy = EttinModel(m.model.config, init=False)
     copy.load_state_dict(full_state)
-    copy.decoder.weight = copy.model.embeddings.tok_embeddings.weight
+    copy.tie_head()
     return copy
 
 

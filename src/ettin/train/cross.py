@@ -20,7 +20,7 @@ import torch
 
 from ettin.config import ModelConfig, config_for_size
 from ettin.errors import EttinError
-from ettin.model import EttinModel
+from ettin.model import TIED_KEY, EttinModel
 from ettin.recipe import Recipe
 
 
@@ -91,9 +91,9 @@ def init_model(recipe: Recipe, arch: str, path: str | Path, revision: str | None
     config = loaded.config.replace(arch=arch, attention_dropout=recipe.model.attention_dropout)
     model = EttinModel(config, init=False)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
-    if [k for k in missing if k != "decoder.weight"] or unexpected:
+    if [k for k in missing if k != TIED_KEY] or unexpected:
         raise EttinError(f"the weights do not fit an {arch} ({missing[:1] or unexpected[:1]})", path=source)
-    model.decoder.weight = model.model.embeddings.tok_embeddings.weight
+    model.tie_head()
     return model.train(), source
 
 
@@ -102,11 +102,5 @@ def check_fits(model: EttinModel, recipe: Recipe, tokenizer, tokenizer_path: Pat
     from ettin.tokenizer import check_tokenizer_fits
 
     check_tokenizer_fits(tokenizer, model.config, tokenizer_path)
-    limit = model.config.max_position_embeddings
     for i, phase in enumerate(recipe.phases):
-        if phase.seq_len > limit:
-            raise EttinError(
-                f"sequence length {phase.seq_len} is beyond the model's limit of {limit} positions",
-                field=f"phases.{i}.seq_len",
-                fix=f"use seq_len <= {limit} for this model",
-            )
+        model.config.check_seq_len(phase.seq_len, field=f"phases.{i}.seq_len")
