@@ -116,3 +116,19 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def claim_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> bool:
+    """The output-folder policy of every command that writes a folder: a missing or empty folder is
+    taken, a non-empty one only with overwrite (and then replaced whole, by `atomic_dir`), a file is
+    refused. Returns whether `atomic_dir` must replace an existing folder. Nothing is written here."""
+    from ettin.errors import EttinError
+
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return False
+    if not out_dir.is_dir():
+        raise EttinError("exists and is not a directory", path=out_dir, fix="choose another --out")
+    if any(out_dir.iterdir()) and not overwrite:
+        raise EttinError("exists and is not empty", path=out_dir, fix="choose another --out or pass --overwrite")
+    return True

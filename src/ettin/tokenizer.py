@@ -91,13 +91,9 @@ def round_vocab_size(vocab_size: int) -> int:
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> bool:
-    """Refuse to clobber a finished directory; return whether atomic_dir must replace an existing one."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise EttinError("exists and is not a directory", path=out_dir, fix="choose another --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise EttinError("exists and is not empty", path=out_dir, fix="choose another --out or pass --overwrite")
-    return out_dir.exists()
+    from ettin.io import claim_out_dir
+
+    return claim_out_dir(out_dir, overwrite)
 
 
 # ----------------------------------------------------------------------------------------- build

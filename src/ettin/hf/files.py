@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ettin.errors import EttinError
-from ettin.io import atomic_dir, atomic_write_json
+from ettin.io import atomic_dir, atomic_write_json, claim_out_dir
 
 if TYPE_CHECKING:
     import torch
@@ -125,15 +125,7 @@ def read_weights(model_dir: Path) -> dict[str, "torch.Tensor"]:
 # ----------------------------------------------------------------------------------------- writing
 
 
-def prepare_out(out_dir: Path, overwrite: bool) -> bool:
-    """Whether atomic_dir must replace an existing folder; refuses a non-empty one without overwrite."""
-    if not out_dir.exists():
-        return False
-    if not out_dir.is_dir():
-        raise EttinError("exists and is not a directory", path=out_dir, fix="choose another output path")
-    if any(out_dir.iterdir()) and not overwrite:
-        raise EttinError("exists and is not empty", path=out_dir, fix="choose a new folder or pass --overwrite")
-    return True
+prepare_out = claim_out_dir  # the one output-folder policy (ettin.io)
 
 
 def tokenizer_files(tok_dir: Path) -> list[Path]:
