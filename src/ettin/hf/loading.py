@@ -95,8 +95,8 @@ def is_revisions_dir(path: str | os.PathLike) -> bool:
     """A folder of revisions: not a model folder and not a run, with subfolders that are model folders,
     one per tag (what `hf download REPO --revision TAG --local-dir DIR/TAG` per tag leaves)."""
     p = Path(path)
-    if not p.is_dir() or runs.is_model_dir(p) or runs.is_run_dir(p):
-        return False
+    if not p.is_dir() or runs.is_model_dir(p) or runs.is_run_dir(p) or (p / "modules.json").is_file():
+        return False  # modules.json: an export whose 1_Pooling/ holds a config.json of its own
     return any(runs.is_model_dir(d) for d in p.iterdir() if d.is_dir())
 
 
