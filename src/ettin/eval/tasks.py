@@ -738,12 +738,12 @@ SUITES: dict[str, Suite] = {
             "arc_easy",
         ),
         max_eval_items={"classification": 400, "retrieval": 300, "multiple_choice": 100, "generation": 400},
-        max_train_items=1000,
-        max_corpus_docs=1000,
+        max_train_items=640,  # probe train examples and contrastive pairs (20 steps of 32)
+        max_corpus_docs=500,
         max_length=128,
         classification="probe",
         retrieval_finetune=True,
-        contrastive={"lr": 3e-4, "epochs": 1, "batch_size": 32, "max_length": 128},
+        contrastive={"lr": 1e-3, "epochs": 1, "batch_size": 32, "max_length": 128},
     ),
     "full": Suite(
         "full",
