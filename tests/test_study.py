@@ -79,3 +79,24 @@ def test_study_writes_score_and_gap_per_family(study):
     text = (study.out / "study.md").read_text()
     assert "| generation | shakespeare_next_word |" in text and "study.png" in text
     assert (study.out / "study.png").stat().st_size > 0
+
+
+def test_study_command_refuses_a_bad_ladder_in_one_line(tmp_path):
+    from support import run_in_process
+
+    code, out, err = run_in_process(["study", "--out", tmp_path / "s", "--ladder", "cpu", "--sizes", "tiny"])
+    assert code == 2 and "at least two sizes" in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_study_summary_table_prints_every_task(study):
+    import io
+
+    from rich.console import Console
+
+    from ettin.cli.study import _summary
+
+    buf = io.StringIO()
+    _summary(Console(file=buf, width=160), study)
+    text = buf.getvalue()
+    assert all(t in text for t in TASKS) and "tiny" in text and "mini" in text
