@@ -100,6 +100,13 @@ def test_demo_report_states_findings_and_plots_heldout_loss(demo):
     losses = results["heldout_loss"]
     assert set(losses) == {"encoder", "decoder", "encoder-to-decoder", "decoder-to-encoder"}
     assert len(losses["encoder"]) >= 3  # every 4K tokens and at each phase end
+    objectives = {label: {p["objective"] for p in pts} for label, pts in losses.items()}
+    assert objectives == {
+        "encoder": {"MLM"},
+        "decoder": {"CLM"},
+        "encoder-to-decoder": {"CLM"},
+        "decoder-to-encoder": {"MNTP"},
+    }
     # a continuation's line starts where the pair's training ended
     assert losses["encoder-to-decoder"][0]["tokens"] > losses["decoder"][-1]["tokens"] - 1
     report = (demo.out / "report.md").read_text()

@@ -101,26 +101,24 @@ def check_with_transformers(model_dir: Path, arch: str, text: str) -> dict:
     return check
 
 
-def heldout_losses(runs_by_label: dict[str, tuple[Path, Path | None]]) -> dict[str, list[dict]]:
+def heldout_losses(runs_by_label: dict[str, tuple[Path, Path | None, str]]) -> dict[str, list[dict]]:
     """label -> [{tokens, loss, phase, objective}] from each model run's metrics.jsonl (held-out rows);
-    `runs_by_label[label] = (model run folder, the model run it started from or None)`: a
-    continuation's tokens count on from the last step of the model it started from."""
+    `runs_by_label[label] = (model run folder, the model run it started from or None, its objective)`:
+    a continuation's tokens count on from the last step of the model it started from."""
     from ettin.train.metrics import read_metrics
 
     out: dict[str, list[dict]] = {}
-    for label, (model_run, started_from) in runs_by_label.items():
+    for label, (model_run, started_from, objective) in runs_by_label.items():
         rows = [r for r in read_metrics(model_run) if r.get("kind") == "eval" and r.get("eval_loss") is not None]
         if not rows:
             continue
         offset = max((int(r.get("tokens") or 0) for r in read_metrics(started_from)), default=0) if started_from else 0
-        arch = "encoder" if label.endswith("encoder") else "decoder"
-        objective = "MLM" if arch == "encoder" else "CLM"
         out[label] = [
             {
                 "tokens": int(r["tokens"]) + offset,
                 "loss": float(r["eval_loss"]),
                 "phase": r.get("phase"),
-                "objective": objective,
+                "objective": objective.upper(),
             }
             for r in rows
         ]
@@ -169,8 +167,9 @@ def run_demo(
             )
     result.written += [("tokenizer", Path(r.tokenizer)), ("prepared data", Path(r.data_dir)), ("training run", run_dir)]
 
-    heldout_runs: dict[str, tuple[Path, Path | None]] = {
-        arch: (run_dir / arch, None) for arch in ("encoder", "decoder")
+    heldout_runs: dict[str, tuple[Path, Path | None, str]] = {
+        "encoder": (run_dir / "encoder", None, r.objective.encoder),
+        "decoder": (run_dir / "decoder", None, r.objective.decoder),
     }
     if cross:
         with _step(result, "continue each in the other objective (cross-objective)", log):
@@ -193,7 +192,7 @@ def run_demo(
                         fix="run `make demo` again to continue",
                     )
                 label = f"{start}-to-{cr.arch}"
-                heldout_runs[label] = (cross_dir / cr.arch, run_dir / start)
+                heldout_runs[label] = (cross_dir / cr.arch, run_dir / start, getattr(cr.objective, cr.arch))
                 result.written.append((f"{label} run", cross_dir))
 
     exports = {}
@@ -224,9 +223,11 @@ def run_demo(
         if results["heldout_loss"]:
             sources = ", ".join(e["source"] for e in r.eval.data.get("mixture", [])) if r.eval.data else ""
             results["heldout_note"] = (
-                f"Each model's loss in its own objective (encoders: MLM at {r.eval.mask_rate:.0%} masking, decoders: "
-                f"CLM) on the same {r.eval.sequences} held-out sequences ({sources}: documents no training phase "
-                "reads), measured during training; the cross-objective continuations start where the pair ended."
+                f"Each model's loss in its own training objective (MLM and MNTP masking {r.eval.mask_rate:.0%} of "
+                f"tokens, CLM) on the same {r.eval.sequences} held-out sequences ({sources}: documents no training "
+                "phase reads), measured during training; the cross-objective continuations start where the pair "
+                "ended. MNTP (masked next-token prediction, the decoder-to-encoder continuation) predicts a masked "
+                "token at the position before it, so its loss is not on MLM's scale."
             )
         results["files"] = [str(p) for p in report.write_report(results, out)]
         result.results = results
