@@ -475,7 +475,9 @@ def findings_lines(results: dict) -> list[str]:
         "",
         "A task counts for a side only when the paired 95% interval of its gap excludes 0. A family is "
         "*reproduced* when at least one of its tasks favours the paper's winner and none the other arch, "
-        "*contradicted* in the reverse case, and *not resolved* otherwise (no task decided, or tasks disagree).",
+        "*contradicted* in the reverse case, and *not resolved* otherwise (no task decided, or tasks disagree). "
+        "These say which way this run's gaps point; the paper's findings are about 17M-1B parameters trained on "
+        "2T tokens (see the scale note below).",
         "",
     ]
     if fam:
