@@ -211,7 +211,7 @@ def run_demo(
             result.hf_check[arch] = check
             log(f"{arch}: {check['class']} max |logits - ettin| = {check['max_abs_diff']:.2e}; {check['sample']}")
 
-    with _step(result, f"evaluate both on the {suite} suite and write the report", log):
+    with _step(result, f"evaluate every model on the {suite} suite and write the report", log):
         # no per-checkpoint task scores: the held-out loss over training is the demo's dynamics view
         request = CompareRequest(
             run_dir, out, suite, r.seed, tasks=tasks, limit=limit, dynamics=False, find_cross=cross
