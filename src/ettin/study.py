@@ -173,14 +173,8 @@ def summarise(rungs: dict[str, dict], seconds: dict[str, float] | None = None) -
     return out
 
 
-def _fmt_params(n: int | None) -> str:
-    if not n:
-        return "?"
-    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
-
-
 def render_study(summary: dict) -> str:
-    from ettin.eval.report import FAMILY_NAMES
+    from ettin.eval.report import FAMILY_NAMES, _fmt_tokens
 
     rungs = summary["rungs"]
     labels = [r["label"] for r in rungs]
@@ -196,7 +190,7 @@ def render_study(summary: dict) -> str:
     for r in rungs:
         p = r["parameters"]
         lines.append(
-            f"| {r['label']} | {p['encoder']:,} / {p['decoder']:,} | {r['tokens'] or '?'} | {r['seconds']:.0f} |"
+            f"| {r['label']} | {p['encoder']:,} / {p['decoder']:,} | {_fmt_tokens(r['tokens'])} | {r['seconds']:.0f} |"
         )
     lines += ["", f"![score and gap against parameters]({STUDY_PNG})", "", "## Encoder - decoder gap per task", ""]
     lines += ["| family | task | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
