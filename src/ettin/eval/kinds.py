@@ -131,7 +131,7 @@ def run_retrieval(
     details: dict[str, Any] = {"pooling": how, "corpus": len(sub.corpus), "zero_shot": zs_means}
     if suite.retrieval_finetune:
         cfg = contrastive_cfg or FULL_CONTRASTIVE
-        cfg = retrieve.ContrastiveConfig(**{**cfg.__dict__, "pooling": how})
+        cfg = retrieve.ContrastiveConfig(**{**cfg.__dict__, **suite.contrastive, "pooling": how})
         pairs = subsample(data.train_pairs, suite.max_train_items, seed)
         key = (id(em.model), id(data.train_pairs), len(pairs), how)
         cache = tuned_cache if tuned_cache is not None else {}

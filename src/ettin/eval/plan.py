@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ettin import runs
+from ettin.data.sources import HELDOUT_SUFFIX
 from ettin.errors import EttinError
 from ettin.eval.tasks import get_suite, get_task, resolve_tasks
 from ettin.recipe import InitSection, Recipe, load_recipe
@@ -170,7 +171,9 @@ def recipe_sources(run_dir: str | os.PathLike) -> list[str]:
     found = set(r.prepare.sources)
     for spec in [p.data for p in r.phases] + ([r.eval.data] if r.eval.data else []):
         found.update(e["source"] for e in spec.get("mixture", []))
-    return sorted(found)
+    # a built-in corpus' held-out part counts only where a phase trains on it
+    trained = {e["source"] for p in r.phases for e in p.data.get("mixture", [])}
+    return sorted(s for s in found if not s.endswith(HELDOUT_SUFFIX) or s in trained)
 
 
 def _init_of(run_dir: Path) -> InitSection:

