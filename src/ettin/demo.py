@@ -19,17 +19,14 @@ from ettin.errors import EttinError
 if TYPE_CHECKING:
     from ettin.eval.plan import ComparePlan
 
-DEMO_RECIPE = "demo.yaml"
+DEMO_RECIPE = "demo"
 
 
 def recipe_path() -> Path:
-    """recipes/demo.yaml of this checkout (the package is installed from the repository)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "recipes" / DEMO_RECIPE
-        if candidate.is_file():
-            return candidate
-    raise EttinError("cannot find recipes/demo.yaml", fix="run from an ettin checkout or give --recipe PATH")
+    """The shipped demo recipe (package data, so an installed ettin runs the demo from any folder)."""
+    from ettin.recipe import resolve_recipe
+
+    return resolve_recipe(DEMO_RECIPE)
 
 
 @dataclass
@@ -126,7 +123,9 @@ def run_demo(
         result.train_stats = trained.stats
         if not trained.finished:
             raise EttinError(
-                "training stopped before the end of the recipe", path=run_dir, fix="run `make demo` again to continue"
+                "training stopped before the end of the recipe",
+                path=run_dir,
+                fix=f"run `ettin demo --out {out}` again to continue",
             )
     result.written += [("tokenizer", Path(r.tokenizer)), ("prepared data", Path(r.data_dir)), ("training run", run_dir)]
 

@@ -12,6 +12,7 @@ checked exactly like the file. The effective recipe (defaults filled in) is save
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import os
 import re
@@ -567,10 +568,41 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+# ----------------------------------------------------------------------------------------- shipped recipes
+
+
+def shipped_dir() -> Path:
+    """The folder of the recipes that ship inside the package (src/ettin/recipes, package data)."""
+    return Path(str(importlib.resources.files("ettin") / "recipes"))
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Shipped recipes by name (the file name without .yaml), sorted."""
+    folder = shipped_dir()
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+
+
+def resolve_recipe(spec: str | os.PathLike) -> Path:
+    """A recipe argument as a file: an existing path, else the name of a shipped recipe (`ettin-17m`)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    name = str(spec)
+    if name.endswith((".yaml", ".yml")) and "/" not in name and os.sep not in name:
+        name = name.rsplit(".", 1)[0]
+    if name in shipped:
+        return shipped[name]
+    if path.stem in shipped and path.parent.name == "recipes":
+        fix = f"the shipped recipes moved into the package: give the name, e.g. `ettin train {path.stem}`"
+    else:
+        fix = "give a YAML file, or the name of a shipped recipe (`ettin recipes` lists them, e.g. demo, ettin-17m)"
+    raise EttinError("no such recipe file or shipped recipe", path=spec, fix=fix)
+
+
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
-    path = Path(path)
-    if not path.is_file():
-        raise EttinError("no such recipe file", path=path, fix="give a YAML recipe, e.g. recipes/demo.yaml")
+    """Load a recipe from a YAML file or a shipped recipe's name, with `--set` overrides applied."""
+    path = resolve_recipe(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:

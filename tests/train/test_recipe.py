@@ -16,9 +16,12 @@ from ettin.recipe import (
     parse_count,
     parse_override,
     recipe_from_dict,
+    resolve_recipe,
+    shipped_dir,
+    shipped_recipes,
 )
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES = shipped_dir()
 
 
 def minimal(**top) -> dict:
@@ -182,6 +185,26 @@ def test_diff_names_changed_fields():
     assert "seed: 21 -> 3" in lines and "phases.0.tokens: 1000 -> 2000" in lines and len(lines) == 2
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in RECIPES.glob("*.yaml")) if RECIPES.is_dir() else [])
+def test_shipped_recipes_are_package_data():
+    names = set(shipped_recipes())
+    assert {"demo", "ettin-17m", "ettin-1b", "cross-enc2dec-demo"} <= names
+    assert RECIPES == Path(__file__).resolve().parents[2] / "src" / "ettin" / "recipes"
+
+
+def test_recipe_by_name_or_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a folder with no recipes/ in it
+    assert resolve_recipe("ettin-17m") == RECIPES / "ettin-17m.yaml"
+    assert resolve_recipe("ettin-17m.yaml") == RECIPES / "ettin-17m.yaml"
+    assert load_recipe("ettin-17m").name == "ettin-17m"
+    # a file of the same name in the current folder wins over the shipped one
+    (tmp_path / "ettin-17m.yaml").write_text(yaml.safe_dump(minimal(name="mine")))
+    assert load_recipe("ettin-17m.yaml").name == "mine" and load_recipe("ettin-17m").name == "ettin-17m"
+    with pytest.raises(EttinError, match="no such recipe file or shipped recipe.*ettin recipes"):
+        load_recipe("ettin-99m")
+    with pytest.raises(EttinError, match="moved into the package: give the name, e.g. `ettin train demo`"):
+        load_recipe("recipes/demo.yaml")
+
+
+@pytest.mark.parametrize("name", sorted(shipped_recipes()))
 def test_shipped_recipes_validate(name):
-    load_recipe(RECIPES / name)
+    load_recipe(name)
