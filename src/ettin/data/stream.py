@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ettin.data.chunking import chunk_spans, default_min_tokens
+from ettin.data.chunking import chunk_spans, default_backfill_below, default_min_tokens
 from ettin.data.mixture import DataSpec
 from ettin.data.shards import PreparedSource
 from ettin.errors import EttinError
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: chunking as the original (first piece kept, back-fill by moving)
 
 
 @dataclass
@@ -66,17 +66,28 @@ def batch_size_at(tokens_seen: int, warmup_tokens: int, start: int, full: int, m
 
 
 class _SourceOrder:
-    def __init__(self, name: str, source: PreparedSource, seed: int, max_tokens: int, min_tokens: int, backfill: bool):
+    def __init__(
+        self,
+        name: str,
+        source: PreparedSource,
+        seed: int,
+        max_tokens: int,
+        min_tokens: int,
+        backfill: str,
+        backfill_below: int,
+    ):
         self.name = name
         self.source = source
         self.seed = seed
-        self.doc, self.start, self.end = chunk_spans(source.doc_lengths, max_tokens, min_tokens, backfill)
+        self.doc, self.start, self.end = chunk_spans(
+            source.doc_lengths, max_tokens, min_tokens, backfill, backfill_below
+        )
         if not len(self.doc):
             raise EttinError(
-                f"no document of source '{name}' gives a chunk of at least {min_tokens} tokens",
+                f"source '{name}' holds no tokens (every document is empty)",
                 path=source.folder,
-                field="data.min_tokens",
-                fix="lower min_tokens, or add longer documents",
+                field="data.mixture",
+                fix="prepare the source from non-empty documents, or drop it from the mixture",
             )
         self.sample_tokens = (self.end - self.start) + 1 + (self.end == source.doc_lengths[self.doc])
         self._epoch = -1
@@ -122,6 +133,18 @@ class TokenStream:
                 field="data.min_tokens",
                 fix="lower min_tokens or raise seq_len",
             )
+        self.backfill_below = (
+            self.spec.backfill_below
+            if self.spec.backfill_below is not None
+            else default_backfill_below(self.seq_len, self.min_tokens)
+        )
+        if not self.min_tokens <= self.backfill_below <= self.max_tokens:
+            raise EttinError(
+                f"backfill_below {self.backfill_below} must lie in {self.min_tokens}..{self.max_tokens} "
+                f"(min_tokens .. the tokens a chunk holds at seq_len {self.seq_len})",
+                field="data.backfill_below",
+                fix="lower backfill_below or raise seq_len",
+            )
         opened = [
             PreparedSource.open(self.data_dir / name, verify=verify, tokenizer_fingerprint=tokenizer_fingerprint)
             for name in self.spec.sources
@@ -142,7 +165,9 @@ class TokenStream:
             raise EttinError("the tokenizer the data was prepared with has no [CLS] or [SEP]", path=self.data_dir)
         self.vocab_size = int(opened[0].manifest["tokenizer"]["vocab_size"])
         self._orders = [
-            _SourceOrder(name, src, self.seed, self.max_tokens, self.min_tokens, self.spec.backfill)
+            _SourceOrder(
+                name, src, self.seed, self.max_tokens, self.min_tokens, self.spec.backfill, self.backfill_below
+            )
             for name, src in zip(self.spec.sources, opened)
         ]
         self._shares = np.asarray(self.spec.shares())
@@ -159,6 +184,7 @@ class TokenStream:
             "seq_len": self.seq_len,
             "min_tokens": self.min_tokens,
             "backfill": self.spec.backfill,
+            "backfill_below": self.backfill_below,
             "mixture": [e.to_dict() for e in self.spec.mixture],
             "data": [s.manifest["key"] for s in opened],
         }
