@@ -5,7 +5,7 @@ import pytest
 
 from ettin.data.mixture import DataSpec
 from ettin.data.shards import PreparedSource
-from ettin.data.stream import PhaseBatches, TokenStream, batch_size_at
+from ettin.data.stream import PhaseBatches, TokenStream
 from ettin.errors import EttinError
 
 SEQ_LEN = 64
@@ -97,20 +97,6 @@ def test_token_batches_fit_budget(data_dir):
         total = sum(len(s) for s in batch)
         assert total <= 500 and total + len(stream.peek()) > 500
     assert len(stream.next_batch(batch_size_tokens=1)) == 1  # at least one sequence
-
-
-def test_batch_size_warmup():
-    assert batch_size_at(0, 1000, 4, 64) == 4
-    assert batch_size_at(500, 1000, 4, 64) == 32  # 4 + 60 * 0.5 = 34 -> multiple of 4
-    assert batch_size_at(999, 1000, 4, 64) == 64 - 4
-    assert batch_size_at(1000, 1000, 4, 64) == 64
-    assert batch_size_at(10**9, 1000, 4, 64) == 64
-    assert batch_size_at(10, 0, 4, 64) == 64
-    assert batch_size_at(500, 1000, 4, 64, multiple=1) == 34
-    sizes = [batch_size_at(t, 1000, 4, 64) for t in range(0, 1100, 7)]
-    assert sizes == sorted(sizes) and all(s % 4 == 0 for s in sizes)
-    with pytest.raises(EttinError):
-        batch_size_at(0, 10, 0, 8)
 
 
 def test_phase_batches_warm_up_and_resume(data_dir):

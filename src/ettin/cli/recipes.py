@@ -7,17 +7,17 @@ import typer
 
 def summary(name: str) -> dict:
     """One shipped recipe in a line's worth of facts: size, arch, phases, tokens."""
-    from ettin.recipe import format_count, load_recipe, shipped_recipes
+    from ettin.recipe import approx_count, load_recipe, shipped_recipes
 
     r = load_recipe(shipped_recipes()[name])
-    size = r.model.size or ("the --init model's" if r.init.path else "explicit shape")
+    size = r.model.size or ("of --init" if r.init.path else "explicit")
     return {
         "name": name,
         "size": size,
         "arch": r.arch,
         "phases": [p.name for p in r.phases],
-        "tokens": format_count(r.total_tokens),
-        "phase_tokens": [format_count(p.tokens) for p in r.phases],
+        "tokens": approx_count(r.total_tokens),
+        "phase_tokens": [approx_count(p.tokens) for p in r.phases],
     }
 
 
@@ -36,10 +36,13 @@ def register(app: typer.Typer) -> None:
         from ettin.recipe import shipped_recipes
 
         rows = [summary(name) for name in shipped_recipes()]
-        width = max((len(r["name"]) for r in rows), default=4)
+        width = {k: max((len(str(r[k])) for r in rows), default=1) for k in ("name", "size", "arch", "tokens")}
         for r in rows:
             phases = ", ".join(f"{p} {t}" for p, t in zip(r["phases"], r["phase_tokens"]))
-            typer.echo(f"{r['name']:<{width}}  size {r['size']:<5}  {r['arch']:<7}  {r['tokens']:>6} tokens: {phases}")
+            typer.echo(
+                f"{r['name']:<{width['name']}}  size {r['size']:<{width['size']}}  {r['arch']:<{width['arch']}}  "
+                f"{r['tokens']:>{width['tokens']}} tokens: {phases}"
+            )
         typer.echo("(ettin recipes show NAME prints one; copy it to edit, then ettin train FILE --out RUN)")
 
     @recipes.command("show")

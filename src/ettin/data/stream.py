@@ -13,8 +13,8 @@ A shared sample is `[CLS] + chunk` plus `[SEP]` when the chunk ends its document
     samples = stream.next_batch(batch_size_sequences=4608)      # or batch_size_tokens=...
     state = stream.state_dict(); stream.load_state_dict(state)
 
-`PhaseBatches` adds batch-size warmup (`batch_size_at`) on top; the trainer and the data-order
-regeneration both use it so that they agree by construction.
+`PhaseBatches` adds batch-size warmup (`ettin.train.schedule.batch_size_at`) on top; the trainer and
+the data-order regeneration both use it so that they agree by construction.
 """
 
 from __future__ import annotations
@@ -46,23 +46,6 @@ class Sample:
 
     def __len__(self) -> int:
         return len(self.input_ids)
-
-
-def batch_size_at(tokens_seen: int, warmup_tokens: int, start: int, full: int, multiple: int | None = None) -> int:
-    """Batch size after `tokens_seen` tokens: linear in tokens from `start` (one micro-batch) to `full`.
-
-    Rounded down to a multiple of `multiple` (default `start`) so the batch splits into whole
-    micro-batches; never below `start`, never above `full`.
-    """
-    if full < 1 or start < 1:
-        raise EttinError(f"batch sizes must be positive (start {start}, full {full})", field="batch_size")
-    start = min(start, full)
-    if warmup_tokens <= 0 or tokens_seen >= warmup_tokens:
-        return full
-    size = start + (full - start) * max(tokens_seen, 0) / warmup_tokens
-    step = multiple or start
-    size = int(size // step) * step
-    return max(start, min(full, size))
 
 
 class _SourceOrder:
@@ -313,7 +296,8 @@ class PhaseBatches:
 
     `batch_size` (sequences) or `batch_tokens` is the full size; during the first `warmup_tokens`
     tokens (counted over shared samples, the same for both archs, starting from `tokens_seen`) the size
-    grows linearly from `warmup_start` (one micro-batch).
+    grows from `warmup_start` (the recipe's `batch_warmup_min`, never the micro-batch) in the
+    `warmup_shape` of `ettin.train.schedule.batch_size_at`: `steps` (ModernBERT's) or `linear`.
     """
 
     def __init__(
@@ -324,6 +308,7 @@ class PhaseBatches:
         batch_tokens: int | None = None,
         warmup_tokens: int = 0,
         warmup_start: int | None = None,
+        warmup_shape: str = "steps",
         tokens_seen: int = 0,
     ):
         if (batch_size is None) == (batch_tokens is None):
@@ -333,11 +318,14 @@ class PhaseBatches:
         self.batch_tokens = batch_tokens
         self.warmup_tokens = int(warmup_tokens)
         self.warmup_start = warmup_start or 1
+        self.warmup_shape = warmup_shape
         self.tokens_seen = int(tokens_seen)
 
     def current_size(self) -> int:
         full = self.batch_size if self.batch_size is not None else self.batch_tokens
-        return batch_size_at(self.tokens_seen, self.warmup_tokens, self.warmup_start, full)
+        from ettin.train.schedule import batch_size_at
+
+        return batch_size_at(self.tokens_seen, self.warmup_tokens, self.warmup_start, full, self.warmup_shape)
 
     def next_batch(self) -> list[Sample]:
         size = self.current_size()
