@@ -118,3 +118,38 @@ def batch_warmup_steps(warmup_tokens: int, minimum: int, full: int, tokens_per_s
         steps += n
         tokens += n * size * tokens_per_sequence
     return steps
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_due(before: int, after: int, every: int, phase_tokens: int) -> bool:
+    """A checkpoint after the step that took the phase from `before` to `after` tokens: each time the
+    count *within the phase* passes a multiple of `every` (it restarts in each phase, as the released
+    runs' `reset_time`), and at the phase's end."""
+    return after >= phase_tokens or after // every > before // every
+
+
+def planned_checkpoints(recipe, tokens_per_sequence: int | None = None) -> list[tuple[str, int, int]]:
+    """(phase, step within the phase, tokens within the phase) of every checkpoint of a full run, when
+    every sequence holds `tokens_per_sequence` tokens (default: the phase's seq_len), with the
+    recipe's batch-size warmup; the trainer decides with the same `checkpoint_due`."""
+    out = []
+    every = recipe.checkpoint.every_tokens
+    for p in recipe.phases:
+        per_seq = tokens_per_sequence or p.seq_len
+        tokens = step = 0
+        while tokens < p.tokens:
+            size = p.batch_size
+            if tokens < p.batch_warmup_tokens:
+                size = batch_size_at(
+                    tokens,
+                    p.batch_warmup_tokens,
+                    p.batch_warmup_min or p.batch_size,
+                    p.batch_size,
+                    p.batch_warmup_shape,
+                )
+            before, tokens, step = tokens, tokens + size * per_seq, step + 1
+            if checkpoint_due(before, tokens, every, p.tokens):
+                out.append((p.name, step, tokens))
+    return out
