@@ -208,3 +208,38 @@ def test_recipe_by_name_or_path(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", sorted(shipped_recipes()))
 def test_shipped_recipes_validate(name):
     load_recipe(name)
+
+
+def test_bad_batch_warmup_and_chunk_minimum_name_the_field():
+    raw = minimal()
+    raw["phases"][0].update(batch_size=4, batch_warmup_tokens=100, batch_warmup_min=8)
+    assert (
+        "field 'phases.0.batch_warmup_min': the warmup's first batch of 8 sequences exceeds the phase's batch of 4"
+        in error_of(raw)
+    )
+    raw["phases"][0].pop("batch_warmup_min")
+    assert "field 'phases.0.batch_warmup_min': a batch-size warmup needs the batch it starts from" in error_of(raw)
+    raw = minimal()
+    raw["phases"][0].update(seq_len=64, data={"dir": "d", "mixture": ["wiki"], "min_tokens": 100})
+    assert "field 'phases.0.data.min_tokens': min_tokens 100 exceeds the 62 tokens a chunk holds at seq_len 64" in (
+        error_of(raw)
+    )
+    raw["phases"][0]["data"] = {"dir": "d", "mixture": ["wiki"], "backfill": "sometimes"}
+    assert "field 'phases.0.data.backfill': unknown back-fill mode 'sometimes'" in error_of(raw)
+    assert "\n" not in error_of(raw)  # one line
+
+
+def test_cross_recipe_refuses_a_model_of_another_size(tmp_path):
+    from ettin.commands import init_model as write_fresh
+    from ettin.train.cross import init_model
+
+    folder, _ = write_fresh("tiny", "encoder", tmp_path / "tiny-encoder", vocab_size=1024)
+    recipe = load_recipe("cross-enc2dec-17m", [f"init.path={folder}"])
+    with pytest.raises(EttinError) as err:
+        init_model(recipe, "decoder", str(folder), None)
+    msg = str(err.value)
+    assert "field 'model.size'" in msg and "the --init model is a tiny (hidden 64, 4 layers), not the 17m" in msg
+    assert "\n" not in msg
+    # the same weights start a recipe of their own size
+    model, _ = init_model(load_recipe("cross-enc2dec-17m", ["model.size=tiny"]), "decoder", str(folder), None)
+    assert model.config.arch == "decoder"

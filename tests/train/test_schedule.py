@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from ettin.errors import EttinError
 from ettin.recipe import LRSection, load_recipe
@@ -125,3 +126,40 @@ def test_shipped_warmups_in_steps(size, minimum, steps):
     p = load_recipe(f"ettin-{size}").phases[0]
     assert (p.batch_warmup_min, p.batch_warmup_shape) == (minimum, "steps")
     assert batch_warmup_steps(p.batch_warmup_tokens, p.batch_warmup_min, p.batch_size, p.seq_len) == steps
+
+
+def test_micro_batch_size_does_not_change_the_trajectory(tmp_path, write_recipe):
+    """The same recipe with micro-batches of 1 and of 3 sequences: the same batch sizes through the
+    warmup (from batch_warmup_min, not the micro-batch), the same losses and the same final weights."""
+    from safetensors.torch import load_file
+
+    from ettin.train import checkpoint as ck
+    from ettin.train.metrics import read_metrics
+    from ettin.train.trainer import TrainOptions, train
+
+    changes = {
+        "phases.0.tokens": 400,
+        "phases.0.batch_size": 6,
+        "phases.0.batch_warmup_tokens": 250,
+        "phases.0.batch_warmup_min": 2,
+        "phases.1.tokens": 100,
+        "phases.2.tokens": 100,
+        "eval": {"every_tokens": None, "sequences": 4},
+    }
+    runs = {}
+    for micro in (1, 3):
+        path = write_recipe(tmp_path / f"r{micro}", {**changes, "micro_batch_size": micro})
+        result = train(
+            load_recipe(path, ["arch=encoder"]),
+            TrainOptions(out=tmp_path / f"run{micro}", progress=False, tensorboard=False),
+        )
+        rows = [r for r in read_metrics(result.out / "encoder") if r["kind"] == "train"]
+        last = ck.list_tags(result.out / "encoder")[-1].tag
+        runs[micro] = (rows, load_file(str(result.out / "encoder" / "checkpoints" / last / "model.safetensors")))
+    (a, wa), (b, wb) = runs[1], runs[3]
+    sizes = [r["batch_size"] for r in a if r["phase"] == "pretrain"]
+    assert sizes[0] == 2 and 4 in sizes and sizes[-1] == 6  # 2, 4, then 6: the steps shape
+    assert [r["batch_size"] for r in a] == [r["batch_size"] for r in b]
+    assert [r["batch_tokens"] for r in a] == [r["batch_tokens"] for r in b]
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-4)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
