@@ -243,3 +243,22 @@ def test_cross_recipe_refuses_a_model_of_another_size(tmp_path):
     # the same weights start a recipe of their own size
     model, _ = init_model(load_recipe("cross-enc2dec-17m", ["model.size=tiny"]), "decoder", str(folder), None)
     assert model.config.arch == "decoder"
+
+
+def test_cli_lists_and_shows_the_shipped_recipes():
+    from support import run_in_process
+
+    code, out, err = run_in_process(["recipes"])
+    assert code == 0, err
+    lines = {
+        line.split()[0]: line for line in out.splitlines() if line.split() and line.split()[0] in shipped_recipes()
+    }
+    assert set(lines) == set(shipped_recipes())
+    assert "size 1b" in lines["ettin-1b"] and "extension 83.333B, decay 16.667B" in lines["ettin-1b"]
+    assert (
+        "size 17m" in lines["ettin-17m"] and "2T tokens: pretrain 1.7T, extension 250B, decay 50B" in lines["ettin-17m"]
+    )
+    code, out, _ = run_in_process(["recipes", "show", "cross-enc2dec-150m"])
+    assert code == 0 and out == (RECIPES / "cross-enc2dec-150m.yaml").read_text(encoding="utf-8")
+    code, _, err = run_in_process(["recipes", "show", "ettin-2b"])
+    assert code == 2 and err.startswith("error: field 'NAME': no shipped recipe named 'ettin-2b'")
