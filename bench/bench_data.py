@@ -1,7 +1,7 @@
 """The data-path benchmark; it lives in the package (ettin.bench.data_path) so `ettin bench data` works
 from an installed wheel. This file keeps the old command working:
 
-    .venv/bin/python bench/bench_data.py [--quick] [--json OUT]
+    .venv/bin/python bench/bench_data.py [--quick] [--json OUT] [--only mds --mds FOLDER]
 """
 
 from ettin.bench.data_path import main

@@ -1,4 +1,4 @@
-"""Helpers shared by tests in several folders: the CLI run in-process, its one-line errors, crash trials.
+"""Helpers shared by tests in several folders: the CLI run in-process and its one-line errors.
 
 (Imported as `support`: the root conftest puts tests/ on sys.path.)
 """
@@ -6,12 +6,8 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_in_process(args: list) -> tuple[int, str, str]:
@@ -43,13 +39,3 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     for n in needles:
         assert n in lines[0], lines[0]
-
-
-def crash_trials():
-    """scripts/crash_trials.py as a module, loaded once (its dataclasses need it in sys.modules)."""
-    if "crash_trials" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("crash_trials", ROOT / "scripts" / "crash_trials.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return sys.modules["crash_trials"]

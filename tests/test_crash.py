@@ -2,8 +2,8 @@
 resume each time, and require (a) that nothing ever looks complete that is not and (b) bitwise the
 same end result as an uninterrupted run. Also a full disk during a checkpoint and during preparation.
 
-The machinery (the child that arms a fault and kills itself, the scans, the comparisons) lives in
-scripts/crash_trials.py, which also runs any number of random trials; see docs/reliability.md.
+The machinery (the child that arms a fault point and kills itself, the scans, the comparisons) lives in
+ettin.reliability.crash_trials, which also runs any number of random trials; see docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from ettin import faults
 from ettin.errors import EttinError
-from support import crash_trials
-
-ct = crash_trials()
+from ettin.reliability import crash_trials as ct
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +40,13 @@ def test_training_killed_five_times_ends_bitwise_identical(world, tmp_path):
     over), mid-deletion of the orphaned tag, between a full state and its export, inside a data-order
     write, inside the decoder's export of the last tag (the export is then made on resume, in that tag's
     phase); every launch after the first resumes."""
-    chosen = ["state-files:2", "rmtree:1", "after-state:2", "order-part:2", "hf-files@decay3:2"]
+    chosen = [
+        "checkpoint.write:2",
+        "checkpoint.remove:1",
+        "checkpoint.written:2",
+        "io.file_rename[path=*/data_order/part-*]:2",
+        "checkpoint.export[tag=decay3]:2",
+    ]
     trial = ct.run_train_trial(tmp_path, world["recipe"], world["reference"], chosen)
     assert trial.errors == [], trial
     assert trial.kills == len(chosen), trial  # each moment was reached
@@ -64,7 +69,9 @@ def test_prepare_killed_between_shards_and_inside_the_manifest_write_ends_identi
     if not reference.exists():
         proc = ct.run_child(ct.prepare_args(world["assets"], reference))
         assert proc.returncode == 0, proc.stderr
-    trial = ct.run_prepare_trial(tmp_path, world["assets"], reference, ["prepare-shard:3", "prepare-manifest:1"])
+    trial = ct.run_prepare_trial(
+        tmp_path, world["assets"], reference, ["prepare.write_shard:3", "io.file_rename[path=*/manifest.json]:1"]
+    )
     assert trial.errors == [] and trial.kills == 2, trial
     assert trial.problems == [] and trial.diffs == [], trial
 
@@ -97,33 +104,27 @@ def _disk_full(path) -> OSError:
     return OSError(errno.ENOSPC, "No space left on device", str(path))
 
 
-def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_says_so(world, tmp_path, monkeypatch):
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_says_so(world, tmp_path):
     from ettin.recipe import load_recipe
     from ettin.train import checkpoint as ck
     from ettin.train.trainer import TrainOptions, train
 
-    real = ck.save_weights
-    calls = {"n": 0}
+    def half_a_file_then_full(path, **_):  # the encoder's second checkpoint: half a file, then the disk is full
+        (Path(path) / ck.MODEL_FILE).write_bytes(b"\0" * 100)
+        raise _disk_full(Path(path) / ck.MODEL_FILE)
 
-    def failing_save(state_dict, path):
-        calls["n"] += 1
-        if calls["n"] == 3:  # the encoder's second checkpoint: half a file, then the disk is full
-            Path(path).write_bytes(b"\0" * 100)
-            raise _disk_full(path)
-        real(state_dict, path)
-
-    monkeypatch.setattr(ck, "save_weights", failing_save)
     run = tmp_path / "run"
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with pytest.raises(EttinError) as info:
+        with faults.arm("checkpoint.write", half_a_file_then_full, at=3) as fault, pytest.raises(EttinError) as info:
             train(
                 load_recipe(world["recipe"]),
                 TrainOptions(out=run, progress=False, tensorboard=False, log=lambda *_: None),
             )
     finally:
         torch.set_num_threads(before)
+    assert fault.hits == 3
     message = str(info.value)
     first = [t.tag for t in ck.list_tags(run / "encoder") if t.full_state]
     assert len(first) == 1, first
@@ -132,8 +133,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_says_so(world,
     assert ct.scan_run(run) == []
     assert ct.leftovers(run) == []
 
-    monkeypatch.setattr(ck, "save_weights", real)  # space freed: resume and finish
-    proc = ct.run_child(ct.train_args(world["recipe"], run))
+    proc = ct.run_child(ct.train_args(world["recipe"], run))  # space freed: resume and finish
     assert proc.returncode == 0, proc.stderr
     assert ct.compare_runs(run, world["reference"]) == []
 
@@ -144,28 +144,13 @@ def test_disk_full_during_prepare_is_one_error_line_and_a_rerun_continues(world,
     if not reference.exists():
         assert ct.run_child(ct.prepare_args(world["assets"], reference)).returncode == 0
     out = tmp_path / "data"
-    script = tmp_path / "full_disk.py"
-    script.write_text(
-        "import errno, sys\n"
-        "import ettin.data.prepare as prep\n"
-        "real, calls = prep._write_shard, [0]\n"
-        "def write_shard(staging, index, *a, **kw):\n"
-        "    calls[0] += 1\n"
-        "    if calls[0] == 4:\n"
-        "        raise OSError(errno.ENOSPC, 'No space left on device', str(staging / f'tokens-{index:05d}.npy'))\n"
-        "    return real(staging, index, *a, **kw)\n"
-        "prep._write_shard = write_shard\n"
-        "from ettin.cli import main\n"
-        "sys.argv = ['ettin', *sys.argv[1:]]\n"
-        "main()\n"
-    )
     import subprocess
 
-    proc = subprocess.run(
-        [sys.executable, str(script), *ct.prepare_args(world["assets"], out)],
+    proc = subprocess.run(  # the fault armed from outside (ETTIN_FAULTS), as any child process can be
+        [sys.executable, "-m", "ettin", *ct.prepare_args(world["assets"], out)[0:]],
         capture_output=True,
         text=True,
-        env=ct.child_env(),
+        env=ct.child_env() | {faults.ENV: "prepare.write_shard:4=enospc"},
         timeout=300,
     )
     assert proc.returncode == 2, proc.stderr
@@ -178,3 +163,58 @@ def test_disk_full_during_prepare_is_one_error_line_and_a_rerun_continues(world,
     assert ct.run_child(ct.prepare_args(world["assets"], out)).returncode == 0
     assert ct.compare_data(out, reference) == []
     assert json.loads((out / "wiki" / "manifest.json").read_text())["shards"]
+
+
+# --------------------------------------------------------------------------- the fault points themselves
+
+
+def test_fault_points_count_filter_and_disarm():
+    seen = []
+    with faults.arm("checkpoint.export", lambda tag, path: seen.append((tag, path)), at=2, tag="decay*") as f:
+        for tag in ("step1", "decay1", "step2", "decay2", "decay3"):
+            faults.point("checkpoint.export", tag=tag, path=f"/x/{tag}")
+    assert seen == [("decay2", "/x/decay2")] and f.hits == 3
+    faults.point("checkpoint.export", tag="decay9", path="/x")  # disarmed: nothing happens
+    assert len(seen) == 1
+    with faults.arm("train.member_loss", lambda **kw: float("inf")):
+        assert faults.point("train.member_loss", 0.5, member=None, step=1, loss=0.5) == float("inf")
+    assert faults.point("train.member_loss", 0.5, member=None, step=1, loss=0.5) == 0.5
+
+
+def test_fault_specs_are_checked():
+    assert faults.parse_entry("io.file_rename[path=*/manifest.json]:2=kill") == (
+        "io.file_rename",
+        2,
+        {"path": "*/manifest.json"},
+        "kill",
+    )
+    with pytest.raises(EttinError, match="unknown fault point 'checkpoint.wirte'"):
+        faults.arm_from_spec("checkpoint.wirte:1=kill")
+    with pytest.raises(EttinError, match="unknown fault action 'explode'"):
+        faults.arm_from_spec("checkpoint.write:1=explode")
+    with pytest.raises(EttinError, match="names no action"):
+        faults.arm_from_spec("checkpoint.write:1")
+    with pytest.raises(EttinError, match="is not NAME"):
+        faults.parse_entry("checkpoint.write:0=kill")
+    assert not faults._armed
+    with faults.arm("io.file_rename", "enospc"), pytest.raises(OSError, match="No space left on device") as info:
+        faults.point("io.file_rename", path="/a/b")
+    assert info.value.filename == "/a/b"
+
+
+def test_a_bad_ettin_faults_value_is_one_error_line(tmp_path, small_tokenizer_dir):
+    import subprocess
+
+    (tmp_path / "a.txt").write_text("to be or not to be " * 40)
+    args = ["data", "prepare", "--source", f"text:{tmp_path / 'a.txt'}", "--tokenizer", str(small_tokenizer_dir)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "ettin", *args, "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=ct.child_env() | {faults.ENV: "prepare.write_shard:1=explode"},
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: field 'ETTIN_FAULTS': unknown fault action 'explode' (use kill, enospc, interrupt or sleep:SECONDS)"
+    ]

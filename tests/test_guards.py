@@ -11,17 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from ettin import faults
+from ettin.reliability import crash_trials as ct
 from ettin.train import checkpoint as ck
 from ettin.train.metrics import read_metrics
 from ettin.train.trainer import NonFiniteLoss, Trainer, TrainOptions, train
-from support import crash_trials, run_in_process
+from support import run_in_process
 
 BAD_STEP = 5
 
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory, small_tokenizer_dir) -> Path:
-    ct = crash_trials()
     root = tmp_path_factory.mktemp("guards")
     assets = ct.make_assets(root / "assets", small_tokenizer_dir)
     return ct.write_recipe(root / "recipe.yaml", assets["tokenizer"], assets["data"])
@@ -30,21 +31,21 @@ def recipe(tmp_path_factory, small_tokenizer_dir) -> Path:
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def poison(monkeypatch, arch: str, how: str) -> None:
-    """At global step BAD_STEP, make `arch`'s loss non-finite: a NaN weight, or an infinite loss value."""
-    real = Trainer._member_step
+def poison(arch: str, how: str):
+    """At global step BAD_STEP, make `arch`'s loss non-finite: a NaN weight before the step, or an infinite
+    loss value after it. A context manager (the armed fault point)."""
+    if how == "nan-weight":
 
-    def member_step(self, m, samples, phase, lr):
-        if m.arch == arch and self.step + 1 == BAD_STEP:
-            if how == "nan-weight":
+        def nan_weight(member, step):
+            if member.arch == arch and step == BAD_STEP:
                 with torch.no_grad():
-                    m.model.get_parameter("head.norm.weight")[0] = float("nan")
-            else:
-                real(self, m, samples, phase, lr)
-                return float("inf")
-        return real(self, m, samples, phase, lr)
+                    member.model.get_parameter("head.norm.weight")[0] = float("nan")
 
-    monkeypatch.setattr(Trainer, "_member_step", member_step)
+        return faults.arm("train.member_step", nan_weight)
+    return faults.arm(
+        "train.member_loss",
+        lambda member, step, loss: float("inf") if member.arch == arch and step == BAD_STEP else None,
+    )
 
 
 def assert_nothing_written_for_the_bad_step(run: Path) -> None:
@@ -53,33 +54,35 @@ def assert_nothing_written_for_the_bad_step(run: Path) -> None:
         assert all(r["step"] < BAD_STEP for r in read_metrics(run / arch))
 
 
-def test_nan_loss_stops_the_cli_with_exit_3_naming_step_model_and_checkpoint(recipe, tmp_path, monkeypatch):
-    poison(monkeypatch, "decoder", "nan-weight")
+def test_nan_loss_stops_the_cli_with_exit_3_naming_step_model_and_checkpoint(recipe, tmp_path):
     run = tmp_path / "run"
-    code, _, err = run_in_process(["train", str(recipe), "--out", str(run), "--no-progress"])
+    with poison("decoder", "nan-weight"):
+        code, _, err = run_in_process(["train", str(recipe), "--out", str(run), "--no-progress"])
     lines = [x for x in err.splitlines() if x.strip()]
     assert code == 3, err
     assert len(lines) == 1 and "Traceback" not in err, err
     last = ck.latest_full_state(run / "decoder")
-    assert last is not None and ck.load_checkpoint(last).trainer["step"] == BAD_STEP - 1
+    assert last is not None and ck.load_checkpoint(last).trainer.step == BAD_STEP - 1
     assert lines[0].startswith(
         f"error: stopped at step {BAD_STEP} (pretrain): decoder loss is nan; last good checkpoint: {last}"
     ), lines[0]
     assert "encoder loss" not in lines[0]  # the encoder's loss was finite
     assert_nothing_written_for_the_bad_step(run)
 
-    monkeypatch.undo()  # the cause is gone (in real life: a lower learning rate): resume to the end
+    # the cause is gone (in real life: a lower learning rate): resume to the end
     code, _, err = run_in_process(["train", "--resume", "--out", str(run), "--no-progress"])
     assert code == 0, err
     assert [t.step for t in ck.list_tags(run / "decoder")][-1] > BAD_STEP
 
 
-def test_infinite_loss_stops_the_library_call(recipe, tmp_path, monkeypatch):
+def test_infinite_loss_stops_the_library_call(recipe, tmp_path):
     from ettin.recipe import load_recipe
 
-    poison(monkeypatch, "encoder", "inf-loss")
     run = tmp_path / "run"
-    with pytest.raises(NonFiniteLoss, match=rf"stopped at step {BAD_STEP} \(pretrain\): encoder loss is inf") as info:
+    with (
+        poison("encoder", "inf-loss"),
+        pytest.raises(NonFiniteLoss, match=rf"stopped at step {BAD_STEP} \(pretrain\): encoder loss is inf") as info,
+    ):
         train(load_recipe(recipe), TrainOptions(out=run, progress=False, tensorboard=False, log=lambda *_: None))
     assert info.value.exit_code == 3
     assert_nothing_written_for_the_bad_step(run)
@@ -139,25 +142,21 @@ def test_default_guards_let_a_normal_run_through_and_log_the_norm(recipe, tmp_pa
     assert rows and all(x["skipped"] is None and 0 < x["grad_norm"] < float("inf") for x in rows)
 
 
-def test_non_finite_weights_are_never_checkpointed(recipe, tmp_path, monkeypatch):
+def test_non_finite_weights_are_never_checkpointed(recipe, tmp_path):
     """A finite loss whose update leaves NaN weights: the checkpoint after it is refused, not written."""
-    real = Trainer._member_step
-
-    def member_step(self, m, samples, phase, lr):
-        value = real(self, m, samples, phase, lr)
-        if m.arch == "encoder" and self.step + 1 == BAD_STEP:
-            with torch.no_grad():
-                m.model.get_parameter("head.norm.weight")[0] = float("nan")
-        return value
-
-    monkeypatch.setattr(Trainer, "_member_step", member_step)
     from ettin.recipe import load_recipe
 
+    def nan_after_update(member, step, loss):
+        if member.arch == "encoder" and step == BAD_STEP:
+            with torch.no_grad():
+                member.model.get_parameter("head.norm.weight")[0] = float("nan")
+
     r = load_recipe(recipe, ["arch=encoder", "checkpoint.every_tokens=1"])  # a checkpoint after every step
-    with pytest.raises(
-        NonFiniteLoss, match=f"step {BAD_STEP} .*weights hold NaN or inf, so checkpoint was not written"
+    with (
+        faults.arm("train.member_loss", nan_after_update),
+        pytest.raises(NonFiniteLoss, match=f"step {BAD_STEP} .*weights hold NaN or inf, so checkpoint was not written"),
     ):
         train(r, TrainOptions(out=tmp_path / "run", progress=False, log=lambda s: None))
     last = ck.latest_full_state(tmp_path / "run" / "encoder")
-    assert last is not None and ck.load_checkpoint(last).trainer["step"] == BAD_STEP - 1
+    assert last is not None and ck.load_checkpoint(last).trainer.step == BAD_STEP - 1
     assert all(torch.isfinite(v).all() for v in ck.load_checkpoint(last).model.values())

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 
 import ettin
 from ettin import hf
 from ettin.config import ModelConfig, special_ids_for
 from ettin.model import EttinModel
-
-transformers = pytest.importorskip("transformers", minversion="5.0")
 
 TOL = 1e-4
 VOCAB = 1000

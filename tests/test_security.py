@@ -23,6 +23,7 @@ import ettin
 from ettin import commands
 from ettin.errors import EttinError
 from ettin.train import checkpoint as ck
+from ettin.train.state import RankRng, TrainState
 
 SRC = Path(ettin.__file__).resolve().parent
 
@@ -71,8 +72,27 @@ def test_checkpoint_optimizer_pickle_is_refused_by_the_weights_only_loader(tmp_p
         "step1",
         model_state={"w": torch.ones(2)},
         optimizer_state={"state": {}, "param_groups": []},
-        trainer_state={"step": 1, "tokens": 8, "phase": 0, "phase_step": 1},
-        rng_tensors={"torch_cpu": torch.get_rng_state()},
+        state=TrainState(
+            arch="encoder",
+            objective="mlm",
+            tag="step1",
+            step=1,
+            tokens=8,
+            phase=0,
+            phase_name="pretrain",
+            phase_step=1,
+            phase_tokens=8,
+            loss=1.0,
+            data={},
+            order_chain="",
+            world_size=1,
+            strategy="none",
+            tokenizer_fingerprint="f" * 16,
+            recipe_sha256="0" * 64,
+            time=0.0,
+            skips=0,
+            rng={0: RankRng.capture()},
+        ),
     )
     bad = run / "checkpoints" / "step1" / "optimizer.pt"
     torch.save({"state": Payload(marker), "param_groups": []}, bad)

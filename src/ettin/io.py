@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from ettin import faults
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -52,6 +54,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         _publish_mode(tmp)
+        faults.point("io.file_rename", path=path)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
@@ -79,6 +82,7 @@ def replace_dir(staging: Path, final: Path) -> None:
     The old folder is renamed aside first (`.NAME.old-PID`), so at every moment `final` is either the
     old complete folder or the new complete one.
     """
+    faults.point("io.dir_rename", path=final)
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, old)

@@ -482,8 +482,10 @@ class EttinModel(nn.Module):
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
         generator: torch.Generator | None = None,
+        streamer=None,
     ) -> torch.Tensor:
         """Decoder generation with a KV cache. Prompts may be left-padded; finished rows get padding.
+        `streamer` (as transformers' streamers): put(prompt ids [B, T]), put(new tokens [B]) per step, end().
 
         Returns [B, T + n] with n <= max_new_tokens (fewer when every row has stopped).
         """
@@ -509,11 +511,15 @@ class EttinModel(nn.Module):
         logits = self._cached_step(input_ids, cache)
         next_pos = positions[:, -1] + 1
         out = [input_ids]
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
         done = torch.zeros(b, dtype=torch.bool, device=device)
         for step in range(max_new_tokens):
             token = self._choose(logits.float(), do_sample, temperature, top_k, top_p, generator)
             token = torch.where(done, torch.full_like(token, pad), token)
             out.append(token[:, None])
+            if streamer is not None:
+                streamer.put(token.cpu())
             if eos:
                 done = done | torch.isin(token, eos_t)
             if bool(done.all()) or step == max_new_tokens - 1:
@@ -521,6 +527,8 @@ class EttinModel(nn.Module):
             cache.start_step(next_pos[:, None], torch.ones(b, 1, dtype=torch.bool, device=device))
             logits = self._cached_step(token[:, None], cache)
             next_pos = next_pos + 1
+        if streamer is not None:
+            streamer.end()
         return torch.cat(out, dim=1)
 
     @staticmethod

@@ -236,7 +236,8 @@ class PrepareSection:
     """How `ettin train` may build what the recipe needs when it is missing (the demo uses this).
 
     `tokenizer`: train the recipe's tokenizer on these corpora if its folder does not exist.
-    `sources`: prepare these sources into each phase's data dir (idempotent: prepared ones are checked).
+    `sources`: prepare these sources into each phase's data dir (idempotent: prepared ones are checked):
+    built-in names or NAME=KIND:PATH like `arxiv=mds:hf://datasets/jhu-clsp/ettin-pretraining-data/arxiv`.
     Without it, a missing tokenizer or prepared source stops the run with the command that makes it.
     """
 

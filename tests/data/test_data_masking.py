@@ -103,14 +103,15 @@ def test_deterministic_and_independent_of_split():
     other_step = inputs("mlm", s, seed=3, step=12)
     assert not torch.equal(other_step.labels, full.labels)
     # a micro-batch built on its own with first_index == its slice of the full batch
+    a, b = int(full.cu_seqlens[10]), int(full.cu_seqlens[25])
     part = inputs("mlm", s[10:25], seed=3, step=11, first_index=10)
-    sl = full.slice(10, 25)
-    assert torch.equal(part.input_ids, sl.input_ids) and torch.equal(part.labels, sl.labels)
-    assert torch.equal(part.cu_seqlens, sl.cu_seqlens) and part.max_seqlen == sl.max_seqlen
-    assert part.num_label_tokens == sl.num_label_tokens
-    parts = full.split(4)
-    assert sum(p.num_sequences for p in parts) == 30
+    assert torch.equal(part.input_ids, full.input_ids[a:b]) and torch.equal(part.labels, full.labels[a:b])
+    assert torch.equal(part.cu_seqlens, full.cu_seqlens[10:26] - a)
+    # any split into micro-batches, each built on its own, gives the full batch back
+    bounds = [0, 7, 8, 19, 30]
+    parts = [inputs("mlm", s[i:j], seed=3, step=11, first_index=i) for i, j in zip(bounds[:-1], bounds[1:])]
     assert torch.equal(torch.cat([p.input_ids for p in parts]), full.input_ids)
+    assert torch.equal(torch.cat([p.labels for p in parts]), full.labels)
     assert sum(p.num_label_tokens for p in parts) == full.num_label_tokens
 
 

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from ettin.data import prepare as prep
+from ettin import faults
 from ettin.data.prepare import prepare
 from ettin.data.shards import PreparedSource, read_manifest
 from ettin.data.sources import iter_texts
@@ -49,29 +49,17 @@ def test_changed_source_is_prepared_again(tmp_path, small_tokenizer_dir):
     assert [x.name for x in out.iterdir()] == ["a"]
 
 
-def test_interrupted_prepare_resumes_to_the_same_result(
-    tmp_path, corpus_dir, small_tokenizer_dir, monkeypatch, data_dir
-):
+def test_interrupted_prepare_resumes_to_the_same_result(tmp_path, corpus_dir, small_tokenizer_dir, data_dir):
     source = [f"wiki=jsonl:{corpus_dir / 'wiki.jsonl'}"]
-    real = prep._write_shard
-    calls = []
-
-    def failing(staging, index, *args, **kw):
-        calls.append(index)
-        if index == 2:
-            # die after the shard's token file is written but before it is marked done
-            real(staging, index, *args, **kw)
-            (staging / f"shard-{index:05d}.json").unlink()
-            raise KeyboardInterrupt
-        return real(staging, index, *args, **kw)
-
-    monkeypatch.setattr(prep, "_write_shard", failing)
     out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
+    # die after shard 2's files are written but before it is marked done
+    with faults.arm("prepare.write_shard", "interrupt", index="2") as fault, pytest.raises(KeyboardInterrupt):
         prepare(source, small_tokenizer_dir, out, shard_tokens=20000)
+    assert fault.hits == 1
     assert not (out / "wiki").exists()  # nothing that looks finished
     assert (out / ".wiki.partial" / "shard-00001.json").exists()
-    monkeypatch.setattr(prep, "_write_shard", real)
+    assert (out / ".wiki.partial" / "tokens-00002.npy").exists()
+    assert not (out / ".wiki.partial" / "shard-00002.json").exists()
     (result,) = prepare(source, small_tokenizer_dir, out, shard_tokens=20000)
     assert result.status == "resumed"
     assert not (out / ".wiki.partial").exists()

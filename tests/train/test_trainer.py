@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ettin import faults
 from ettin.data.order import compare_orders, read_order
 from ettin.errors import EttinError
 from ettin.recipe import load_recipe
@@ -168,24 +169,16 @@ def test_nan_loss_stops_with_step_and_last_checkpoint(write_recipe, tmp_path, mo
         ck.load_checkpoint(run / "decoder" / "checkpoints" / t.tag)
 
 
-def test_failed_checkpoint_write_keeps_previous_loadable(write_recipe, tmp_path, monkeypatch):
+def test_failed_checkpoint_write_keeps_previous_loadable(write_recipe, tmp_path):
     run = tmp_path / "run"
     recipe = load_recipe(write_recipe(tmp_path, {"arch": "encoder"}))
-    real = ck.save_weights
-    calls = {"n": 0}
-
-    def save_weights(state, path):
-        calls["n"] += 1
-        real(state, path)
-        if calls["n"] == 2:
-            raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(ck, "save_weights", save_weights)
-    with pytest.raises(
-        EttinError, match=r"could not write checkpoint .* \(No space left on device\); the previous checkpoint"
+    with (
+        faults.arm("checkpoint.write", "enospc", at=2),  # the second checkpoint's files written, then a full disk
+        pytest.raises(
+            EttinError, match=r"could not write checkpoint .* \(No space left on device\); the previous checkpoint"
+        ),
     ):
         train(recipe, _options(run))
-    monkeypatch.undo()
     tags = ck.list_tags(run / "encoder")
     assert len(tags) == 1 and tags[0].full_state
     ck.load_checkpoint(run / "encoder" / "checkpoints" / tags[0].tag)
@@ -231,3 +224,13 @@ def test_missing_data_names_the_command(write_recipe, tmp_path):
     recipe = load_recipe(write_recipe(tmp_path, {"phases.0.data": {"mixture": {"nosuch": 1}}}))
     with pytest.raises(EttinError, match=r"nosuch not prepared here.*ettin data prepare --source nosuch"):
         train(recipe, _options(tmp_path / "run"))
+
+
+def test_each_launch_records_what_it_ran_on(pair_run):
+    import json
+
+    _, result = pair_run
+    lines = (result.out / "launches.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    assert first["attention_backend"] == "sdpa" and first["device"] == "cpu" and first["world_size"] == 1
+    assert first["omp_wait_policy"] and first["step"] == 0 and first["resumed"] is False

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from ettin.cli import bench, data, demo, evaluate, harness, models, recipes, tokenizer, train
+from ettin.cli import bench, data, demo, evaluate, harness, infer, models, recipes, tokenizer, train
 from ettin.errors import EttinError
 
 app = typer.Typer(
@@ -42,7 +42,7 @@ def _options(
         print(f"OpenMP wait policy: {choice}", file=sys.stderr)
 
 
-for _module in (demo, models, tokenizer, data, train, recipes, evaluate, harness, bench):
+for _module in (demo, models, tokenizer, data, train, recipes, evaluate, harness, bench, infer):
     _module.register(app)
 
 

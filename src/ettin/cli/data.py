@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
             "--source",
             "-s",
             help="a built-in corpus (wiki, shakespeare, pydoc) or [NAME=]KIND:PATH[#FIELD] with KIND text, jsonl, "
-            "parquet or hf; repeatable",
+            "parquet, hf or mds (MosaicML MDS folder, local or s3://, gs://, hf://); repeatable",
         ),
         tokenizer: Path = typer.Option(..., "--tokenizer", help="tokenizer directory (tokenizer.json)"),
         out: Path = typer.Option(..., "--out", help="data folder; each source goes to OUT/NAME"),
@@ -100,6 +100,15 @@ def register(app: typer.Typer) -> None:
         ),
         overwrite: bool = typer.Option(
             False, "--overwrite", help="allow replacing sources made with another tokenizer"
+        ),
+        engine: str = typer.Option(
+            "local", "--engine", help="local (processes on this machine) or ray (a Ray cluster; same bytes)"
+        ),
+        ray_address: str | None = typer.Option(
+            None,
+            "--ray-address",
+            help="with --engine ray: HOST:PORT of a running cluster (`ray start --head`); default: RAY_ADDRESS, "
+            "else Ray started on this machine",
         ),
     ) -> None:
         """Tokenize sources into memory-mapped shards plus a manifest; a second run with the same inputs does nothing."""
@@ -149,6 +158,8 @@ def register(app: typer.Typer) -> None:
                 verify=verify,
                 overwrite=overwrite,
                 progress=progress,
+                engine=engine,
+                ray_address=ray_address,
             )
         for r in results:
             speed = f", {r.text_bytes / max(r.seconds, 1e-9) / 1e6:.1f} MB/s" if r.status != "up to date" else ""
@@ -279,7 +290,18 @@ def register(app: typer.Typer) -> None:
 
     @sub.command("order")
     def order_cmd(
-        run: Path = typer.Argument(..., help="a run folder (RUN, RUN/encoder) or a data_order folder"),
+        run: Path = typer.Argument(
+            ...,
+            help="a run folder (RUN, RUN/encoder), a data_order folder, a folder in the released layout "
+            "(checkpoint_NNNNNN/steps_A_to_B.parquet), or `export` followed by RUN OUT",
+        ),
+        extra: list[str] | None = typer.Argument(None, help="with `export`: RUN OUT", show_default=False),
+        layout: str | None = typer.Option(
+            None, "--layout", help="ettin or ettin-release (jhu-clsp/ettin-data-order); default: what the folder holds"
+        ),
+        pad_id: int | None = typer.Option(
+            None, "--pad-id", help="with export: the pad id (default: the run's tokenizer's)"
+        ),
         arch: str | None = typer.Option(
             None, "--arch", help="encoder or decoder (default: whichever the run has, encoder first)"
         ),
@@ -296,8 +318,23 @@ def register(app: typer.Typer) -> None:
         ),
         overwrite: bool = typer.Option(False, "--overwrite", help="with --export: replace an existing file"),
     ) -> None:
-        """Show, export or check the recorded data order (one row per training sequence)."""
-        from ettin.data.order import order_steps, read_order, read_plan, regenerate_order
+        """Show, export or check the recorded data order (one row per training sequence).
+
+        `ettin data order export RUN OUT --layout ettin-release` writes a run's order in the layout of the
+        released Ettin data order; `ettin data order FOLDER` reads that layout too (counts per checkpoint
+        folder; --step N shows a step's sequences, decoded with --tokenizer)."""
+        from ettin.data.order import RELEASE_LAYOUT, order_steps, read_order, read_plan, regenerate_order
+
+        if layout not in (None, "ettin", RELEASE_LAYOUT):
+            raise EttinError(f"unknown layout '{layout}'", field="--layout", fix=f"use ettin or {RELEASE_LAYOUT}")
+        if str(run) == "export":
+            _release_export(extra or [], layout, arch, pad_id)
+            return
+        if extra:
+            raise EttinError(f"unexpected argument(s) {' '.join(extra)}", field="order", fix="give one folder")
+        if layout == RELEASE_LAYOUT or (layout is None and _is_release_folder(run)):
+            _release_show(run, step, tokenizer)
+            return
 
         if check and (export is not None or step is not None or tokenizer is not None):
             raise EttinError(
@@ -387,6 +424,67 @@ def register(app: typer.Typer) -> None:
 
     app.add_typer(sub, name="data")
     app.add_typer(pair, name="pair")
+
+
+def _is_release_folder(path: Path) -> bool:
+    import re
+
+    pat = re.compile(r"^checkpoint_\d{6,}$")
+    return path.is_dir() and (bool(pat.match(path.name)) or any(pat.match(p.name) for p in path.iterdir()))
+
+
+def _release_export(args: list[str], layout: str | None, arch: str | None, pad_id: int | None) -> None:
+    from ettin.data.order import RELEASE_LAYOUT, export_release
+
+    if len(args) != 2:
+        raise EttinError(
+            "export needs RUN and OUT", field="export", fix="ettin data order export RUN OUT --layout ettin-release"
+        )
+    if layout not in (None, RELEASE_LAYOUT):
+        raise EttinError(
+            f"export writes the {RELEASE_LAYOUT} layout", field="--layout", fix=f"pass --layout {RELEASE_LAYOUT}"
+        )
+    run, out = Path(args[0]), Path(args[1])
+    folder = _order_folder(run, arch)
+    written = export_release(folder, out, pad_id=pad_id)
+    console = _console()
+    console.print(f"wrote {sum(written.values()):,} row(s) of {folder} to {out} ({RELEASE_LAYOUT} layout)")
+    for name, rows in written.items():
+        console.print(f"  {name}: {rows:,} rows")
+
+
+def _release_show(folder: Path, step: int | None, tokenizer: Path | None) -> None:
+    from ettin.data.order import release_step, release_summary
+
+    console = _console()
+    if step is None:
+        rows = release_summary(folder)
+        console.print(
+            f"{folder}: {len(rows)} checkpoint folder(s), {sum(r['num_steps'] for r in rows):,} step(s), "
+            f"{sum(r['rows'] for r in rows):,} sequences, {sum(r['ids'] for r in rows):,} ids"
+        )
+        for r in rows:
+            sl = ",".join(map(str, r["sequence_length"])) or "?"
+            console.print(
+                f"  {r['checkpoint']}: {r['files']} file(s), steps {r['first_step']}..{r['last_step']} "
+                f"({r['num_steps']:,}), {r['rows']:,} sequences, {r['ids']:,} ids, sequence_length {sl}"
+            )
+        return
+    rows = release_step(folder, step)
+    if not rows:
+        raise EttinError(f"step {step} is not in these files", path=folder, field="--step")
+    tok = None
+    if tokenizer is not None:
+        from ettin.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(tokenizer)
+    console.print(f"step {step}: {len(rows)} sequences of {max(len(r) for r in rows)} ids")
+    for i, r in enumerate(rows):
+        if tok is not None:
+            shown = repr(tok.decode(r, skip_special_tokens=False)[:160])
+        else:
+            shown = " ".join(map(str, r[:12])) + (" ..." if len(r) > 12 else "")
+        console.print(f"  {i:>4}: {shown}")
 
 
 def _order_folder(run: Path, arch: str | None, *, strict: bool = False) -> Path:

@@ -36,7 +36,7 @@ def _effective_recipe(
 ):
     from ettin.errors import EttinError
     from ettin.recipe import load_recipe
-    from ettin.train.trainer import RECIPE_FILE
+    from ettin.runs import RECIPE_FILE
 
     sets = list(overrides)
     if arch is not None:

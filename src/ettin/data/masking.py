@@ -52,21 +52,6 @@ class Batch:
     def __len__(self) -> int:
         return self.num_sequences
 
-    def slice(self, i: int, j: int) -> "Batch":
-        """Sequences i..j-1 as their own batch (views, no copy of the tokens)."""
-        if not 0 <= i <= j <= self.num_sequences:
-            raise IndexError(f"slice {i}:{j} of a batch of {self.num_sequences} sequences")
-        a, b = int(self.cu_seqlens[i]), int(self.cu_seqlens[j])
-        cu = self.cu_seqlens[i : j + 1] - self.cu_seqlens[i]
-        labels = self.labels[a:b]
-        max_seqlen = int((cu[1:] - cu[:-1]).max()) if j > i else 0
-        return Batch(self.input_ids[a:b], cu, max_seqlen, labels, int((labels != IGNORE_INDEX).sum()))
-
-    def split(self, parts: int) -> list["Batch"]:
-        """`parts` nearly equal slices by sequence count (micro-batches or ranks)."""
-        bounds = np.linspace(0, self.num_sequences, parts + 1).round().astype(int)
-        return [self.slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
-
     def to(self, device, non_blocking: bool = False) -> "Batch":
         return Batch(
             self.input_ids.to(device, non_blocking=non_blocking),

@@ -9,11 +9,18 @@ Recipes write it as
         - {source: shakespeare, weight: 0.3}
       min_tokens: 16        # optional; default min(128, seq_len // 8)
       backfill: true        # optional
+      order: {sampler: bert24, shuffle_seed: 9176, world_size: 4}   # optional; default: ettin's own order
 
 or with token budgets (`{source: wiki, tokens: 2M}`): the budgets set the shares and say how many
 tokens of each source the phase is meant to see; a budget larger than the source repeats it. Shares
 are shares of tokens, as in the Ettin mixture tables. `mixture: {wiki: 0.7, shakespeare: 0.3}` is
 accepted as a short form of weights.
+
+`order` picks who decides the sample order (`OrderSpec`): `sampler: ettin` (the default: chunked
+documents, a seeded permutation per source and epoch, sources interleaved by share) or
+`sampler: bert24` (the original Ettin runs: one sample per document of a single source, usually an
+MDS folder, in bert24's `DistributedSamplerPCG64DXSM` order; see ettin.data.stream) or
+`sampler: replay` (a prepared `replay:` source: each step gets exactly the rows of one recorded step).
 """
 
 from __future__ import annotations
@@ -59,12 +66,71 @@ class MixtureEntry:
         return d
 
 
+SAMPLERS = ("ettin", "bert24", "replay")
+
+
+@dataclass(frozen=True)
+class OrderSpec:
+    """Who orders the samples. bert24: the permutation of `numpy.random.PCG64DXSM(shuffle_seed + epoch)`
+    over the source's documents, rank r of `world_size` taking every world_size-th index from r, each
+    rank's device batch in turn; `drop_last` as the original's `drop_last` (sampler and loader)."""
+
+    sampler: str = "ettin"
+    shuffle_seed: int = 9176  # bert24's default when its config names none
+    world_size: int = 4  # the original ran 4 GPUs per model
+    shuffle: bool = True
+    drop_last: bool = True
+
+    def to_dict(self) -> dict:
+        return {
+            "sampler": self.sampler,
+            "shuffle_seed": self.shuffle_seed,
+            "world_size": self.world_size,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+        }
+
+    @classmethod
+    def from_dict(cls, d, *, where: str = "data.order") -> "OrderSpec":
+        if isinstance(d, OrderSpec):
+            return d
+        if d is None:
+            return cls()
+        if isinstance(d, str):
+            d = {"sampler": d}
+        if not isinstance(d, dict):
+            raise EttinError(f"expected a mapping, got {type(d).__name__}", field=where)
+        known = {"sampler", "shuffle_seed", "world_size", "shuffle", "drop_last"}
+        extra = sorted(set(d) - known)
+        if extra:
+            raise EttinError(f"unknown key(s) {extra}", field=where, fix=f"known keys: {', '.join(sorted(known))}")
+        sampler = d.get("sampler", "ettin")
+        if sampler not in SAMPLERS:
+            raise EttinError(
+                f"unknown sampler {sampler!r}", field=f"{where}.sampler", fix="use ettin, bert24 or replay"
+            )
+        out = {"sampler": sampler}
+        for key, lo in (("shuffle_seed", 0), ("world_size", 1)):
+            if key in d:
+                v = d[key]
+                if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                    raise EttinError(f"expected a whole number >= {lo}, got {v!r}", field=f"{where}.{key}")
+                out[key] = v
+        for key in ("shuffle", "drop_last"):
+            if key in d:
+                if not isinstance(d[key], bool):
+                    raise EttinError(f"expected true or false, got {d[key]!r}", field=f"{where}.{key}")
+                out[key] = d[key]
+        return cls(**out)
+
+
 @dataclass(frozen=True)
 class DataSpec:
     dir: str
     mixture: tuple[MixtureEntry, ...]
     min_tokens: int | None = None
     backfill: str = "move"  # ettin.data.chunking.BACKFILL_MODES: move (the original's), copy, none
+    order: OrderSpec = OrderSpec()
     backfill_below: int | None = None
 
     def __post_init__(self) -> None:
@@ -126,6 +192,8 @@ class DataSpec:
             d["backfill"] = self.backfill
         if self.backfill_below is not None:
             d["backfill_below"] = self.backfill_below
+        if self.order.sampler != "ettin":
+            d["order"] = self.order.to_dict()
         return d
 
     @classmethod
@@ -134,7 +202,7 @@ class DataSpec:
             return d
         if not isinstance(d, dict):
             raise EttinError(f"expected a mapping, got {type(d).__name__}", field=where)
-        known = {"dir", "mixture", "min_tokens", "backfill", "backfill_below"}
+        known = {"dir", "mixture", "min_tokens", "backfill", "backfill_below", "order"}
         extra = sorted(set(d) - known)
         if extra:
             raise EttinError(f"unknown key(s) {extra}", field=where, fix=f"known keys: {', '.join(sorted(known))}")
@@ -183,8 +251,15 @@ class DataSpec:
         backfill_below = d.get("backfill_below")
         if backfill_below is not None and (isinstance(backfill_below, bool) or not isinstance(backfill_below, int)):
             raise EttinError(f"expected a whole number, got {backfill_below!r}", field=f"{where}.backfill_below")
+        order = OrderSpec.from_dict(d.get("order"), where=f"{where}.order")
+        if order.sampler != "ettin" and len(entries) != 1:
+            raise EttinError(
+                f"the {order.sampler} order reads one source, the mixture names {len(entries)}",
+                field=f"{where}.order",
+                fix="give one source (the MDS folder), or use sampler: ettin for mixtures",
+            )
         try:
-            return cls(str(d["dir"]), tuple(entries), min_tokens, backfill, backfill_below)
+            return cls(str(d["dir"]), tuple(entries), min_tokens, backfill, order, backfill_below)
         except EttinError as exc:
             if exc.field and exc.field.startswith("data") and where != "data":
                 raise EttinError(_bare(exc), field=where + exc.field[len("data") :], fix=exc.fix) from None

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -411,3 +413,229 @@ def read_plan(folder: str | Path, *, arch: str | None = None) -> OrderPlan:
             fix="record with OrderWriter(..., plan=OrderPlan(...))",
         )
     return OrderPlan.from_dict(json.loads(path.read_text()))
+
+
+# ---------------------------------------------------------------------------------------- the released layout
+
+RELEASE_LAYOUT = "ettin-release"
+_CKPT_RE = re.compile(r"^checkpoint_(\d{6,})$")
+_FILE_RE = re.compile(r"^steps_(\d{6,})_to_(\d{6,})\.parquet$")
+RELEASE_BATCHES_PER_FILE = 300  # bert24's OptimizedDataSaver default
+
+
+@dataclass(frozen=True)
+class ReleaseFile:
+    checkpoint: str
+    path: Path
+    first_step: int
+    last_step: int
+
+
+def release_files(folder: str | Path) -> list[ReleaseFile]:
+    """The Parquet files of a folder in the layout of jhu-clsp/ettin-data-order (bert24's data saver):
+    `checkpoint_NNNNNN/steps_AAAAAA_to_BBBBBB.parquet`; a single checkpoint folder works too."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EttinError("no such folder", path=folder, fix="give the folder holding checkpoint_NNNNNN/ folders")
+    dirs = [folder] if _CKPT_RE.match(folder.name) else sorted(d for d in folder.iterdir() if _CKPT_RE.match(d.name))
+    files = []
+    for d in dirs:
+        for p in sorted(d.glob("*.parquet")):
+            m = _FILE_RE.match(p.name)
+            if not m:
+                raise EttinError(
+                    f"{p.name} is not named steps_A_to_B.parquet", path=p, fix="keep the released file names"
+                )
+            files.append(ReleaseFile(d.name, p, int(m.group(1)), int(m.group(2))))
+    if not files:
+        other = "an ettin data order (part-*.parquet)" if any(folder.rglob("part-*.parquet")) else "no such files"
+        raise EttinError(
+            f"not the ettin-release layout (checkpoint_NNNNNN/steps_A_to_B.parquet): {other}",
+            path=folder,
+            field="layout",
+            fix="give a folder of jhu-clsp/ettin-data-order, or read an ettin run with `ettin data order RUN`",
+        )
+    return sorted(files, key=lambda f: (f.first_step, f.path.name))
+
+
+def _read_release(f: ReleaseFile) -> pa.Table:
+    try:
+        pf = pq.ParquetFile(f.path)
+    except (pa.ArrowException, OSError) as exc:
+        raise EttinError(f"is not a readable Parquet file ({exc})".splitlines()[0], path=f.path) from None
+    names = pf.schema_arrow.names
+    if "input_ids" not in names or "step" not in names:
+        raise EttinError(
+            f"has columns {', '.join(names)}, not input_ids and step (the released layout)",
+            path=f.path,
+            field="layout",
+        )
+    ids_type = pf.schema_arrow.field("input_ids").type
+    if not (pa.types.is_list(ids_type) or pa.types.is_large_list(ids_type)) or not pa.types.is_integer(
+        ids_type.value_type
+    ):
+        raise EttinError(f"input_ids is {ids_type}, not a list of integers", path=f.path, field="layout")
+    return pf.read(columns=["input_ids", "step"])
+
+
+def release_sequence_length(f: ReleaseFile) -> int | None:
+    meta = pq.read_schema(f.path).metadata or {}
+    raw = meta.get(b"sequence_length")
+    return int(raw) if raw is not None else None
+
+
+def release_summary(folder: str | Path) -> list[dict]:
+    """Per checkpoint folder: files, steps (first, last, count), rows, ids, sequence_length values."""
+    out: dict[str, dict] = {}
+    for f in release_files(folder):
+        t = _read_release(f)
+        steps = t.column("step").to_numpy()
+        row = out.setdefault(
+            f.checkpoint,
+            {"checkpoint": f.checkpoint, "files": 0, "rows": 0, "ids": 0, "steps": set(), "sequence_length": set()},
+        )
+        row["files"] += 1
+        row["rows"] += t.num_rows
+        row["ids"] += int(pc.sum(pc.list_value_length(t.column("input_ids"))).as_py() or 0)
+        row["steps"].update(np.unique(steps).tolist())
+        sl = release_sequence_length(f)
+        if sl is not None:
+            row["sequence_length"].add(sl)
+    result = []
+    for row in out.values():
+        steps = sorted(row.pop("steps"))
+        row["sequence_length"] = sorted(row["sequence_length"])
+        row.update(num_steps=len(steps), first_step=steps[0] if steps else None, last_step=steps[-1] if steps else None)
+        result.append(row)
+    return result
+
+
+def release_step(folder: str | Path, step: int) -> list[list[int]]:
+    """The rows (sequences as fed to the model) of one step, in file order."""
+    rows: list[list[int]] = []
+    for f in release_files(folder):
+        if f.first_step <= step <= f.last_step:
+            t = _read_release(f)
+            t = t.filter(pc.equal(t.column("step"), pa.scalar(step, t.schema.field("step").type)))
+            rows.extend(t.column("input_ids").to_pylist())
+    return rows
+
+
+def iter_release_steps(folder: str | Path) -> Iterator[tuple[int, list[list[int]]]]:
+    """(step, rows) in step order; raises if a step is split over files that are not adjacent."""
+    seen: set[int] = set()
+    current, acc = None, []
+    for f in release_files(folder):
+        t = _read_release(f)
+        steps = t.column("step").to_numpy()
+        ids = t.column("input_ids")
+        order = np.argsort(steps, kind="stable")
+        for i in order.tolist():
+            s = int(steps[i])
+            if s != current:
+                if current is not None:
+                    yield current, acc
+                if s in seen:
+                    raise EttinError(f"step {s} appears in two places", path=f.path, field="layout")
+                seen.add(s)
+                current, acc = s, []
+            acc.append(ids[i].as_py())
+    if current is not None:
+        yield current, acc
+
+
+def _run_pad_id(order_dir: Path) -> int | None:
+    """The pad id of the tokenizer the run's data was prepared with (from plan.json and the manifest)."""
+    from ettin.data.shards import read_manifest
+
+    try:
+        plan = read_plan(order_dir)
+        ph = plan.phases[0]
+        spec = DataSpec.from_dict(ph.data)
+        base = Path(plan.data_dir or spec.dir)
+        return read_manifest(base / spec.sources[0])["tokenizer"]["special_ids"].get("pad_token_id")
+    except (EttinError, OSError, KeyError, IndexError):
+        return None
+
+
+def export_release(
+    run: str | Path,
+    out: str | Path,
+    *,
+    arch: str | None = None,
+    pad_id: int | None = None,
+    checkpoint_steps: list[int] | None = None,
+    batches_per_file: int = RELEASE_BATCHES_PER_FILE,
+) -> dict:
+    """Write a run's recorded order in the released layout (one folder per checkpoint interval, zstd
+    Parquet with `input_ids` list<uint16> padded to the phase's seq_len, `step` uint64 and the
+    file metadata `sequence_length`). Checkpoint intervals come from the run's tags unless given.
+    The output folder must not exist; it appears whole (written beside it, then renamed)."""
+    import shutil
+
+    from ettin.runs import list_tags
+
+    folder = resolve_order_dir(run, arch)
+    out = Path(out)
+    if out.exists():
+        raise EttinError("exists", path=out, fix="choose a new folder")
+    if pad_id is None:
+        pad_id = _run_pad_id(folder)
+    if pad_id is None:
+        raise EttinError("cannot tell the run's pad id", path=folder, field="--pad-id", fix="pass --pad-id")
+    if checkpoint_steps is None:
+        checkpoint_steps = sorted({t.step for t in list_tags(folder.parent)})
+    bounds = sorted(set(checkpoint_steps))
+    summary = order_steps(folder)
+    try:  # rows are padded to their phase's seq_len, as the model was fed (bert24 pads to max_seq_len)
+        phase_len = {p.name: p.seq_len for p in read_plan(folder).phases}
+    except (EttinError, OSError, KeyError, TypeError):
+        phase_len = {}
+    step_phase = {s["step"]: s["phase"] for s in summary}
+    if not summary:
+        raise EttinError("no steps recorded", path=folder)
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    written: dict[str, int] = {}
+    try:
+
+        def ckpt_of(step: int) -> int:
+            return 1 + int(np.searchsorted(np.asarray(bounds, np.int64), step, side="left")) if bounds else 1
+
+        groups: dict[int, list[int]] = {}
+        for s in summary:
+            groups.setdefault(ckpt_of(s["step"]), []).append(s["step"])
+        for ck, steps in sorted(groups.items()):
+            d = staging / f"checkpoint_{ck:06d}"
+            d.mkdir()
+            for i in range(0, len(steps), batches_per_file):
+                chunk = steps[i : i + batches_per_file]
+                t = read_order(folder, steps=chunk, columns=["input_ids"])
+                rows = t.column("input_ids").to_pylist()
+                width = max([len(r) for r in rows] + [phase_len.get(step_phase[s], 0) for s in chunk])
+                mat = np.full((len(rows), width), pad_id, np.int64)
+                for j, r in enumerate(rows):
+                    mat[j, : len(r)] = r
+                if mat.size and (mat.max() > 65535 or mat.min() < 0):
+                    raise EttinError(
+                        f"ids up to {int(mat.max())} do not fit the layout's uint16", path=folder, field="layout"
+                    )
+                values = pa.array(mat.reshape(-1).astype(np.uint16))
+                offsets = pa.array(np.arange(0, mat.size + 1, max(width, 1), dtype=np.int32)[: len(rows) + 1])
+                table = pa.Table.from_arrays(
+                    [
+                        pa.ListArray.from_arrays(offsets, values),
+                        pa.array(t.column("step").to_numpy().astype(np.uint64)),
+                    ],
+                    names=["input_ids", "step"],
+                    metadata={b"sequence_length": str(width).encode()},
+                )
+                name = f"steps_{chunk[0]:06d}_to_{chunk[-1]:06d}.parquet"
+                pq.write_table(table, d / name, compression="zstd", use_dictionary=False)
+                written[d.name] = written.get(d.name, 0) + len(rows)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return written

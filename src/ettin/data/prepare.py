@@ -6,89 +6,48 @@ second run with the same key only checks the files. Safe to interrupt: work happ
 a rerun with the same key keeps the finished shards and continues after them; the folder becomes
 `<name>/` by a rename after the manifest is written. A user error (bad bytes, bad JSON lines, empty
 corpus, tokenizer clash) removes what this run started, so nothing half-written is left behind.
+
+Two engines, one result: the local engine here (`prepare_source`) and the Ray engine
+(`ettin.data.ray_engine`) share the pure steps (reading through `iter_documents`, `_encode`, the shard
+cuts of `ShardCutter`, `_write_shard`, the manifest of `_finish`), so they write the same bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
 import os
 import shutil
+import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
+from ettin.data.shard_writer import (  # noqa: F401  (re-exported: the names prepare has always had)
+    DEFAULT_BATCH_CHARS,
+    DEFAULT_SHARD_TOKENS,
+    PrepareResult,
+    Progress,
+    ShardCutter,
+    _check_dir_tokenizer,
+    _encode,
+    _finish,
+    _finished_shards,
+    _open_staging,
+    _prepare_key,
+    _Tokenizer,
+    _up_to_date,
+    _write_shard,
+    is_url,
+)
 from ettin.data.shards import (
-    FORMAT,
-    FORMAT_VERSION,
-    MANIFEST,
-    read_manifest,
-    sha256_file,
-    shard_file_names,
     token_dtype,
-    verify_files,
 )
 from ettin.data.sources import SourceReport, SourceSpec, as_spec, iter_documents, source_files, source_fingerprint
 from ettin.errors import EttinError
-from ettin.io import atomic_path, atomic_write_json, replace_dir
 
-DEFAULT_SHARD_TOKENS = 1 << 25
-DEFAULT_BATCH_CHARS = 1 << 20
-Progress = Callable[[str, int, int], None]  # (source name, bytes done, bytes total)
-
-
-@dataclass
-class PrepareResult:
-    name: str
-    folder: Path
-    status: str  # "prepared", "resumed" or "up to date"
-    documents: int
-    tokens: int
-    text_bytes: int
-    shards: int
-    seconds: float
-    report: dict = field(default_factory=dict)
-
-
-@dataclass
-class _Tokenizer:
-    """What prepare needs from a tokenizer, in a form worker processes can rebuild."""
-
-    backend: object  # tokenizers.Tokenizer
-    fingerprint: str
-    vocab_size: int
-    special_ids: dict
-    path: str
-
-    @classmethod
-    def load(cls, tokenizer) -> "_Tokenizer":
-        from ettin.tokenizer import load_tokenizer, special_token_ids, tokenizer_fingerprint
-
-        path = ""
-        if isinstance(tokenizer, (str, os.PathLike)):
-            path = str(tokenizer)
-            tokenizer = load_tokenizer(tokenizer)
-        return cls(
-            backend=tokenizer.backend_tokenizer,
-            fingerprint=tokenizer_fingerprint(tokenizer),
-            vocab_size=len(tokenizer),
-            special_ids=special_token_ids(tokenizer),
-            path=path,
-        )
-
-
-def _encode(backend, texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
-    lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, count=len(encodings))
-    flat = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype, count=int(lengths.sum()))
-    return flat, lengths
-
-
+ENGINES = ("local", "ray")
 _WORKER_BACKEND = None
 
 
@@ -127,94 +86,15 @@ def _encoded_batches(batches: Iterable[list[str]], tok: _Tokenizer, dtype: np.dt
             yield texts0, *fut.result()
 
 
-def _prepare_key(source_fp: str, tok: _Tokenizer, shard_tokens: int) -> str:
-    blob = json.dumps(
-        {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "source": source_fp,
-            "tokenizer": tok.fingerprint,
-            "shard_tokens": shard_tokens,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()
+def _token_ids(spec: SourceSpec) -> bool:
+    """A source that arrives as token ids (MDS input_ids, a replayed order folder): prepared by copying."""
+    if spec.kind == "replay":
+        return True
+    if spec.kind == "mds":
+        from ettin.data.mds import MDSFolder, ids_column
 
-
-def _write_shard(
-    staging: Path,
-    index: int,
-    tokens: np.ndarray,
-    offsets: np.ndarray,
-    origins: list[str],
-    first_doc: int,
-    text_bytes: int,
-) -> dict:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    names = shard_file_names(index)
-    entry: dict = {
-        "index": index,
-        "first_doc": first_doc,
-        "documents": len(origins),
-        "num_tokens": int(len(tokens)),
-        "text_bytes": text_bytes,
-    }
-    writers = {
-        "tokens": lambda p: np.save(p, tokens, allow_pickle=False),
-        "docs": lambda p: np.save(p, offsets, allow_pickle=False),
-        "origins": lambda p: pq.write_table(pa.table({"origin": pa.array(origins, pa.string())}), p),
-    }
-    for kind, write in writers.items():
-        with atomic_path(staging / names[kind]) as tmp:
-            with open(tmp, "wb") as f:
-                write(f)
-            entry[kind] = {"file": names[kind], "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
-    atomic_write_json(staging / f"shard-{index:05d}.json", entry)
-    return entry
-
-
-def _finished_shards(staging: Path) -> list[dict]:
-    """Shards of an interrupted run whose marker and files are intact, in order; the rest is removed."""
-    done: list[dict] = []
-    while (marker := staging / f"shard-{len(done):05d}.json").is_file():
-        try:
-            entry = json.loads(marker.read_text())
-            verify_files(staging, {"shards": [entry]})
-        except (json.JSONDecodeError, EttinError, KeyError):
-            break
-        done.append(entry)
-    keep = {MANIFEST, "plan.json"} | {f"shard-{e['index']:05d}.json" for e in done}
-    keep |= {e[k]["file"] for e in done for k in ("tokens", "docs", "origins")}
-    for p in staging.iterdir():
-        if p.name not in keep:
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-    return done
-
-
-def _swap_into_place(staging: Path, final: Path) -> None:
-    for p in staging.glob("shard-*.json"):
-        p.unlink()
-    (staging / "plan.json").unlink(missing_ok=True)
-    replace_dir(staging, final)
-
-
-def _check_dir_tokenizer(out_dir: Path, names: set[str], tok: _Tokenizer, overwrite: bool) -> None:
-    if not out_dir.is_dir() or overwrite:
-        return
-    for manifest_path in sorted(out_dir.glob(f"*/{MANIFEST}")):
-        try:
-            fp = json.loads(manifest_path.read_text())["tokenizer"]["fingerprint"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-        if fp != tok.fingerprint:
-            raise EttinError(
-                f"'{manifest_path.parent.name}' here was prepared with another tokenizer ({fp[:12]}, now {tok.fingerprint[:12]})",
-                path=out_dir,
-                field="tokenizer",
-                fix="prepare into another folder, or pass --overwrite to replace sources of the same name",
-            )
+        return ids_column(MDSFolder.open(spec.path), spec.field) is not None
+    return False
 
 
 def prepare_source(
@@ -228,45 +108,23 @@ def prepare_source(
     verify: bool = False,
     progress: Progress | None = None,
 ) -> PrepareResult:
+    """The local engine: read, tokenize (in `workers` processes) and write shards in order on this machine."""
+    if _token_ids(spec):  # MDS input_ids or a released order folder: ids copied (ettin.data.pretokenized)
+        from ettin.data.pretokenized import prepare_mds_ids, prepare_replay
+
+        how = prepare_replay if spec.kind == "replay" else prepare_mds_ids
+        return how(spec, tok, out_dir, shard_tokens=shard_tokens, verify=verify, progress=progress)
     t0 = time.perf_counter()
     files = source_files(spec)
     total_bytes = sum(f.stat().st_size for f in files)
-    key = _prepare_key(source_fingerprint(spec), tok, shard_tokens)
+    fingerprint = source_fingerprint(spec)
+    key = _prepare_key(fingerprint, tok, shard_tokens)
     final = out_dir / spec.name
-    for stale in out_dir.glob(f".{spec.name}.old-*"):  # left by a crash during the final swap
-        shutil.rmtree(stale, ignore_errors=True)
-    if (final / MANIFEST).is_file():
-        try:
-            manifest = read_manifest(final)
-        except EttinError:
-            manifest = {}
-        if manifest.get("key") == key:
-            verify_files(final, manifest, sha256=verify)
-            if progress:
-                progress(spec.name, total_bytes, total_bytes)
-            return PrepareResult(
-                spec.name,
-                final,
-                "up to date",
-                manifest["documents"],
-                manifest["tokens"],
-                manifest["text_bytes"],
-                len(manifest["shards"]),
-                time.perf_counter() - t0,
-                manifest["report"],
-            )
-
-    staging = out_dir / f".{spec.name}.partial"
-    created = not staging.exists()
-    try:
-        plan = json.loads((staging / "plan.json").read_text()) if (staging / "plan.json").is_file() else {}
-    except json.JSONDecodeError:
-        plan = {}
-    if plan.get("key") != key:
-        shutil.rmtree(staging, ignore_errors=True)
-        created = True
-        staging.mkdir(parents=True)
-        atomic_write_json(staging / "plan.json", {"key": key, "source": spec.to_dict()})
+    if (result := _up_to_date(spec, final, key, verify, t0)) is not None:
+        if progress:
+            progress(spec.name, total_bytes, total_bytes)
+        return result
+    staging, created = _open_staging(spec, out_dir, key)
     done = _finished_shards(staging)
     status = "resumed" if done else "prepared"
     dtype = token_dtype(tok.vocab_size)
@@ -296,12 +154,13 @@ def prepare_source(
         origins_all: list[str] = []
         buf_tokens: list[np.ndarray] = []
         buf_lengths: list[np.ndarray] = []
-        buf_count = buf_docs = buf_bytes = 0
+        buf_docs = buf_bytes = 0
         first_doc = skip_docs
         shards = list(done)
+        cutter = ShardCutter(shard_tokens, first_doc=skip_docs)
 
         def flush() -> None:
-            nonlocal buf_tokens, buf_lengths, buf_count, buf_docs, buf_bytes, first_doc
+            nonlocal buf_tokens, buf_lengths, buf_docs, buf_bytes, first_doc
             lengths = np.concatenate(buf_lengths)
             offsets = np.zeros(len(lengths) + 1, np.int64)
             np.cumsum(lengths, out=offsets[1:])
@@ -311,65 +170,35 @@ def prepare_source(
                 _write_shard(staging, len(shards), np.concatenate(buf_tokens), offsets, origins, first_doc, buf_bytes)
             )
             first_doc += buf_docs
-            buf_tokens, buf_lengths, buf_count, buf_docs, buf_bytes = [], [], 0, 0, 0
+            buf_tokens, buf_lengths, buf_docs, buf_bytes = [], [], 0, 0
+
+        def take(flat, lengths, text_bytes, cum, j: int, k: int) -> None:
+            nonlocal buf_docs, buf_bytes
+            if k > j:
+                lo = int(cum[j - 1]) if j else 0
+                buf_tokens.append(flat[lo : int(cum[k - 1])])
+                buf_lengths.append(lengths[j:k])
+                buf_bytes += int(text_bytes[j:k].sum())
+                buf_docs += k - j
 
         for texts, flat, lengths in _encoded_batches(batches(), tok, dtype, workers):
             text_bytes = np.fromiter((len(t.encode("utf-8")) for t in texts), np.int64, count=len(texts))
             bytes_done += int(text_bytes.sum())
             cum = np.cumsum(lengths)
-            i = 0
-            # Documents never straddle shards: a shard closes when the next document would not fit.
-            while i < len(lengths):
-                base = int(cum[i - 1]) if i else 0
-                stop = int(np.searchsorted(cum - base, shard_tokens - buf_count, side="right"))
-                if stop == i and buf_count == 0:
-                    stop = i + 1  # one document longer than a shard gets a shard of its own
-                if stop > i:
-                    n = int(cum[stop - 1]) - base
-                    buf_tokens.append(flat[base : base + n])
-                    buf_lengths.append(lengths[i:stop])
-                    buf_bytes += int(text_bytes[i:stop].sum())
-                    buf_count += n
-                    buf_docs += stop - i
-                    i = stop
-                if buf_count >= shard_tokens or i < len(lengths):
-                    flush()
+            batch_first = cutter.next_doc
+            j = 0
+            for end in cutter.feed(lengths):
+                take(flat, lengths, text_bytes, cum, j, end - batch_first)
+                j = end - batch_first
+                flush()
+            take(flat, lengths, text_bytes, cum, j, len(lengths))
             if progress:
                 progress(spec.name, min(bytes_done, total_bytes), total_bytes)
-        if buf_docs:
+        if cutter.close():
             flush()
-        documents = sum(e["documents"] for e in shards)
-        tokens = sum(e["num_tokens"] for e in shards)
-        if documents == 0 or tokens == 0:
-            raise EttinError(
-                f"no text to prepare ({report.empty_documents} empty document(s) in {len(files)} file(s))",
-                path=spec.path or spec.name,
-                field="source",
-                fix="point the source at files with text",
-            )
-        manifest = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "name": spec.name,
-            "key": key,
-            "source": spec.to_dict(),
-            "source_fingerprint": source_fingerprint(spec),
-            "tokenizer": {
-                "fingerprint": tok.fingerprint,
-                "vocab_size": tok.vocab_size,
-                "special_ids": tok.special_ids,
-                "path": tok.path,
-            },
-            "dtype": dtype.name,
-            "shard_tokens": shard_tokens,
-            "documents": documents,
-            "tokens": tokens,
-            "text_bytes": sum(e["text_bytes"] for e in shards),
-            "report": report.to_dict(),
-            "shards": shards,
-        }
-        atomic_write_json(staging / MANIFEST, manifest)
-        _swap_into_place(staging, final)
+        manifest = _finish(
+            spec, tok, key, shard_tokens, staging, final, shards, report.to_dict(), len(files), fingerprint
+        )
     except EttinError:
         if created or status == "resumed":
             shutil.rmtree(staging, ignore_errors=True)
@@ -380,13 +209,34 @@ def prepare_source(
         spec.name,
         final,
         status,
-        documents,
-        tokens,
+        manifest["documents"],
+        manifest["tokens"],
         manifest["text_bytes"],
         len(shards),
         time.perf_counter() - t0,
-        report.to_dict(),
+        manifest["report"],
     )
+
+
+def _make_out_dir(out_dir: Path) -> bool:
+    """Create the output folder (True when this run made it), or one clear line when it cannot be written."""
+    made = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".ettin-write-check-", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        wrong_kind = out_dir.exists() and not out_dir.is_dir()
+        raise EttinError(
+            f"{exc.strerror or exc}" if wrong_kind else f"cannot write the output folder ({exc.strerror or exc})",
+            path=out_dir,
+            field=None if wrong_kind else "--out",
+            fix="a file stands where a folder is needed; choose another path"
+            if wrong_kind
+            else "choose a folder you can write",
+        ) from None
+    return made
 
 
 def prepare(
@@ -400,8 +250,22 @@ def prepare(
     verify: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> list[PrepareResult]:
-    """Prepare each source into `out_dir/<name>/`; see the module docstring for the guarantees."""
+    """Prepare each source into `out_dir/<name>/`; see the module docstring for the guarantees.
+
+    `engine="local"` works on this machine (`workers` tokenizer processes); `engine="ray"` runs on a Ray
+    cluster (`ray_address`, or the running Ray session, or a Ray started here with `workers` CPUs) and
+    writes the same bytes (see ettin.data.ray_engine)."""
+    if engine not in ENGINES:
+        raise EttinError(f"unknown engine '{engine}'", field="--engine", fix=f"use one of {', '.join(ENGINES)}")
+    if ray_address and engine != "ray":
+        raise EttinError("--ray-address needs --engine ray", field="--ray-address", fix="add --engine ray")
+    if engine == "ray":
+        from ettin.data.ray_engine import import_ray
+
+        import_ray()  # one clear line before anything else when Ray is missing
     specs = [as_spec(s) for s in sources]
     if not specs:
         raise EttinError("no sources given", field="source", fix="name at least one, e.g. --source wiki")
@@ -413,14 +277,47 @@ def prepare(
     if shard_tokens < 1:
         raise EttinError("shard_tokens must be positive", field="shard_tokens")
     for spec in specs:
+        if is_url(spec.path) and spec.kind != "mds":  # MDS folders download themselves (ettin.data.mds)
+            if engine != "ray":
+                raise EttinError(
+                    "object-store URLs are read by the Ray engine only",
+                    path=spec.path,
+                    field="source",
+                    fix="add --engine ray, or copy the files to a local folder",
+                )
+            from ettin.data.ray_engine import url_files
+
+            url_files(spec)  # the files exist and the store answers, before anything starts
+            continue
         source_files(spec)  # every path checked before anything is written
     tok = _Tokenizer.load(tokenizer)
     out_dir = Path(out_dir)
     _check_dir_tokenizer(out_dir, set(names), tok, overwrite)
-    made_dir = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    made_dir = _make_out_dir(out_dir)
     results = []
     try:
+        if engine == "ray":
+            from ettin.data.ray_engine import check_workers_can_write, prepare_source_ray, ray_cluster
+
+            with ray_cluster(ray_address, num_cpus=workers if workers > 1 else None) as ray:
+                check_workers_can_write(ray, out_dir)
+                for spec in specs:
+                    if _token_ids(spec):  # copied, not tokenized: nothing to spread over the cluster
+                        results.append(prepare_source(spec, tok, out_dir, shard_tokens=shard_tokens, verify=verify))
+                        continue
+                    results.append(
+                        prepare_source_ray(
+                            ray,
+                            spec,
+                            tok,
+                            out_dir,
+                            shard_tokens=shard_tokens,
+                            batch_chars=batch_chars,
+                            verify=verify,
+                            progress=progress,
+                        )
+                    )
+            return results
         for spec in specs:
             results.append(
                 prepare_source(

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ettin.errors import EttinError
 
-KINDS = ("text", "jsonl", "parquet", "hf", "builtin")
+KINDS = ("text", "jsonl", "parquet", "hf", "builtin", "mds", "replay")
 BUILTINS = ("wiki", "shakespeare", "pydoc")
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 SPLITS = ("file", "line", "blank")
@@ -47,6 +47,7 @@ class SourceSpec:
     split: str = "file"
     hf_split: str = "train"
     on_error: str = "fail"
+    ids_dtype: str = "int64"  # mds: how a `bytes` column of token ids is read
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -82,6 +83,8 @@ class SourceSpec:
             raise EttinError(f"unknown key(s) {extra}", field=where, fix=f"known keys: {', '.join(sorted(known))}")
         if "kind" not in d:
             raise EttinError("missing 'kind'", field=where, fix=f"use one of {', '.join(KINDS)}")
+        if d["kind"] == "mds" and "field" not in d:
+            d = {**d, "field": "auto"}  # input_ids when the folder has them, else text
         return cls(**{k: str(v) for k, v in d.items()})
 
 
@@ -113,13 +116,13 @@ def parse_source(text: str, **overrides) -> SourceSpec:
         raise EttinError(
             f"cannot read source '{text}'",
             field="source",
-            fix=f"give a built-in name ({', '.join(BUILTINS)}) or KIND:PATH with KIND one of {', '.join(KINDS[:4])}",
+            fix=f"give a built-in name ({', '.join(BUILTINS)}) or KIND:PATH with KIND one of {', '.join(k for k in KINDS if k != 'builtin')}",
         )
     kind, path = raw.split(":", 1)
     if kind == "builtin":
         return SourceSpec(kind="builtin", path=path, name=name or path, **overrides)
-    fld = overrides.pop("field", "text")
-    if "#" in path and kind in ("jsonl", "parquet", "hf"):
+    fld = overrides.pop("field", "auto" if kind == "mds" else "text")
+    if "#" in path and kind in ("jsonl", "parquet", "hf", "mds"):
         path, fld = path.rsplit("#", 1)
     return SourceSpec(kind=kind, path=path, name=name, field=fld, **overrides)
 
@@ -239,6 +242,14 @@ def source_files(spec: SourceSpec) -> list[Path]:
     spec = as_spec(spec)
     if spec.kind == "builtin":
         return builtin_files(spec.path)
+    if spec.kind == "mds":
+        from ettin.data.mds import MDSFolder
+
+        return MDSFolder.open(spec.path).files()
+    if spec.kind == "replay":
+        from ettin.data.order import release_files
+
+        return [f.path for f in release_files(spec.path)]
     path = Path(spec.path)
     if not path.exists():
         raise EttinError("no such file or folder", path=path, field="source", fix="check the path of the source")
@@ -273,7 +284,15 @@ def source_files(spec: SourceSpec) -> list[Path]:
 def source_fingerprint(spec: SourceSpec) -> str:
     """sha256 over the spec and every file's relative name, size and content."""
     spec = as_spec(spec)
-    h = hashlib.sha256(json.dumps({k: v for k, v in spec.to_dict().items() if k != "name"}, sort_keys=True).encode())
+    skip = {"name"} if spec.kind == "mds" else {"name", "ids_dtype"}  # older sources keep their fingerprints
+    h = hashlib.sha256(json.dumps({k: v for k, v in spec.to_dict().items() if k not in skip}, sort_keys=True).encode())
+    if spec.kind == "mds":
+        # index.json lists every shard's size and (usually) hashes; the shards are checked when read.
+        from ettin.data.mds import INDEX, MDSFolder
+
+        folder = MDSFolder.open(spec.path)
+        h.update((folder.local / INDEX).read_bytes())
+        return h.hexdigest()
     files = source_files(spec)
     base = files[0].parent if len(files) == 1 else Path(spec.path if spec.kind != "builtin" else files[0].parent)
     for f in files:
@@ -439,6 +458,33 @@ def _hf_documents(spec: SourceSpec, report: SourceReport) -> Iterator[Document]:
             row += 1
 
 
+def _mds_documents(spec: SourceSpec, report: SourceReport) -> Iterator[Document]:
+    from ettin.data.mds import MDSFolder, ids_column
+
+    folder = MDSFolder.open(spec.path)
+    field_name = "text" if spec.field == "auto" else spec.field
+    if ids_column(folder, spec.field) is not None:
+        raise EttinError(
+            f"MDS column '{spec.field if spec.field != 'auto' else 'input_ids'}' holds token ids, not text",
+            path=spec.path,
+            field="field",
+            fix="prepare it (`ettin data prepare`) to use the ids as they are, or name a text column with #COLUMN",
+        )
+    for shard, (values,) in folder.iter_shards([field_name]):
+        for j, value in enumerate(values):
+            yield Document(value, origin=f"{shard.raw}:{j}")
+
+
+def _replay_documents(spec: SourceSpec, report: SourceReport) -> Iterator[Document]:
+    raise EttinError(
+        "a replay source holds token ids, not text",
+        path=spec.path,
+        field="source",
+        fix="prepare it (`ettin data prepare --source NAME=replay:FOLDER`) and train with order: {sampler: replay}",
+    )
+    yield  # pragma: no cover
+
+
 def iter_documents(spec, report: SourceReport | None = None) -> Iterator[Document]:
     """Documents of a source in a fixed order; empty (whitespace-only) documents are skipped and counted."""
     spec = as_spec(spec)
@@ -449,6 +495,8 @@ def iter_documents(spec, report: SourceReport | None = None) -> Iterator[Documen
         "jsonl": _jsonl_documents,
         "parquet": _parquet_documents,
         "hf": _hf_documents,
+        "mds": _mds_documents,
+        "replay": _replay_documents,
     }[spec.kind]
     for doc in reader(spec, report):
         if not doc.text.strip():

@@ -64,9 +64,11 @@ class EvalModel:
         return self.max_length if max_length is None else min(self.max_length, max_length)
 
     def with_specials(self, ids: list[int], max_length: int | None = None) -> list[int]:
-        """[CLS] ids [SEP], cut to max_length: the form both archs see for a single text."""
+        """What the arch's exported tokenizer gives, cut to max_length: [CLS] ids [SEP] (encoder), [CLS] ids
+        (decoder: its last token is the text's own; see docs/evaluation.md, embedding convention)."""
         c = self.config
-        return [c.cls_token_id] + ids[: self._limit(max_length) - 2] + [c.sep_token_id]
+        tail = [] if c.is_causal else [c.sep_token_id]
+        return [c.cls_token_id] + ids[: self._limit(max_length) - 1 - len(tail)] + tail
 
     def pair_with_specials(self, a: list[int], b: list[int] | None, max_length: int | None = None) -> list[int]:
         """[CLS] a [SEP] b [SEP], the longer side trimmed first until it fits max_length."""

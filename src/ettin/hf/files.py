@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -148,10 +148,12 @@ def write_model_folder(
     tokenizer: Path | Any = None,
     arch: str,
     overwrite: bool = False,
+    finish: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write `tensors` as model.safetensors, each of `json_files` (name -> object) and the tokenizer
     (a folder whose files are copied, tokenizer.json with `arch`'s template, or an object with
-    save_pretrained) into `out_dir`, which appears complete or not at all."""
+    save_pretrained) into `out_dir`, which appears complete or not at all. `finish(folder)` adds what
+    else belongs in it before it is published."""
     from safetensors.torch import save_file
 
     replace = prepare_out(out_dir, overwrite)
@@ -169,4 +171,6 @@ def write_model_folder(
                     shutil.copyfile(f, tmp / f.name)
         elif tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        if finish is not None:
+            finish(tmp)
     return out_dir

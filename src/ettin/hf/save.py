@@ -65,4 +65,15 @@ def save_pretrained(
             "eos_token_id": config.eos_token_id,
             "pad_token_id": config.pad_token_id,
         }
-    return write_model_folder(out_dir, tensors, json_files, tokenizer=tokenizer, arch=config.arch, overwrite=overwrite)
+    from ettin.hf.clients import write_client_files
+
+    return write_model_folder(
+        out_dir,
+        tensors,
+        json_files,
+        tokenizer=tokenizer,
+        arch=config.arch,
+        overwrite=overwrite,
+        # so transformers, sentence-transformers and mteb read the export as ettin does
+        finish=lambda folder: write_client_files(folder, config),
+    )

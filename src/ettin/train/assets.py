@@ -57,7 +57,10 @@ def ensure_data(recipe: Recipe, tokenizer_dir: Path, log=print) -> None:
     for spec in specs:
         names = wanted.setdefault(spec.dir, [])
         names.extend(n for n in spec.sources if n not in names)
-    buildable = set(recipe.prepare.sources)
+    from ettin.data.sources import parse_source
+
+    # prepare.sources: built-in names or NAME=KIND:PATH (e.g. arxiv=mds:hf://datasets/jhu-clsp/...)
+    buildable = {parse_source(s).name: s for s in recipe.prepare.sources}
     for data_dir, names in wanted.items():
         missing = [n for n in names if not (Path(data_dir) / n / MANIFEST).is_file()]
         if not missing:
@@ -73,7 +76,7 @@ def ensure_data(recipe: Recipe, tokenizer_dir: Path, log=print) -> None:
         from ettin.data.prepare import prepare
 
         log(f"preparing {', '.join(missing)} into {data_dir}")
-        prepare(missing, tokenizer_dir, data_dir)
+        prepare([buildable[n] for n in missing], tokenizer_dir, data_dir)
     _check_data_tokenizer(wanted, tokenizer_dir)
 
 

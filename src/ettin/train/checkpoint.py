@@ -7,13 +7,19 @@ Layout under one model's run directory (RUN/encoder or RUN/decoder):
         optimizer.pt          optimizer state keyed by parameter name (tensors and numbers only;
                               read back with torch.load(weights_only=True))
         rng.safetensors       torch RNG states (CPU, and CUDA where used), one set per process
-        trainer_state.json    step, tokens, phase, data-stream position, python/numpy RNG, recipe hash
+        trainer_state.json    ettin.train.state.TrainState: step, tokens, phase, data-stream position,
+                              python/numpy RNG, recipe hash
     hf/<tag>/                 weights-only Hugging Face export of the same step (+ ettin_checkpoint.json)
 
 A tag is the phase's prefix and the optimizer steps taken within that phase: step{N} in pretraining,
 ext{N} in extension, decay{N} in decay. Every directory is built under a temporary name and renamed
 into place when complete, so a crash, a full disk or a failed write leaves the previous checkpoints as
 they were. Retention deletes old full states (never the newest) but keeps every tag's HF export.
+
+Reading tells damage from everything else: a missing, truncated or malformed file (checked against
+its format: the safetensors header and offsets, the zip directory and CRCs of optimizer.pt, JSON) is
+reported with DAMAGED_FIX; a file that is whole but does not read (another version, a bug) is
+reported as that, never as damage.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Any
 
 import torch
 
+from ettin import faults
 from ettin.errors import EttinError
 from ettin.io import atomic_dir
 from ettin.model import TIED_KEY  # the tying rule lives with the model
@@ -44,6 +51,7 @@ from ettin.runs import (  # noqa: F401  (re-exported: the checkpoint API reads r
     make_tag,
     resolve_revision,
 )
+from ettin.train.state import TrainState
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -87,18 +95,19 @@ def write_checkpoint(
     *,
     model_state: dict[str, torch.Tensor],
     optimizer_state: dict[str, Any],
-    trainer_state: dict[str, Any],
-    rng_tensors: dict[str, torch.Tensor],
+    state: TrainState,
 ) -> Path:
     """Write one full state atomically; on any failure nothing appears under the tag's name."""
+    from safetensors.torch import save_file
+
     target = Path(arch_dir) / STATE_DIR / tag
     with atomic_dir(target, overwrite=True) as tmp:
         save_weights(model_state, tmp / MODEL_FILE)
         torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in rng_tensors.items()}, str(tmp / RNG_FILE))
-        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1) + "\n", encoding="utf-8")
+        save_file({k: v.contiguous() for k, v in state.rng_tensors().items()}, str(tmp / RNG_FILE))
+        (tmp / STATE_FILE).write_text(json.dumps(state.to_dict(), indent=1) + "\n", encoding="utf-8")
+        faults.point("checkpoint.write", tag=tag, path=tmp)
+    faults.point("checkpoint.written", tag=tag, path=target)
     return target
 
 
@@ -110,6 +119,7 @@ def write_hf_export(arch_dir: Path, tag: str, model, info: dict[str, Any], token
     with atomic_dir(target, overwrite=True) as tmp:
         hf.save_pretrained(model, tmp, tokenizer=tokenizer)
         (tmp / TAG_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+        faults.point("checkpoint.export", tag=tag, path=tmp)
     return target
 
 
@@ -121,16 +131,96 @@ class FullState:
     path: Path
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
-    trainer: dict[str, Any]
-    rng: dict[str, torch.Tensor]
+    trainer: TrainState
 
 
-def read_trainer_state(ckpt_dir: Path) -> dict[str, Any]:
+def _damaged(path: Path, what: str) -> EttinError:
+    return EttinError(f"cannot be read: damaged ({what})".splitlines()[0], path=path, fix=DAMAGED_FIX)
+
+
+def _unreadable(path: Path, exc: OSError) -> EttinError:
+    """A file that is there but cannot be opened (permissions, I/O): not a damaged checkpoint."""
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return _damaged(path, "missing")
+    return EttinError(f"cannot be read ({exc.strerror or exc})", path=path, fix="check the file's permissions and disk")
+
+
+def _intact_but_unreadable(path: Path, exc: Exception) -> EttinError:
+    """The file passes its format's own integrity check, so the reader failing is no damage."""
+    return EttinError(
+        f"is intact but cannot be read here ({type(exc).__name__}: {exc})".splitlines()[0][:300],
+        path=path,
+        fix="it may come from another version of ettin, torch or safetensors; resume with the versions that wrote it",
+    )
+
+
+def _safetensors_damage(path: Path) -> str | None:
+    """What is wrong with a safetensors file's layout (header, offsets, size), or None when it is whole."""
+    data = path.read_bytes()
+    if len(data) < 8:
+        return "shorter than its header"
+    n = int.from_bytes(data[:8], "little")
+    if 8 + n > len(data):
+        return "truncated inside its header"
+    try:
+        header = json.loads(data[8 : 8 + n])
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return "bad header"
+    if 8 + n + max(ends, default=0) != len(data):
+        return "truncated" if 8 + n + max(ends, default=0) > len(data) else "trailing bytes after its tensors"
+    return None
+
+
+def _read_safetensors(path: Path, loader):
+    from safetensors import SafetensorError
+
+    try:
+        return loader(path)
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+    except SafetensorError as exc:
+        damage = _safetensors_damage(path)
+        if damage:
+            raise _damaged(path, damage) from None
+        raise _intact_but_unreadable(path, exc) from None
+
+
+def _read_optimizer(path: Path) -> dict[str, Any]:
+    import zipfile
+
+    try:
+        # weights_only: tensors and plain containers only; a pickle that would run code is refused
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+    except Exception as exc:  # torch raises RuntimeError, KeyError, EOFError, ... for a damaged file: look
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+        except (zipfile.BadZipFile, EOFError, OSError):
+            raise _damaged(path, "not a complete zip archive") from None
+        if bad is not None:
+            raise _damaged(path, f"checksum mismatch in {bad}") from None
+        if isinstance(exc, pickle.UnpicklingError):
+            raise EttinError(
+                "holds Python objects besides tensors and numbers; refused without running them "
+                "(ettin's trainer writes none, so the file was replaced or altered)",
+                path=path,
+                fix=DAMAGED_FIX,
+            ) from None
+        raise _intact_but_unreadable(path, exc) from exc
+
+
+def read_trainer_state(ckpt_dir: Path, rng_tensors: dict[str, torch.Tensor] | None = None) -> TrainState:
     path = Path(ckpt_dir) / STATE_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
-        raise EttinError(f"cannot read the checkpoint's training state: {exc}", path=path, fix=DAMAGED_FIX) from None
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+    except ValueError as exc:  # bad JSON, or bytes that are not UTF-8
+        raise _damaged(path, f"not JSON: {exc}") from None
+    return TrainState.from_dict(raw, rng_tensors, path=path)
 
 
 def load_checkpoint(ckpt_dir: Path) -> FullState:
@@ -140,29 +230,10 @@ def load_checkpoint(ckpt_dir: Path) -> FullState:
     missing = [n for n in (MODEL_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE) if not (ckpt_dir / n).is_file()]
     if missing:
         raise EttinError(f"incomplete checkpoint (missing {', '.join(missing)})", path=ckpt_dir, fix=DAMAGED_FIX)
-
-    def read(name: str, loader):
-        try:
-            return loader(ckpt_dir / name)
-        except pickle.UnpicklingError:
-            raise EttinError(
-                "holds Python objects besides tensors and numbers; refused without running them",
-                path=ckpt_dir / name,
-                fix=DAMAGED_FIX,
-            ) from None
-        except Exception as exc:  # safetensors and torch raise their own types for damaged files
-            raise EttinError(
-                f"cannot be read ({type(exc).__name__}: {exc})".splitlines()[0], path=ckpt_dir / name, fix=DAMAGED_FIX
-            ) from None
-
-    return FullState(
-        path=ckpt_dir,
-        model=read(MODEL_FILE, load_weights),
-        # weights_only: tensors and plain containers only; a pickle that would run code is refused
-        optimizer=read(OPTIMIZER_FILE, lambda p: torch.load(p, map_location="cpu", weights_only=True)),
-        trainer=read_trainer_state(ckpt_dir),
-        rng=read(RNG_FILE, lambda p: load_file(str(p))),
-    )
+    model = _read_safetensors(ckpt_dir / MODEL_FILE, load_weights)
+    optimizer = _read_optimizer(ckpt_dir / OPTIMIZER_FILE)
+    rng = _read_safetensors(ckpt_dir / RNG_FILE, lambda p: load_file(str(p)))
+    return FullState(path=ckpt_dir, model=model, optimizer=optimizer, trainer=read_trainer_state(ckpt_dir, rng))
 
 
 def _remove_dir(path: Path) -> None:
@@ -171,6 +242,7 @@ def _remove_dir(path: Path) -> None:
         return
     trash = path.with_name(f".{path.name}.trash-{os.getpid()}-{time.monotonic_ns()}")
     os.replace(path, trash)
+    faults.point("checkpoint.remove", tag=path.name, path=trash)
     shutil.rmtree(trash, ignore_errors=True)
 
 

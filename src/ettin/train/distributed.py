@@ -92,11 +92,6 @@ def init_distributed(device: str | None = None) -> DistContext:
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
-def shutdown_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def rank_slice(n: int, rank: int, world_size: int) -> tuple[int, int]:
     """Contiguous [start, end) of n items for one rank; the first n % world ranks take one more."""
     base, extra = divmod(n, world_size)
