@@ -510,7 +510,7 @@ def _check_recipe(r: Recipe) -> None:
                 "a batch-size warmup needs the batch it starts from (sequences, all processes together)",
                 "set it, e.g. 576 for the 17m (the original: per-device micro-batch x 4 devices), or drop batch_warmup_tokens",
             )
-        if p.batch_warmup_min is not None and p.batch_warmup_min > p.batch_size:
+        if p.batch_warmup_tokens and p.batch_warmup_min is not None and p.batch_warmup_min > p.batch_size:
             raise _Invalid(
                 f"{where}.batch_warmup_min",
                 f"the warmup's first batch of {p.batch_warmup_min} sequences exceeds the phase's batch of {p.batch_size}",
