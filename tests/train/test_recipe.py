@@ -262,3 +262,12 @@ def test_cli_lists_and_shows_the_shipped_recipes():
     assert code == 0 and out == (RECIPES / "cross-enc2dec-150m.yaml").read_text(encoding="utf-8")
     code, _, err = run_in_process(["recipes", "show", "ettin-2b"])
     assert code == 2 and err.startswith("error: field 'NAME': no shipped recipe named 'ettin-2b'")
+
+
+def test_released_local_theta_is_one_setting_away():
+    r = load_recipe("ettin-17m")
+    assert r.phases[2].rope.for_arch("encoder") == r.phases[2].rope.for_arch("decoder") == (160_000.0, 160_000.0)
+    released = load_recipe("ettin-17m", ["phases.1.rope.local_theta=10000", "phases.2.rope.decoder_local_theta=10000"])
+    assert released.phases[1].rope.for_arch("encoder") == (160_000.0, 10_000.0)
+    assert released.phases[2].rope.for_arch("encoder") == (160_000.0, 160_000.0)
+    assert released.phases[2].rope.for_arch("decoder") == (160_000.0, 10_000.0)
