@@ -123,12 +123,17 @@ def test_cli_prints_json_reports():
     assert [r["spec"]["arch"] for r in reports] == ["encoder"] and "hf" not in reports[0]
 
 
-def test_cli_data_skips_without_the_checkout_script(monkeypatch, tmp_path):
-    import ettin.cli.bench as cli_bench
+def test_cli_data_runs_the_packaged_benchmark(monkeypatch):
+    """`ettin bench data` runs the module inside the package, so it works from an installed wheel."""
+    import importlib.util
+    import subprocess
 
-    monkeypatch.setattr(cli_bench, "_data_script", lambda: tmp_path / "missing.py")
-    code, out, err = run_in_process(["bench", "data"])
-    assert code == 0 and "skipped" in out + err, err
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda args: calls.append(args) or 0)
+    code, out, err = run_in_process(["bench", "data", "--quick"])
+    assert code == 0, err
+    assert calls and calls[0][1:] == ["-m", "ettin.bench.data_path", "--quick"]
+    assert importlib.util.find_spec("ettin.bench.data_path") is not None
 
 
 def test_scaling_table_is_markdown():

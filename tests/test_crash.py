@@ -45,7 +45,7 @@ def test_training_killed_five_times_ends_bitwise_identical(world, tmp_path):
         "checkpoint.remove:1",
         "checkpoint.written:2",
         "io.file_rename[path=*/data_order/part-*]:2",
-        "checkpoint.export[tag=decay3]:2",
+        "checkpoint.export[tag=decay4]:2",
     ]
     trial = ct.run_train_trial(tmp_path, world["recipe"], world["reference"], chosen)
     assert trial.errors == [], trial

@@ -21,23 +21,20 @@ from ettin.errors import EttinError
 if TYPE_CHECKING:
     from ettin.eval.plan import ComparePlan
 
-DEMO_RECIPE = "demo.yaml"
+DEMO_RECIPE = "demo"
 # The cross-objective continuations: (recipe, the pair's model it starts from, run folder name).
 CROSS_RECIPES = (
-    ("cross-enc2dec-demo.yaml", "encoder", "cross-enc2dec"),
-    ("cross-dec2enc-demo.yaml", "decoder", "cross-dec2enc"),
+    ("cross-enc2dec-demo", "encoder", "cross-enc2dec"),
+    ("cross-dec2enc-demo", "decoder", "cross-dec2enc"),
 )
 DEMO_SUITE = "demo"
 
 
 def recipe_path(name: str = DEMO_RECIPE) -> Path:
-    """A shipped recipe: the package's recipes/ folder, or recipes/ of this checkout."""
-    here = Path(__file__).resolve()
-    for parent in (here.parent, *here.parents):
-        candidate = parent / "recipes" / name
-        if candidate.is_file():
-            return candidate
-    raise EttinError(f"cannot find recipes/{name}", fix="run from an ettin checkout or give --recipe PATH")
+    """A shipped recipe by name (package data, so an installed ettin runs the demo from any folder)."""
+    from ettin.recipe import resolve_recipe
+
+    return resolve_recipe(name)
 
 
 @dataclass
@@ -163,7 +160,9 @@ def run_demo(
         result.train_stats = trained.stats
         if not trained.finished:
             raise EttinError(
-                "training stopped before the end of the recipe", path=run_dir, fix="run `make demo` again to continue"
+                "training stopped before the end of the recipe",
+                path=run_dir,
+                fix=f"run `ettin demo --out {out}` again to continue",
             )
     result.written += [("tokenizer", Path(r.tokenizer)), ("prepared data", Path(r.data_dir)), ("training run", run_dir)]
 

@@ -12,6 +12,7 @@ checked exactly like the file. The effective recipe (defaults filled in) is save
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import os
 import re
@@ -68,7 +69,17 @@ def format_count(n: int) -> str:
     """The short form `parse_count` reads back: 1.7T, 250B, 8.5B, 125K."""
     for suffix, scale in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
         if n >= scale and n % (scale // 1000) == 0:
-            return f"{n / scale:g}{suffix}"
+            text = f"{n / scale:g}{suffix}"
+            if parse_count(text) == n:
+                return text
+    return str(n)
+
+
+def approx_count(n: int) -> str:
+    """For people, not for reading back: 16666666667 -> 16.667B, 1716666666667 -> 1.7167T."""
+    for suffix, scale in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.5g}{suffix}"
     return str(n)
 
 
@@ -139,6 +150,15 @@ class LRSection:
 class RopeSection:
     global_theta: float = field(default=10_000.0, metadata={"gt": 0.0})
     local_theta: float = field(default=10_000.0, metadata={"gt": 0.0})
+    # The decoder's local theta where it differs from the encoder's (the released 17m/32m/68m/400m
+    # decoder decay configs keep 10k while their encoders use 160k); None: local_theta for both.
+    decoder_local_theta: float | None = field(default=None, metadata={"gt": 0.0})
+
+    def for_arch(self, arch: str) -> tuple[float, float]:
+        """(global, local) theta of a member of this arch."""
+        if arch == "decoder" and self.decoder_local_theta is not None:
+            return self.global_theta, self.decoder_local_theta
+        return self.global_theta, self.local_theta
 
 
 @dataclass
@@ -151,6 +171,12 @@ class Phase:
     seq_len: int = field(default=1024, metadata={"min": 2})
     batch_size: int = field(default=4608, metadata={"min": 1})
     batch_warmup_tokens: int = _count()
+    # The batch the warmup starts from, in sequences of all processes together (the original: the
+    # per-device micro-batch x 4 devices); independent of micro_batch_size. Needed with a warmup.
+    batch_warmup_min: int | None = field(default=None, metadata={"min": 1})
+    # steps: ModernBERT's scheduler (each size, a multiple of the minimum, lasts the same number of
+    # steps); linear: linear in tokens (ettin.train.schedule.batch_size_at)
+    batch_warmup_shape: Literal["steps", "linear"] = field(default="steps", metadata={"choices_name": "shape"})
     mask_rate: float = field(default=0.3, metadata={"gt": 0.0, "max": 1.0})
     lr: LRSection = field(default_factory=LRSection)
     rope: RopeSection = field(default_factory=RopeSection)
@@ -483,7 +509,27 @@ def _check_recipe(r: Recipe) -> None:
                 f"{where}.batch_warmup_tokens",
                 f"batch-size warmup of {p.batch_warmup_tokens} tokens is longer than the phase ({p.tokens})",
             )
+        if p.batch_warmup_tokens and p.batch_warmup_min is None:
+            raise _Invalid(
+                f"{where}.batch_warmup_min",
+                "a batch-size warmup needs the batch it starts from (sequences, all processes together)",
+                "set it, e.g. 576 for the 17m (the original: per-device micro-batch x 4 devices), or drop batch_warmup_tokens",
+            )
+        if p.batch_warmup_tokens and p.batch_warmup_min is not None and p.batch_warmup_min > p.batch_size:
+            raise _Invalid(
+                f"{where}.batch_warmup_min",
+                f"the warmup's first batch of {p.batch_warmup_min} sequences exceeds the phase's batch of {p.batch_size}",
+                "lower batch_warmup_min to at most batch_size",
+            )
         p.data = _normalise_data(p.data, r.data_dir, f"{where}.data")
+        for key in ("min_tokens", "backfill_below"):
+            value = p.data.get(key)
+            if value is not None and value > p.seq_len - 2:
+                raise _Invalid(
+                    f"{where}.data.{key}",
+                    f"{key} {value} exceeds the {p.seq_len - 2} tokens a chunk holds at seq_len {p.seq_len}",
+                    f"lower {key} or raise seq_len",
+                )
     if r.eval.data:
         r.eval.data = _normalise_data(r.eval.data, r.data_dir, "eval.data")
     if r.init.revision and not r.init.path:
@@ -581,10 +627,41 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+# ----------------------------------------------------------------------------------------- shipped recipes
+
+
+def shipped_dir() -> Path:
+    """The folder of the recipes that ship inside the package (src/ettin/recipes, package data)."""
+    return Path(str(importlib.resources.files("ettin") / "recipes"))
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Shipped recipes by name (the file name without .yaml), sorted."""
+    folder = shipped_dir()
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+
+
+def resolve_recipe(spec: str | os.PathLike) -> Path:
+    """A recipe argument as a file: an existing path, else the name of a shipped recipe (`ettin-17m`)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    name = str(spec)
+    if name.endswith((".yaml", ".yml")) and "/" not in name and os.sep not in name:
+        name = name.rsplit(".", 1)[0]
+    if name in shipped:
+        return shipped[name]
+    if path.stem in shipped and path.parent.name == "recipes":
+        fix = f"the shipped recipes moved into the package: give the name, e.g. `ettin train {path.stem}`"
+    else:
+        fix = "give a YAML file, or the name of a shipped recipe (`ettin recipes` lists them, e.g. demo, ettin-17m)"
+    raise EttinError("no such recipe file or shipped recipe", path=spec, fix=fix)
+
+
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
-    path = Path(path)
-    if not path.is_file():
-        raise EttinError("no such recipe file", path=path, fix="give a YAML recipe, e.g. recipes/demo.yaml")
+    """Load a recipe from a YAML file or a shipped recipe's name, with `--set` overrides applied."""
+    path = resolve_recipe(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:

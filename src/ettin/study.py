@@ -41,8 +41,8 @@ class Rung:
 
 
 LADDERS: dict[str, tuple[Rung, ...]] = {
-    "cpu": tuple(Rung(size, "demo.yaml", (f"model.size={size}",)) for size in ("tiny", "mini", "demo")),
-    "gpu": tuple(Rung(size, f"study-{size}.yaml", (), shared_data=False) for size in ("17m", "32m", "68m")),
+    "cpu": tuple(Rung(size, "demo", (f"model.size={size}",)) for size in ("tiny", "mini", "demo")),
+    "gpu": tuple(Rung(size, f"study-{size}", (), shared_data=False) for size in ("17m", "32m", "68m")),
 }
 
 
@@ -53,7 +53,7 @@ def get_ladder(name: str, sizes: Sequence[str] | None = None) -> list[Rung]:
     if sizes:
         known = {r.label: r for r in rungs}
         if name == "cpu":
-            rungs = [known.get(s) or Rung(s, "demo.yaml", (f"model.size={s}",)) for s in sizes]
+            rungs = [known.get(s) or Rung(s, "demo", (f"model.size={s}",)) for s in sizes]
         else:
             unknown = [s for s in sizes if s not in known]
             if unknown:

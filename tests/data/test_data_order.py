@@ -133,6 +133,8 @@ def test_token_phases_and_recipe_plan(tmp_path, data_dir):
         tokens=3000,
         batch_size=8,
         batch_warmup_tokens=1000,
+        batch_warmup_min=2,
+        batch_warmup_shape="steps",
     )
     p = plan_from_recipe(SimpleNamespace(seed=3, micro_batch_size=2, phases=[phase]))
     assert p.phases[0].warmup_start == 2 and p.phases[0].tokens == 3000

@@ -8,9 +8,9 @@ import pytest
 from ettin.cli.evaluate import compare_command
 from ettin.errors import EttinError
 from ettin.eval import plan as P
-from ettin.recipe import load_recipe, save_recipe
+from ettin.recipe import load_recipe, save_recipe, shipped_dir
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES = shipped_dir()
 
 
 @pytest.fixture(autouse=True)

@@ -1,17 +1,17 @@
 """End to end on tiny random models: one task of each kind, small limits."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from ettin.errors import EttinError
 from ettin.eval import runner
 from ettin.eval import tasks as T
+from ettin.recipe import shipped_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES = shipped_dir()
 FOUR_KINDS = ["sst2", "wiki_retrieval", "arc_easy", "lambada"]
 
 

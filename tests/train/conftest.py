@@ -33,6 +33,7 @@ TINY_RECIPE = {
             "seq_len": 32,
             "batch_size": 4,
             "batch_warmup_tokens": 128,
+            "batch_warmup_min": 2,
             "lr": {"warmup_tokens": 128},
             "mask_rate": 0.3,
             "data": {"mixture": {"wiki": 1}},

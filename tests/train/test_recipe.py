@@ -16,9 +16,12 @@ from ettin.recipe import (
     parse_count,
     parse_override,
     recipe_from_dict,
+    resolve_recipe,
+    shipped_dir,
+    shipped_recipes,
 )
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES = shipped_dir()
 
 
 def minimal(**top) -> dict:
@@ -182,6 +185,89 @@ def test_diff_names_changed_fields():
     assert "seed: 21 -> 3" in lines and "phases.0.tokens: 1000 -> 2000" in lines and len(lines) == 2
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in RECIPES.glob("*.yaml")) if RECIPES.is_dir() else [])
+def test_shipped_recipes_are_package_data():
+    names = set(shipped_recipes())
+    assert {"demo", "ettin-17m", "ettin-1b", "cross-enc2dec-demo"} <= names
+    assert RECIPES == Path(__file__).resolve().parents[2] / "src" / "ettin" / "recipes"
+
+
+def test_recipe_by_name_or_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a folder with no recipes/ in it
+    assert resolve_recipe("ettin-17m") == RECIPES / "ettin-17m.yaml"
+    assert resolve_recipe("ettin-17m.yaml") == RECIPES / "ettin-17m.yaml"
+    assert load_recipe("ettin-17m").name == "ettin-17m"
+    # a file of the same name in the current folder wins over the shipped one
+    (tmp_path / "ettin-17m.yaml").write_text(yaml.safe_dump(minimal(name="mine")))
+    assert load_recipe("ettin-17m.yaml").name == "mine" and load_recipe("ettin-17m").name == "ettin-17m"
+    with pytest.raises(EttinError, match="no such recipe file or shipped recipe.*ettin recipes"):
+        load_recipe("ettin-99m")
+    with pytest.raises(EttinError, match="moved into the package: give the name, e.g. `ettin train demo`"):
+        load_recipe("recipes/demo.yaml")
+
+
+@pytest.mark.parametrize("name", sorted(shipped_recipes()))
 def test_shipped_recipes_validate(name):
-    load_recipe(RECIPES / name)
+    load_recipe(name)
+
+
+def test_bad_batch_warmup_and_chunk_minimum_name_the_field():
+    raw = minimal()
+    raw["phases"][0].update(batch_size=4, batch_warmup_tokens=100, batch_warmup_min=8)
+    assert (
+        "field 'phases.0.batch_warmup_min': the warmup's first batch of 8 sequences exceeds the phase's batch of 4"
+        in error_of(raw)
+    )
+    raw["phases"][0].pop("batch_warmup_min")
+    assert "field 'phases.0.batch_warmup_min': a batch-size warmup needs the batch it starts from" in error_of(raw)
+    raw = minimal()
+    raw["phases"][0].update(seq_len=64, data={"dir": "d", "mixture": ["wiki"], "min_tokens": 100})
+    assert "field 'phases.0.data.min_tokens': min_tokens 100 exceeds the 62 tokens a chunk holds at seq_len 64" in (
+        error_of(raw)
+    )
+    raw["phases"][0]["data"] = {"dir": "d", "mixture": ["wiki"], "backfill": "sometimes"}
+    assert "field 'phases.0.data.backfill': unknown back-fill mode 'sometimes'" in error_of(raw)
+    assert "\n" not in error_of(raw)  # one line
+
+
+def test_cross_recipe_refuses_a_model_of_another_size(tmp_path):
+    from ettin.commands import init_model as write_fresh
+    from ettin.train.cross import init_model
+
+    folder, _ = write_fresh("tiny", "encoder", tmp_path / "tiny-encoder", vocab_size=1024)
+    recipe = load_recipe("cross-enc2dec-17m", [f"init.path={folder}"])
+    with pytest.raises(EttinError) as err:
+        init_model(recipe, "decoder", str(folder), None)
+    msg = str(err.value)
+    assert "field 'model.size'" in msg and "the --init model is a tiny (hidden 64, 4 layers), not the 17m" in msg
+    assert "\n" not in msg
+    # the same weights start a recipe of their own size
+    model, _ = init_model(load_recipe("cross-enc2dec-17m", ["model.size=tiny"]), "decoder", str(folder), None)
+    assert model.config.arch == "decoder"
+
+
+def test_cli_lists_and_shows_the_shipped_recipes():
+    from support import run_in_process
+
+    code, out, err = run_in_process(["recipes"])
+    assert code == 0, err
+    lines = {
+        line.split()[0]: line for line in out.splitlines() if line.split() and line.split()[0] in shipped_recipes()
+    }
+    assert set(lines) == set(shipped_recipes())
+    assert "size 1b" in lines["ettin-1b"] and "extension 83.333B, decay 16.667B" in lines["ettin-1b"]
+    assert (
+        "size 17m" in lines["ettin-17m"] and "2T tokens: pretrain 1.7T, extension 250B, decay 50B" in lines["ettin-17m"]
+    )
+    code, out, _ = run_in_process(["recipes", "show", "cross-enc2dec-150m"])
+    assert code == 0 and out == (RECIPES / "cross-enc2dec-150m.yaml").read_text(encoding="utf-8")
+    code, _, err = run_in_process(["recipes", "show", "ettin-2b"])
+    assert code == 2 and err.startswith("error: field 'NAME': no shipped recipe named 'ettin-2b'")
+
+
+def test_released_local_theta_is_one_setting_away():
+    r = load_recipe("ettin-17m")
+    assert r.phases[2].rope.for_arch("encoder") == r.phases[2].rope.for_arch("decoder") == (160_000.0, 160_000.0)
+    released = load_recipe("ettin-17m", ["phases.1.rope.local_theta=10000", "phases.2.rope.decoder_local_theta=10000"])
+    assert released.phases[1].rope.for_arch("encoder") == (160_000.0, 10_000.0)
+    assert released.phases[2].rope.for_arch("encoder") == (160_000.0, 160_000.0)
+    assert released.phases[2].rope.for_arch("decoder") == (160_000.0, 10_000.0)

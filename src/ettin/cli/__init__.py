@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from ettin.cli import bench, data, demo, evaluate, harness, infer, models, study, tokenizer, train
+from ettin.cli import bench, data, demo, evaluate, harness, infer, models, recipes, study, tokenizer, train
 from ettin.errors import EttinError
 
 app = typer.Typer(
@@ -42,7 +42,7 @@ def _options(
         print(f"OpenMP wait policy: {choice}", file=sys.stderr)
 
 
-for _module in (demo, study, models, tokenizer, data, train, evaluate, harness, bench, infer):
+for _module in (demo, study, recipes, models, tokenizer, data, train, evaluate, harness, bench, infer):
     _module.register(app)
 
 

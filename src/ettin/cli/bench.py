@@ -206,10 +206,6 @@ def _command(task: str):
     return command
 
 
-def _data_script() -> Path:
-    return Path(__file__).resolve().parents[3] / "bench" / "bench_data.py"
-
-
 def register(app: typer.Typer) -> None:
     bench = typer.Typer(
         help="Benchmarks: ettin against transformers on this machine (docs/performance.md).", no_args_is_help=True
@@ -223,13 +219,10 @@ def register(app: typer.Typer) -> None:
         quick: bool = typer.Option(True, "--quick/--full", help="shakespeare only and fewer repeats, or everything"),
         out: Path | None = typer.Option(None, "--out", help="also write the numbers here (JSON)"),
     ) -> None:
-        """The data path: prepare throughput and batch cost (runs bench/bench_data.py of the checkout)."""
-        script = _data_script()
-        if not script.is_file():
-            typer.echo(f"skipped: the data benchmark lives in the source checkout ({script} not found)")
-            raise typer.Exit(0)
-        args = [sys.executable, str(script)] + (["--quick"] if quick else []) + (["--json", str(out)] if out else [])
-        typer.echo(f"running {script.name} ({'quick' if quick else 'full'})")
+        """The data path: prepare throughput and batch cost (runs ettin.bench.data_path, also bench/bench_data.py)."""
+        args = [sys.executable, "-m", "ettin.bench.data_path"] + (["--quick"] if quick else [])
+        args += ["--json", str(out)] if out else []
+        typer.echo(f"running the data benchmark ({'quick' if quick else 'full'})")
         code = subprocess.call(args)
         if code == 0 and out is not None:
             typer.echo(f"wrote {out}")

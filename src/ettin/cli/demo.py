@@ -67,8 +67,12 @@ def _summary(console, result) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo_cmd(
-        out: str = typer.Option("runs/demo", "--out", help="folder for everything the demo writes"),
-        recipe: Path | None = typer.Option(None, "--recipe", help="recipe (default: recipes/demo.yaml)"),
+        out: str = typer.Option(
+            "./runs/demo", "--out", help="folder for everything the demo writes (relative to where you run it)"
+        ),
+        recipe: str | None = typer.Option(
+            None, "--recipe", help="recipe file or shipped recipe name (default: the shipped `demo`)"
+        ),
         overrides: list[str] = typer.Option(
             [], "--set", help="override a recipe field, e.g. --set phases.0.tokens=200K"
         ),

@@ -26,7 +26,7 @@ def _strip_nproc(argv: list[str]) -> list[str]:
 
 
 def _effective_recipe(
-    recipe: Path | None,
+    recipe: str | Path | None,
     out: Path,
     resume: bool,
     overrides: list[str],
@@ -72,7 +72,10 @@ def _print_summary(console, result) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("train", context_settings={"allow_interspersed_args": True})
     def train_cmd(
-        recipe: Path | None = typer.Argument(None, help="recipe YAML (optional with --resume: the run's own recipe)"),
+        recipe: str | None = typer.Argument(
+            None,
+            help="recipe YAML or a shipped recipe's name, e.g. ettin-17m (`ettin recipes`); optional with --resume",
+        ),
         out: Path = typer.Option(..., "--out", help="run folder; each model goes to OUT/encoder and OUT/decoder"),
         arch: str | None = typer.Option(None, "--arch", help="pair, encoder or decoder (default: the recipe's)"),
         overrides: list[str] = typer.Option(

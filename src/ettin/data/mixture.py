@@ -129,8 +129,9 @@ class DataSpec:
     dir: str
     mixture: tuple[MixtureEntry, ...]
     min_tokens: int | None = None
-    backfill: bool = True
+    backfill: str = "move"  # ettin.data.chunking.BACKFILL_MODES: move (the original's), copy, none
     order: OrderSpec = OrderSpec()
+    backfill_below: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mixture", tuple(self.mixture))
@@ -157,6 +158,16 @@ class DataSpec:
             )
         if self.min_tokens is not None and self.min_tokens < 1:
             raise EttinError(f"min_tokens {self.min_tokens} is not positive", field="data.min_tokens")
+        from ettin.data.chunking import BACKFILL_MODES
+
+        if self.backfill not in BACKFILL_MODES:
+            raise EttinError(
+                f"unknown back-fill mode {self.backfill!r}",
+                field="data.backfill",
+                fix=f"use one of: {', '.join(BACKFILL_MODES)} (move: the original's, no token twice)",
+            )
+        if self.backfill_below is not None and self.backfill_below < 1:
+            raise EttinError(f"backfill_below {self.backfill_below} is not positive", field="data.backfill_below")
 
     @property
     def sources(self) -> list[str]:
@@ -177,8 +188,10 @@ class DataSpec:
         d: dict = {"dir": self.dir, "mixture": [e.to_dict() for e in self.mixture]}
         if self.min_tokens is not None:
             d["min_tokens"] = self.min_tokens
-        if not self.backfill:
-            d["backfill"] = False
+        if self.backfill != "move":
+            d["backfill"] = self.backfill
+        if self.backfill_below is not None:
+            d["backfill_below"] = self.backfill_below
         if self.order.sampler != "ettin":
             d["order"] = self.order.to_dict()
         return d
@@ -189,7 +202,7 @@ class DataSpec:
             return d
         if not isinstance(d, dict):
             raise EttinError(f"expected a mapping, got {type(d).__name__}", field=where)
-        known = {"dir", "mixture", "min_tokens", "backfill", "order"}
+        known = {"dir", "mixture", "min_tokens", "backfill", "backfill_below", "order"}
         extra = sorted(set(d) - known)
         if extra:
             raise EttinError(f"unknown key(s) {extra}", field=where, fix=f"known keys: {', '.join(sorted(known))}")
@@ -228,9 +241,16 @@ class DataSpec:
         min_tokens = d.get("min_tokens")
         if min_tokens is not None and (isinstance(min_tokens, bool) or not isinstance(min_tokens, int)):
             raise EttinError(f"expected a whole number, got {min_tokens!r}", field=f"{where}.min_tokens")
-        backfill = d.get("backfill", True)
-        if not isinstance(backfill, bool):
-            raise EttinError(f"expected true or false, got {backfill!r}", field=f"{where}.backfill")
+        backfill = d.get("backfill", "move")
+        if not isinstance(backfill, str):
+            raise EttinError(
+                f"expected a back-fill mode, got {backfill!r}",
+                field=f"{where}.backfill",
+                fix="use move (the original's: tokens moved from the previous piece), copy or none",
+            )
+        backfill_below = d.get("backfill_below")
+        if backfill_below is not None and (isinstance(backfill_below, bool) or not isinstance(backfill_below, int)):
+            raise EttinError(f"expected a whole number, got {backfill_below!r}", field=f"{where}.backfill_below")
         order = OrderSpec.from_dict(d.get("order"), where=f"{where}.order")
         if order.sampler != "ettin" and len(entries) != 1:
             raise EttinError(
@@ -239,7 +259,7 @@ class DataSpec:
                 fix="give one source (the MDS folder), or use sampler: ettin for mixtures",
             )
         try:
-            return cls(str(d["dir"]), tuple(entries), min_tokens, backfill, order)
+            return cls(str(d["dir"]), tuple(entries), min_tokens, backfill, order, backfill_below)
         except EttinError as exc:
             if exc.field and exc.field.startswith("data") and where != "data":
                 raise EttinError(_bare(exc), field=where + exc.field[len("data") :], fix=exc.fix) from None

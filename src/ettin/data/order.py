@@ -323,6 +323,7 @@ class PhasePlan:
     batch_tokens: int | None = None
     warmup_tokens: int = 0
     warmup_start: int | None = None
+    warmup_shape: str = "steps"
 
     def __post_init__(self) -> None:
         self.data = DataSpec.from_dict(self.data, where=f"{self.name}.data").to_dict()
@@ -346,7 +347,7 @@ class OrderPlan:
 
 def plan_from_recipe(recipe) -> OrderPlan:
     """The plan of a training recipe (`ettin.recipe`), matching how the trainer opens each phase:
-    one `PhaseBatches` per phase, run until the phase's tokens, warmup from one micro-batch."""
+    one `PhaseBatches` per phase, run until the phase's tokens, warmup from `batch_warmup_min`."""
     phases = []
     for ph in recipe.phases:
         data = dict(ph.data)
@@ -359,7 +360,8 @@ def plan_from_recipe(recipe) -> OrderPlan:
                 tokens=ph.tokens,
                 batch_size=ph.batch_size,
                 warmup_tokens=ph.batch_warmup_tokens,
-                warmup_start=min(recipe.micro_batch_size, ph.batch_size),
+                warmup_start=ph.batch_warmup_min,
+                warmup_shape=ph.batch_warmup_shape,
             )
         )
     return OrderPlan(int(recipe.seed), phases)
@@ -378,6 +380,7 @@ def iter_order(
             batch_tokens=phase.batch_tokens,
             warmup_tokens=phase.warmup_tokens,
             warmup_start=phase.warmup_start,
+            warmup_shape=phase.warmup_shape,
         )
         done = 0
         while (done < phase.steps) if phase.steps is not None else (batches.tokens_seen < phase.tokens):

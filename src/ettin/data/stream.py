@@ -24,8 +24,8 @@ With `order: {sampler: replay}` (one source prepared from a released batch-order
 `replay:`) each global batch is exactly the rows of the next recorded step (`ReplayOrder`),
 whatever size the caller asks for.
 
-`PhaseBatches` adds batch-size warmup (`batch_size_at`) on top; the trainer and the data-order
-regeneration both use it so that they agree by construction.
+`PhaseBatches` adds batch-size warmup (`ettin.train.schedule.batch_size_at`) on top; the trainer and
+the data-order regeneration both use it so that they agree by construction.
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ettin.data.chunking import chunk_spans, default_min_tokens
+from ettin.data.chunking import chunk_spans, default_backfill_below, default_min_tokens
 from ettin.data.mixture import DataSpec
 from ettin.data.shards import PreparedSource
 from ettin.errors import EttinError
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: chunking as the original (first piece kept, back-fill by moving)
 
 REPLAY_STEPS_FILE = "replay-steps.npy"  # (step, rows) of a replayed order folder (ettin.data.order)
 
@@ -61,35 +61,29 @@ class Sample:
         return len(self.input_ids)
 
 
-def batch_size_at(tokens_seen: int, warmup_tokens: int, start: int, full: int, multiple: int | None = None) -> int:
-    """Batch size after `tokens_seen` tokens: linear in tokens from `start` (one micro-batch) to `full`.
-
-    Rounded down to a multiple of `multiple` (default `start`) so the batch splits into whole
-    micro-batches; never below `start`, never above `full`.
-    """
-    if full < 1 or start < 1:
-        raise EttinError(f"batch sizes must be positive (start {start}, full {full})", field="batch_size")
-    start = min(start, full)
-    if warmup_tokens <= 0 or tokens_seen >= warmup_tokens:
-        return full
-    size = start + (full - start) * max(tokens_seen, 0) / warmup_tokens
-    step = multiple or start
-    size = int(size // step) * step
-    return max(start, min(full, size))
-
-
 class _SourceOrder:
-    def __init__(self, name: str, source: PreparedSource, seed: int, max_tokens: int, min_tokens: int, backfill: bool):
+    def __init__(
+        self,
+        name: str,
+        source: PreparedSource,
+        seed: int,
+        max_tokens: int,
+        min_tokens: int,
+        backfill: str,
+        backfill_below: int,
+    ):
         self.name = name
         self.source = source
         self.seed = seed
-        self.doc, self.start, self.end = chunk_spans(source.doc_lengths, max_tokens, min_tokens, backfill)
+        self.doc, self.start, self.end = chunk_spans(
+            source.doc_lengths, max_tokens, min_tokens, backfill, backfill_below
+        )
         if not len(self.doc):
             raise EttinError(
-                f"no document of source '{name}' gives a chunk of at least {min_tokens} tokens",
+                f"source '{name}' holds no tokens (every document is empty)",
                 path=source.folder,
-                field="data.min_tokens",
-                fix="lower min_tokens, or add longer documents",
+                field="data.mixture",
+                fix="prepare the source from non-empty documents, or drop it from the mixture",
             )
         self.sample_tokens = (self.end - self.start) + 1 + (self.end == source.doc_lengths[self.doc])
         self._epoch = -1
@@ -286,6 +280,18 @@ class TokenStream:
                 field="data.min_tokens",
                 fix="lower min_tokens or raise seq_len",
             )
+        self.backfill_below = (
+            self.spec.backfill_below
+            if self.spec.backfill_below is not None
+            else default_backfill_below(self.seq_len, self.min_tokens)
+        )
+        if not self.min_tokens <= self.backfill_below <= self.max_tokens:
+            raise EttinError(
+                f"backfill_below {self.backfill_below} must lie in {self.min_tokens}..{self.max_tokens} "
+                f"(min_tokens .. the tokens a chunk holds at seq_len {self.seq_len})",
+                field="data.backfill_below",
+                fix="lower backfill_below or raise seq_len",
+            )
         opened = [
             PreparedSource.open(self.data_dir / name, verify=verify, tokenizer_fingerprint=tokenizer_fingerprint)
             for name in self.spec.sources
@@ -315,7 +321,9 @@ class TokenStream:
             ]
         else:
             self._orders = [
-                _SourceOrder(name, src, self.seed, self.max_tokens, self.min_tokens, self.spec.backfill)
+                _SourceOrder(
+                    name, src, self.seed, self.max_tokens, self.min_tokens, self.spec.backfill, self.backfill_below
+                )
                 for name, src in zip(self.spec.sources, opened)
             ]
         self._buffer: list[Sample] = []
@@ -333,6 +341,7 @@ class TokenStream:
             "seq_len": self.seq_len,
             "min_tokens": self.min_tokens,
             "backfill": self.spec.backfill,
+            "backfill_below": self.backfill_below,
             "mixture": [e.to_dict() for e in self.spec.mixture],
             **({"order": self.spec.order.to_dict()} if self.bert24 or self.replay else {}),
             "data": [s.manifest["key"] for s in opened],
@@ -507,7 +516,8 @@ class PhaseBatches:
 
     `batch_size` (sequences) or `batch_tokens` is the full size; during the first `warmup_tokens`
     tokens (counted over shared samples, the same for both archs, starting from `tokens_seen`) the size
-    grows linearly from `warmup_start` (one micro-batch).
+    grows from `warmup_start` (the recipe's `batch_warmup_min`, never the micro-batch) in the
+    `warmup_shape` of `ettin.train.schedule.batch_size_at`: `steps` (ModernBERT's) or `linear`.
     """
 
     def __init__(
@@ -518,6 +528,7 @@ class PhaseBatches:
         batch_tokens: int | None = None,
         warmup_tokens: int = 0,
         warmup_start: int | None = None,
+        warmup_shape: str = "steps",
         tokens_seen: int = 0,
     ):
         if (batch_size is None) == (batch_tokens is None):
@@ -527,11 +538,14 @@ class PhaseBatches:
         self.batch_tokens = batch_tokens
         self.warmup_tokens = int(warmup_tokens)
         self.warmup_start = warmup_start or 1
+        self.warmup_shape = warmup_shape
         self.tokens_seen = int(tokens_seen)
 
     def current_size(self) -> int:
         full = self.batch_size if self.batch_size is not None else self.batch_tokens
-        return batch_size_at(self.tokens_seen, self.warmup_tokens, self.warmup_start, full)
+        from ettin.train.schedule import batch_size_at
+
+        return batch_size_at(self.tokens_seen, self.warmup_tokens, self.warmup_start, full, self.warmup_shape)
 
     def next_batch(self) -> list[Sample]:
         size = self.current_size()

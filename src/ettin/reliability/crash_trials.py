@@ -198,6 +198,7 @@ def write_recipe(path: Path, tokenizer: Path, data: Path) -> Path:
                 "seq_len": 32,
                 "batch_size": 4,
                 "batch_warmup_tokens": 128,
+                "batch_warmup_min": 2,
                 "lr": {"warmup_tokens": 256},
                 "data": {"mixture": {"wiki": 1}},
             },

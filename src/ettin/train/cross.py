@@ -37,8 +37,8 @@ def recipe_config(recipe: Recipe, arch: str, vocab_size: int, special_ids: dict)
         local_attention=m.local_attention,
         max_position_embeddings=m.max_position_embeddings,
         attention_dropout=m.attention_dropout,
-        global_rope_theta=recipe.phases[0].rope.global_theta,
-        local_rope_theta=recipe.phases[0].rope.local_theta,
+        global_rope_theta=recipe.phases[0].rope.for_arch(arch)[0],
+        local_rope_theta=recipe.phases[0].rope.for_arch(arch)[1],
         **special_ids,
     )
     if m.size is not None:
@@ -88,6 +88,7 @@ def init_model(recipe: Recipe, arch: str, path: str | Path, revision: str | None
                 "or use a cross-objective recipe to change its arch",
             )
     loaded = hf.load_dir(source, arch=arch)
+    check_size(loaded.config, recipe, source)
     config = loaded.config.replace(arch=arch, attention_dropout=recipe.model.attention_dropout)
     model = EttinModel(config, init=False)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
@@ -95,6 +96,40 @@ def init_model(recipe: Recipe, arch: str, path: str | Path, revision: str | None
         raise EttinError(f"the weights do not fit an {arch} ({missing[:1] or unexpected[:1]})", path=source)
     model.tie_head()
     return model.train(), source
+
+
+_SHAPE = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
+def _shape_text(shape: dict) -> str:
+    return f"hidden {shape['hidden_size']}, {shape['num_hidden_layers']} layers"
+
+
+def check_size(config: ModelConfig, recipe: Recipe, source: Path) -> None:
+    """A recipe that names a size (the per-size cross-objective recipes) starts only from a model of that size."""
+    size = recipe.model.size
+    if size is None:
+        return
+    want = config_for_size(size, config.arch, config.vocab_size)
+    got = {k: getattr(config, k) for k in _SHAPE}
+    expected = {k: getattr(want, k) for k in _SHAPE}
+    if got != expected:
+        from ettin.config import SIZES
+
+        match = [
+            name
+            for name in SIZES
+            if {k: getattr(config_for_size(name, config.arch, config.vocab_size), k) for k in _SHAPE} == got
+        ]
+        what = f"a {match[0]}" if match else "of no known size"
+        raise EttinError(
+            f"the --init model is {what} ({_shape_text(got)}), not the {size} this recipe is for ({_shape_text(expected)})",
+            path=source,
+            field="model.size",
+            fix=f"use the recipe for {match[0]} (e.g. {recipe.name.rsplit('-', 1)[0]}-{match[0]})"
+            if match
+            else "start from a model of the recipe's size, or set model.size=null",
+        )
 
 
 def check_fits(model: EttinModel, recipe: Recipe, tokenizer, tokenizer_path: Path) -> None:

@@ -258,5 +258,5 @@ def repair_missing_exports(run: RunContext, states: dict[str, ck.FullState]) -> 
         tag = st.path.name
         if not (m.dir / runs.HF_DIR / tag / "config.json").is_file():
             phase = run.recipe.phases[st.trainer.phase]
-            m.model.set_rope_theta(phase.rope.global_theta, phase.rope.local_theta)  # the tag's phase, not the first
+            m.model.set_rope_theta(*phase.rope.for_arch(m.arch))  # the tag's phase, not the first
             write_export(run, m, tag, st.model, st.trainer)

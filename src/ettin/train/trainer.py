@@ -36,7 +36,7 @@ from ettin.train.guards import (  # noqa: F401  (re-exported: the errors a run s
 )
 from ettin.train.heldout import HeldOutLoss
 from ettin.train.metrics import PhaseProgress
-from ettin.train.schedule import lr_at
+from ettin.train.schedule import checkpoint_due, lr_at
 from ettin.train.setup import (
     build_run,
     common_resume_step,
@@ -180,7 +180,9 @@ class Trainer:
                 while self.phase_tokens < phase.tokens:
                     self.train_step(phase, bar)
                     done = self.phase_tokens >= phase.tokens
-                    if self.tokens // every > self._last_tokens // every or done:
+                    if checkpoint_due(
+                        self.phase_tokens - (self.tokens - self._last_tokens), self.phase_tokens, every, phase.tokens
+                    ):
                         self.checkpoint(phase)
                     if r.eval.data and (
                         done or (eval_every and self.tokens // eval_every > self._last_tokens // eval_every)
@@ -279,12 +281,13 @@ class Trainer:
             stream,
             batch_size=phase.batch_size,
             warmup_tokens=phase.batch_warmup_tokens,
-            warmup_start=min(self.recipe.micro_batch_size, phase.batch_size),
+            warmup_start=phase.batch_warmup_min,  # never the micro-batch: it must not change the trajectory
+            warmup_shape=phase.batch_warmup_shape,
         )
         if resume_data is not None:
             self.batches.load_state_dict(resume_data)
         for m in self.members:
-            m.model.set_rope_theta(phase.rope.global_theta, phase.rope.local_theta)
+            m.model.set_rope_theta(*phase.rope.for_arch(m.arch))
             m.phase_time, m.phase_tokens = 0.0, 0
         self._phase_steps_at_open = self.phase_step
 
