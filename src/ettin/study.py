@@ -8,9 +8,9 @@ its parameter count and the encoder - decoder gap (with its paired interval) aga
 paper's size figures do, into `OUT/study.json`, `OUT/study.md` and `OUT/study.png`.
 
 Ladders:
-- `cpu`: recipes/demo.yaml at sizes tiny, mini and demo (about 1M tokens each; see docs/evaluation.md
+- `cpu`: the shipped `demo` recipe at sizes tiny, mini and demo (about 1M tokens each; see docs/evaluation.md
   for its time on 2 cores).
-- `gpu`: recipes/study-17m.yaml, study-32m.yaml, study-68m.yaml: the paper's three smallest shapes
+- `gpu`: the shipped `study-17m`, `study-32m`, `study-68m`: the paper's three smallest shapes
   with its 50k tokenizer at a few billion tokens, for a GPU and data prepared by the user.
 Every rung is idempotent (a demo run is), so an interrupted study continues where it stopped.
 """
