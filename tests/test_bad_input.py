@@ -963,7 +963,7 @@ CASES = [
     Case(
         "out-is-a-file-prepare",
         "data prepare --source c=text:corpus.txt --tokenizer tok --out corpus.txt",
-        r"corpus.txt: File exists \(a file stands where a folder is needed",
+        r"corpus.txt: field '--out': is a file, not a folder",
         copy("tok", "corpus.txt"),
     ),
     Case(
@@ -1001,11 +1001,15 @@ def _poke(path: Path, offset: int, data: bytes) -> None:
 
 def snapshot(root: Path) -> dict[str, tuple]:
     """Every path under root with its kind, and for files size, mtime and content hash."""
+    from ettin.lock import LOCK_FILE
+
     out = {}
     for p in sorted(root.rglob("*")):
         rel = str(p.relative_to(root))
         if p.is_dir():
             out[rel] = ("dir",)
+        elif p.name == LOCK_FILE:  # a folder's lock (ettin.lock): taken and released, empty again
+            out[rel] = ("lock", p.stat().st_size)
         else:
             st = p.stat()
             out[rel] = ("file", st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())

@@ -36,6 +36,7 @@ from ettin.data.shards import (
 from ettin.data.sources import SourceReport, SourceSpec, as_spec, iter_documents, source_files, source_fingerprint
 from ettin.errors import EttinError
 from ettin.io import atomic_path, atomic_write_json, replace_dir
+from ettin.lock import LOCK_FILE, FolderLock
 
 DEFAULT_SHARD_TOKENS = 1 << 25
 DEFAULT_BATCH_CHARS = 1 << 20
@@ -428,9 +429,13 @@ def prepare(
         source_files(spec)  # every path checked before anything is written
     tok = _Tokenizer.load(tokenizer)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EttinError("is a file, not a folder", path=out_dir, field="--out", fix="choose a folder for the data")
     _check_dir_tokenizer(out_dir, set(names), tok, overwrite)
+    _check_targets(out_dir, specs)
     made_dir = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(out_dir, what="data folder").acquire()  # one prepare at a time per folder (ettin.lock)
     results = []
     try:
         for spec in specs:
@@ -447,7 +452,24 @@ def prepare(
                 )
             )
     except EttinError:
-        if made_dir and not any(out_dir.iterdir()):
-            out_dir.rmdir()
+        lock.release()
+        if made_dir and all(p.name == LOCK_FILE for p in out_dir.iterdir()):
+            shutil.rmtree(out_dir, ignore_errors=True)
         raise
+    finally:
+        lock.release()
     return results
+
+
+def _check_targets(out_dir: Path, specs: list[SourceSpec]) -> None:
+    """A source's folder is replaced only when it is a prepared source: a user's folder of the same
+    name is never renamed or removed."""
+    for spec in specs:
+        final = out_dir / spec.name
+        if final.exists() and not (final / MANIFEST).is_file() and (not final.is_dir() or any(final.iterdir())):
+            raise EttinError(
+                f"holds something that is not a prepared source (no {MANIFEST}); ettin replaces only its own folders",
+                path=final,
+                field="--source",
+                fix="name the source differently (NAME=KIND:PATH) or choose another --out",
+            )
