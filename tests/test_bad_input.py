@@ -990,6 +990,127 @@ CASES = [
 ]
 
 
+def edit_latest_state(change: Callable[[dict], object], arch: str = "encoder") -> Callable[[Path, Path], None]:
+    def setup(work: Path, assets: Path) -> None:
+        path = latest_state(work, arch) / "trainer_state.json"
+        edit_json(str(path.relative_to(work)), change)(work, assets)
+
+    return setup
+
+
+def edit_latest_rng(change: Callable[[dict], None], arch: str = "encoder") -> Callable[[Path, Path], None]:
+    def setup(work: Path, assets: Path) -> None:
+        edit_weights(str((latest_state(work, arch) / "rng.safetensors").relative_to(work)), change)(work, assets)
+
+    return setup
+
+
+def remove_order_parts(arch: str) -> Callable[[Path, Path], None]:
+    def setup(work: Path, assets: Path) -> None:
+        for part in (work / "run" / arch / "data_order").glob("part-*.parquet"):
+            part.unlink()
+
+    return setup
+
+
+def two_phases(change: Callable[[dict], None]) -> Callable[[dict], None]:
+    """The tiny recipe with a second phase (a copy of the first), then `change`d."""
+
+    def edit(r: dict) -> None:
+        r["phases"] = [dict(r["phases"][0], name="first"), dict(r["phases"][0], name="second")]
+        change(r)
+
+    return edit
+
+
+# Issue 16 (reliability, second round): every check before the first write, state validated on read.
+CASES += [
+    Case(
+        "train-resume-force-other-seed",
+        "train --out run --resume --force --set seed=7",
+        r"step3/trainer_state.json: field 'data_state': the saved data position belongs to other data",
+        copy("run"),
+    ),
+    Case(
+        "train-second-phase-min-tokens-above-chunk",
+        "train r.yaml --out new",
+        r"field 'data.min_tokens': min_tokens 1000 exceeds the 30 tokens a chunk can hold",
+        edit_recipe(two_phases(lambda r: r["phases"][1]["data"].update(min_tokens=1000))),
+    ),
+    Case(
+        "train-second-phase-damaged-shard",
+        "train r.yaml --out new",
+        r"data2/wiki.*tokens-00001.npy",
+        chain(
+            copy("data"),
+            lambda work, assets: shutil.copytree(work / "data", work / "data2"),
+            truncate("data2/wiki/tokens-00001.npy", 50),
+            edit_recipe(two_phases(lambda r: r["phases"][1]["data"].update(dir="data2"))),
+        ),
+    ),
+    Case(
+        "prepare-source-named-dot",
+        "data prepare --source .=text:corpus.txt --tokenizer tok --out d",
+        r"source name '\.' is not a plain name",
+        chain(copy("tok", "corpus.txt"), write("d/mine.txt", "the user's own file")),
+    ),
+    Case(
+        "prepare-source-named-dotdot",
+        "data prepare --source ..=text:corpus.txt --tokenizer tok --out d/sub",
+        r"source name '\.\.' is not a plain name",
+        chain(copy("tok", "corpus.txt"), write("d/mine.txt", "the user's own file")),
+    ),
+    Case(
+        "prepare-source-hidden-name",
+        "data prepare --source .c.partial=text:corpus.txt --tokenizer tok --out d",
+        r"source name '\.c\.partial' is not a plain name",
+        copy("tok", "corpus.txt"),
+    ),
+    Case(
+        "prepare-onto-a-user-folder",
+        "data prepare --source notes=text:corpus.txt --tokenizer tok --out d",
+        r"d/notes: field '--source': holds something that is not a prepared source",
+        chain(copy("tok", "corpus.txt"), write("d/notes/todo.txt", "the user's own notes")),
+    ),
+    Case(
+        "train-resume-state-phase-out-of-range",
+        "train --resume --out run",
+        r"trainer_state.json: field 'phase': phase 5 \('pretrain'\) is not a phase of the recipe",
+        chain(copy("run"), edit_latest_state(lambda t: t.update(phase=5))),
+    ),
+    Case(
+        "train-resume-state-data-null",
+        "train --resume --out run",
+        r"trainer_state.json: field 'data': must be a JSON object, not None",
+        chain(copy("run"), edit_latest_state(lambda t: t.update(data=None))),
+    ),
+    Case(
+        "train-resume-state-data-not-a-position",
+        "train --resume --out run",
+        r"field 'data': the data position is not a data-stream state",
+        chain(copy("run"), edit_latest_state(lambda t: t["data"].pop("stream") and None)),
+    ),
+    Case(
+        "train-resume-state-counters",
+        "train --resume --out run",
+        r"field 'phase_tokens': the counters do not fit together",
+        chain(copy("run"), edit_latest_state(lambda t: t.update(phase_tokens=t["tokens"] + 1))),
+    ),
+    Case(
+        "train-resume-rng-missing-entries",
+        "train --resume --out run",
+        r"rng.safetensors.*rank0.*torch_cpu",
+        chain(copy("run"), edit_latest_rng(lambda sd: sd.pop("rank0.torch_cpu"))),
+    ),
+    Case(
+        "train-resume-order-parts-deleted",
+        "train --resume --out run",
+        r"run/encoder/data_order: the data order does not cover the checkpoint.s \d+ steps: no data_order parts at all",
+        chain(copy("run"), remove_order_parts("encoder")),
+    ),
+]
+
+
 def _poke(path: Path, offset: int, data: bytes) -> None:
     with open(path, "r+b") as f:
         f.seek(offset)
@@ -1087,3 +1208,18 @@ def test_bad_input_console_script(case_id: str, tmp_path, assets):
     case = next(c for c in CASES if c.id == case_id)
     work, before = prepare_case(case, tmp_path, assets)
     check_case(case, work, run_console_script(shlex.split(case.args), work), before)
+
+
+def test_pair_verify_names_the_steps_a_deleted_order_no_longer_covers(tmp_path, assets, monkeypatch):
+    """Both models' data-order parts deleted: the orders agree (both empty), and that proves nothing."""
+    work, before = prepare_case(
+        Case("x", "", "", chain(copy("run"), remove_order_parts("encoder"), remove_order_parts("decoder"))),
+        tmp_path,
+        assets,
+    )
+    monkeypatch.chdir(work)
+    code, out, err = run_in_process(["pair", "verify", "run"])
+    assert code == 1 and "Traceback" not in err, err
+    assert "incomplete: encoder: the data order does not cover its checkpoints' 3 steps" in out, out
+    assert "decoder: the data order does not cover" in out, out
+    assert snapshot(work) == before

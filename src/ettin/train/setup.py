@@ -91,6 +91,7 @@ def check_resume_state(recipe: Recipe, out: Path, paths: dict[str, Path]) -> dic
     states = {}
     for arch, path in paths.items():
         st = ck.read_trainer_state(path)
+        st.path = path / runs.STATE_FILE  # type: ignore[attr-defined]  (for check_phases' messages)
         where = path / runs.STATE_FILE
         if st.phase >= len(recipe.phases) or recipe.phases[st.phase].name != st.phase_name:
             names = ", ".join(f"{i}={p.name}" for i, p in enumerate(recipe.phases))
@@ -132,12 +133,15 @@ def check_phases(recipe: Recipe, fingerprint: str, resume: dict[str, TrainState]
         )
         if first is not None and first.phase == i:
             batches = PhaseBatches(stream, batch_size=phase.batch_size)
+            where = getattr(first, "path", runs.STATE_FILE)
             try:
                 batches.load_state_dict(first.data)
-            except (KeyError, TypeError, ValueError) as exc:
+            except EttinError as exc:
+                raise EttinError(str(exc), path=where) from None
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
                 raise EttinError(
                     f"the data position is not a data-stream state ({type(exc).__name__}: {exc})"[:300],
-                    path=f"{first.tag}/{runs.STATE_FILE}",
+                    path=where,
                     field="data",
                     fix=ck.DAMAGED_FIX,
                 ) from None
