@@ -10,6 +10,7 @@ run again through the installed console script to prove the same end to end.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from support import run_in_process
+from support import assert_one_line_error, run_in_process
 
 ETTIN_BIN = Path(sys.executable).with_name("ettin")
 
@@ -1223,3 +1224,62 @@ def test_pair_verify_names_the_steps_a_deleted_order_no_longer_covers(tmp_path, 
     assert "incomplete: encoder: the data order does not cover its checkpoints' 3 steps" in out, out
     assert "decoder: the data order does not cover" in out, out
     assert snapshot(work) == before
+
+
+# ------------------------------------------------------------------ writes refused without an errno
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes: int):
+    """A real partial write: the kernel stops every write past `nbytes` (RLIMIT_FSIZE, SIGXFSZ ignored),
+    as a full disk does, but what the writers report has no ENOSPC: numpy raises OSError('N requested
+    and M written') without an errno, torch's zip writer a RuntimeError, safetensors its own error."""
+    import resource
+    import signal
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def test_a_partial_numpy_write_during_prepare_is_one_line(tmp_path, assets, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(assets / "data", tmp_path / "d")  # what was there before must stay as it was
+    before = snapshot(tmp_path / "d")
+    (tmp_path / "big.txt").write_text("The quick brown fox jumps over the lazy dog.\n" * 3000, encoding="utf-8")
+    with file_size_limit(20_000):
+        code, _, err = run_in_process(
+            ["data", "prepare", "--source", "big=text:big.txt", "--tokenizer", assets / "tok", "--out", "d"]
+        )
+    assert_one_line_error(code, err, "tokens-00000.npy: the write failed part way (", "requested and", "written)")
+    assert "nothing half-written was left in place" in err
+    assert not (tmp_path / "d" / "big").exists()
+    after = snapshot(tmp_path / "d")
+    assert {k: v for k, v in after.items() if not k.startswith(".big.partial")} == before
+
+
+def test_torch_zip_writer_failing_during_a_checkpoint_is_one_line(tmp_path, assets, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    edit_recipe(lambda r: None)(tmp_path, assets)
+    with file_size_limit(1_200_000):  # model.safetensors (~0.85 MB) fits, optimizer.pt (~1.7 MB) does not
+        code, _, err = run_in_process(["train", "r.yaml", "--out", "run", "--no-progress", "--arch", "encoder"])
+    assert_one_line_error(code, err, "run/encoder/checkpoints/step", "the write failed part way (", "inline_container")
+    checkpoints = tmp_path / "run" / "encoder" / "checkpoints"
+    assert not checkpoints.exists() or list(checkpoints.iterdir()) == []  # no tag, no staging folder left
+    code, out, err = run_in_process(["train", "--resume", "--out", "run", "--no-progress"])
+    assert code == 0, err
+
+
+def test_write_failure_reads_only_writer_errors():
+    from ettin.io import write_failure
+
+    assert write_failure(OSError("10 requested and 3 written"), "p") is not None
+    assert write_failure(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"))
+    assert write_failure(OSError(2, "No such file or directory")) is None  # has an errno: mapped by the CLI
+    assert write_failure(RuntimeError("shape mismatch")) is None  # a bug keeps its traceback
+    assert write_failure(ValueError("requested and written")) is None

@@ -27,3 +27,15 @@ class EttinError(Exception):
         self.path = path
         self.field = field
         self.fix = fix
+
+
+WRITE_FIX = "nothing half-written was left in place; free space or fix the permissions, then run the command again"
+
+
+class WriteFailed(EttinError):
+    """A write the machine refused in a way that carries no errno: numpy's partial write ("N requested
+    and M written"), torch's zip writer, safetensors' writer. Raised by ettin.io's atomic writers, so
+    that the previous state is intact, and mapped like a full disk."""
+
+    def __init__(self, message: str, *, path: object | None = None):
+        super().__init__(message, path=path, fix=WRITE_FIX)
