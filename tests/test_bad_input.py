@@ -1123,15 +1123,11 @@ def _poke(path: Path, offset: int, data: bytes) -> None:
 
 def snapshot(root: Path) -> dict[str, tuple]:
     """Every path under root with its kind, and for files size, mtime and content hash."""
-    from ettin.lock import LOCK_FILE
-
     out = {}
     for p in sorted(root.rglob("*")):
         rel = str(p.relative_to(root))
         if p.is_dir():
             out[rel] = ("dir",)
-        elif p.name == LOCK_FILE:  # a folder's lock (ettin.lock): taken and released, empty again
-            out[rel] = ("lock", p.stat().st_size)
         else:
             st = p.stat()
             out[rel] = ("file", st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())

@@ -4,10 +4,8 @@
 second process (or a second open in this one) is refused with one line naming the PID that holds it.
 The kernel drops the lock when its holder exits, however it exits (SIGKILL included), so a killed
 process never leaves a lock that blocks: the next command takes it over and is told whose it was
-(the holder writes its PID into the file and empties it on a clean release; a PID still there when
-the lock is free was left by a process that died holding it).
-
-The lock file is the one file a command may create before it refuses: it is empty unless held.
+(the holder writes its PID into the file and removes the file on a clean release; a lock file
+that is there but not locked was left by a process that died holding it).
 """
 
 from __future__ import annotations
@@ -47,21 +45,30 @@ class FolderLock:
     def acquire(self) -> FolderLock:
         if fcntl is None or self.fd is not None:
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        for _ in range(100):  # a holder may remove the file between our open and our flock: open again
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = _read_pid(fd)
                 os.close(fd)
-                raise
-            holder = _read_pid(fd)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                who = f"process {holder}" if holder else "another process (it has only just started)"
+                raise EttinError(
+                    f"this {self.what} is in use by {who}",
+                    path=self.folder,
+                    fix="wait for it to finish or stop it; two ettin commands must not write one folder at once",
+                ) from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             os.close(fd)
-            who = f"process {holder}" if holder else "another process (it has only just started)"
-            raise EttinError(
-                f"this {self.what} is in use by {who}",
-                path=self.folder,
-                fix="wait for it to finish or stop it; two ettin commands must not write one folder at once",
-            ) from None
+        else:  # pragma: no cover - another process removing and creating the file a hundred times
+            raise EttinError(f"could not lock this {self.what}", path=self.folder, fix="run the command again")
         previous = _read_pid(fd)
         if previous is not None and previous != os.getpid():
             self.took_over = previous
@@ -75,11 +82,12 @@ class FolderLock:
         return self
 
     def release(self) -> None:
+        """Remove the lock file, then drop the lock (a process waiting on the removed file opens again)."""
         if self.fd is None:
             return
         fd, self.fd = self.fd, None
         try:
-            os.ftruncate(fd, 0)
+            os.unlink(self.path)
         except OSError:
             pass
         finally:

@@ -423,8 +423,9 @@ def prepare(
         raise EttinError(
             f"two sources share a name ({', '.join(names)})", field="source", fix="name them: NAME=KIND:PATH"
         )
-    if shard_tokens < 1:
-        raise EttinError("shard_tokens must be positive", field="shard_tokens")
+    for name, value, high in (("shard_tokens", shard_tokens, 1 << 40), ("workers", workers, 1024)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise EttinError(f"{value!r} is not a whole number from 1 to {high:,}", field=name.replace("_", "-"))
     for spec in specs:
         source_files(spec)  # every path checked before anything is written
     tok = _Tokenizer.load(tokenizer)
