@@ -1112,6 +1112,192 @@ CASES += [
 ]
 
 
+def theta_zero(config: dict) -> None:
+    config["global_rope_theta"] = 0.0
+    for params in config.get("rope_parameters", {}).values():
+        params["rope_theta"] = 0.0
+
+
+def sharded_weights(index: bytes) -> Callable[[Path, Path], None]:
+    """The model's weights as one shard of a sharded checkpoint, with this index file."""
+
+    def setup(work: Path, assets: Path) -> None:
+        (work / "enc" / "model.safetensors").rename(work / "enc" / "model-00001-of-00001.safetensors")
+        (work / "enc" / "model.safetensors.index.json").write_bytes(index)
+
+    return setup
+
+
+def shard_with_id_beyond_vocab(work: Path, assets: Path) -> None:
+    import numpy as np
+
+    shard = work / "data" / "wiki" / "tokens-00001.npy"
+    tokens = np.load(shard)  # rewritten by numpy itself: same size, a valid .npy, one id out of range
+    tokens[7] = 60000
+    np.save(shard, tokens)
+
+
+# Issue 16: numbers and sizes, recipe files, state files read with checks.
+CASES += [
+    Case(
+        "train-count-1e400",
+        "train r.yaml --out new",
+        r"field 'phases.0.tokens': '1e400' is beyond any count",
+        edit_recipe(lambda r: r["phases"][0].update(tokens="1e400")),
+    ),
+    Case(
+        "train-count-inf",
+        "train r.yaml --out new",
+        r"field 'phases.0.tokens': inf is not a whole number",
+        edit_recipe(lambda r: r["phases"][0].update(tokens=float("inf"))),
+    ),
+    Case(
+        "train-count-beyond-int64",
+        "train r.yaml --out new --set phases.0.tokens=99999999999999999999999",
+        r"field 'phases.0.tokens': .* is beyond the largest count",
+        edit_recipe(lambda r: None),
+    ),
+    Case(
+        "train-seed-beyond-2-64",
+        "train r.yaml --out new --set seed=18446744073709551617",
+        r"field 'seed': 18446744073709551617 is beyond the 64-bit range",
+        edit_recipe(lambda r: None),
+    ),
+    Case(
+        "train-seed-negative",
+        "train r.yaml --out new --set seed=-1",
+        r"field 'seed': -1 is below the minimum 0",
+        edit_recipe(lambda r: None),
+    ),
+    Case(
+        "train-odd-head-dim",
+        "train r.yaml --out new",
+        r"field 'num_attention_heads': the head dimension .* = 33 is odd",
+        edit_recipe(
+            lambda r: r.update(
+                model={"hidden_size": 66, "intermediate_size": 96, "num_hidden_layers": 4, "num_attention_heads": 2}
+            )
+        ),
+    ),
+    Case(
+        "train-rope-theta-zero",
+        "train r.yaml --out new --set phases.0.rope.global_theta=0",
+        r"field 'phases.0.rope.global_theta': 0.0 must be greater than 0.0",
+        edit_recipe(lambda r: None),
+    ),
+    Case(
+        "export-config-rope-theta-zero",
+        "export enc out",
+        r"global_rope_theta must be a finite number above 0, got 0.0",
+        chain(copy("enc"), edit_json("enc/config.json", theta_zero)),
+    ),
+    Case(
+        "export-config-string-id",
+        "export enc out",
+        r"field 'pad_token_id': config.json: pad_token_id must be a token id \(an integer\), got '\[PAD\]'",
+        chain(copy("enc"), edit_json("enc/config.json", lambda c: c.update(pad_token_id="[PAD]"))),
+    ),
+    Case(
+        "init-vocab-beyond-limit",
+        "init --size tiny --arch encoder --out m --vocab-size 10000000000",
+        r"vocab_size 10000000000 is beyond what ettin builds",
+    ),
+    Case(
+        "tok-train-vocab-1e9",
+        "tokenizer train --corpus corpus.txt --vocab-size 1000000000 --out t",
+        r"vocab size 1,000,000,000 is beyond what ettin trains",
+        copy("corpus.txt"),
+    ),
+    Case(
+        "prepare-workers-negative",
+        "data prepare --source c=text:corpus.txt --tokenizer tok --out d --workers -3",
+        r"field 'workers': -3 is not a whole number from 1",
+        copy("tok", "corpus.txt"),
+    ),
+    Case(
+        "train-mixture-weight-inf",
+        "train r.yaml --out new",
+        r"weight inf is not a finite number",
+        edit_recipe(lambda r: r["phases"][0]["data"].update(mixture={"wiki": float("inf")})),
+    ),
+    Case(
+        "train-mixture-weight-huge-int",
+        "train r.yaml --out new --set phases.0.data.mixture.wiki=" + "9" * 400,
+        r"field 'phases.0.data.mixture\[0\].weight': weight inf is not a finite number",
+        edit_recipe(lambda r: None),
+    ),
+    Case(
+        "train-recipe-duplicate-key",
+        "train r2.yaml --out new",
+        r"r2.yaml: is not valid YAML at line \d+: the key 'seed' appears twice",
+        write("r2.yaml", "seed: 1\nseed: 2\nphases: []\n"),
+    ),
+    Case(
+        "train-recipe-duplicate-nested-key",
+        "train r2.yaml --out new",
+        r"the key 'tokens' appears twice",
+        write("r2.yaml", "phases:\n  - tokens: 100\n    tokens: 200\n"),
+    ),
+    Case(
+        "train-set-duplicate-key",
+        "train r.yaml --out new --set 'phases.0.data={mixture: {wiki: 1}, mixture: {wiki: 2}}'",
+        r"the key 'mixture' appears twice",
+        edit_recipe(lambda r: None),
+    ),
+    Case(
+        "train-recipe-too-large",
+        "train big.yaml --out new",
+        r"big.yaml: is 2,097,\d+ bytes, more than a recipe can be",
+        write("big.yaml", "# " + "x" * (2 << 20) + "\n"),
+    ),
+    Case(
+        "inspect-manifest-wrong-type",
+        "data inspect data/wiki",
+        r"manifest.json: field 'tokens': must be a whole number >= 0, not \"many\"",
+        chain(copy("data"), edit_json("data/wiki/manifest.json", lambda m: m.update(tokens="many"))),
+    ),
+    Case(
+        "inspect-manifest-missing-key",
+        "data inspect data/wiki",
+        r"manifest.json: field 'shards.0.documents': missing",
+        chain(copy("data"), edit_json("data/wiki/manifest.json", lambda m: m["shards"][0].pop("documents") and None)),
+    ),
+    Case(
+        "inspect-manifest-file-outside",
+        "data inspect data/wiki",
+        r"field 'shards.0.tokens.file': must be a file name in this folder",
+        chain(
+            copy("data"),
+            edit_json("data/wiki/manifest.json", lambda m: m["shards"][0]["tokens"].update(file="../../r.yaml")),
+        ),
+    ),
+    Case(
+        "export-weights-index-not-utf8",
+        "export enc out",
+        r"model.safetensors.index.json: is not UTF-8 text \(byte 0\)",
+        chain(copy("enc"), sharded_weights(GARBAGE)),
+    ),
+    Case(
+        "export-weights-index-map-not-a-mapping",
+        "export enc out",
+        r"model.safetensors.index.json: field 'weight_map': must map weight names to shard file names",
+        chain(copy("enc"), sharded_weights(b'{"weight_map": 5}')),
+    ),
+    Case(
+        "init-tokenizer-json-a-list",
+        "init --size tiny --arch encoder --out m --tokenizer tok",
+        r"tok: cannot be loaded as a tokenizer: invalid type: sequence",
+        chain(copy("tok"), write("tok/tokenizer.json", "[1, 2]")),
+    ),
+    Case(
+        "train-shard-id-beyond-vocab",
+        "train r.yaml --out new",
+        r"tokens-00001.npy: holds token id 60000, beyond the tokenizer's vocabulary",
+        chain(copy("data"), shard_with_id_beyond_vocab, edit_recipe(lambda r: r.update(data_dir="data"))),
+    ),
+]
+
+
 def _poke(path: Path, offset: int, data: bytes) -> None:
     with open(path, "r+b") as f:
         f.seek(offset)
@@ -1279,3 +1465,17 @@ def test_write_failure_reads_only_writer_errors():
     assert write_failure(OSError(2, "No such file or directory")) is None  # has an errno: mapped by the CLI
     assert write_failure(RuntimeError("shape mismatch")) is None  # a bug keeps its traceback
     assert write_failure(ValueError("requested and written")) is None
+
+
+def test_a_model_beyond_the_machine_memory_is_refused_before_allocation(tmp_path, monkeypatch):
+    """The estimate (parameters x 4 bytes) is compared with the machine's memory before any weight
+    exists; the machine is told to have 1 GiB, and a 150m encoder with a 2M vocabulary needs ~6 GiB."""
+    import ettin.config
+
+    monkeypatch.setattr(ettin.config, "machine_memory_bytes", lambda: 1 << 30)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_in_process(
+        ["init", "--size", "150m", "--arch", "encoder", "--out", "m", "--vocab-size", 2_000_000]
+    )
+    assert_one_line_error(code, err, "field 'vocab_size': the model would need", "GiB for its weights alone", "1.0 GiB")
+    assert list(tmp_path.iterdir()) == []

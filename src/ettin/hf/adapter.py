@@ -371,5 +371,9 @@ def _special_ids(d: Mapping, vocab_size: int, from_tok: Mapping[str, int]) -> di
             value = from_tok.get(name)
         if value is None:
             value = fallback[name]
-        out[name] = int(value)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise EttinError(f"config.json: {name} must be a token id (an integer), got {value!r}"[:200], field=name)
+        out[name] = value
     return out
