@@ -606,7 +606,7 @@ CASES = [
     Case(
         "prepare-shard-tokens-zero",
         "data prepare --source c=jsonl:wiki.jsonl --tokenizer tok --out d --shard-tokens 0",
-        r"field 'shard_tokens': shard_tokens must be positive",
+        r"field 'shard-tokens': 0 is not a whole number from 1 to",
         copy("tok", "wiki.jsonl"),
     ),
     Case(
