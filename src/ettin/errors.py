@@ -23,6 +23,8 @@ class EttinError(Exception):
         text = f"{where}: {message}" if where else message
         if fix:
             text = f"{text} ({fix})"
+        # one line, whatever the user's input held (a path or a value with a newline is shown escaped)
+        text = text.replace("\r", "\\r").replace("\n", "\\n")
         super().__init__(text)
         self.path = path
         self.field = field

@@ -526,6 +526,12 @@ def recipe_from_dict(raw: Any, path: str | os.PathLike | None = None) -> Recipe:
 # ----------------------------------------------------------------------------------------- overrides
 
 
+def _yaml_problem(exc: Exception) -> str:
+    """What PyYAML says is wrong, on one line (a ReaderError has no `problem`, only a multi-line text)."""
+    problem = getattr(exc, "problem", None) or next((ln for ln in str(exc).splitlines() if ln.strip()), "")
+    return " ".join(str(problem).split())[:200] or type(exc).__name__
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`phases.0.tokens=200000` -> (["phases", "0", "tokens"], 200000); the value is read as YAML."""
     if "=" not in text:
@@ -539,7 +545,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         parsed = safe_load_strict(value) if value.strip() else ""
     except yaml.YAMLError as exc:
-        raise EttinError(f"override '{text}': the value is not valid YAML ({exc.problem})", field=key) from None
+        raise EttinError(f"override '{text}': the value is not valid YAML ({_yaml_problem(exc)})", field=key) from None
     return key.split("."), parsed
 
 
@@ -632,7 +638,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise EttinError(f"is not valid YAML{where}: {getattr(exc, 'problem', exc)}", path=path) from None
+        raise EttinError(f"is not valid YAML{where}: {_yaml_problem(exc)}", path=path) from None
     if raw is None:
         raw = {}
     if overrides:

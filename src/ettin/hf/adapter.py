@@ -290,7 +290,7 @@ def config_from_hf(
             field="model_type",
             fix="this does not look like a Hugging Face model config",
         )
-    if model_type not in ARCH_OF_MODEL_TYPE:
+    if not isinstance(model_type, str) or model_type not in ARCH_OF_MODEL_TYPE:
         raise EttinError(
             f"is a '{model_type}' model, not ModernBERT",
             path=path,
@@ -320,6 +320,9 @@ def config_from_hf(
     try:
         n_layers = int(d["num_hidden_layers"])
         every = int(d.get("global_attn_every_n_layers", 3))
+        for name, value, high in (("num_hidden_layers", n_layers, 4096), ("global_attn_every_n_layers", every, 4096)):
+            if not 1 <= value <= high:  # before a list of that many layer types is built
+                raise EttinError(f"{name} must be from 1 to {high}, got {value}", path=path, field=name)
         layer_types = d.get("layer_types") or [
             "full_attention" if i % every == 0 else "sliding_attention" for i in range(n_layers)
         ]
