@@ -122,8 +122,11 @@ def _wait_for_holder(folder: Path, pid: int, proc: subprocess.Popen, timeout: fl
     lock = folder / LOCK_FILE
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if lock.is_file() and lock.read_text().strip() == str(pid):
-            return
+        try:
+            if lock.read_text().strip() == str(pid):
+                return
+        except FileNotFoundError:
+            pass
         if proc.poll() is not None:
             raise AssertionError(f"exited {proc.returncode} before taking the lock: {proc.stderr.read()}")
         time.sleep(0.1)
@@ -164,6 +167,8 @@ def test_two_trainings_on_one_run_folder(tmp_path, tiny_recipe):
     )
     try:
         _wait_for_holder(tmp_path / "run", first.pid, first)
+        while not (tmp_path / "run" / "recipe.yaml").is_file():  # written just after the lock is taken
+            time.sleep(0.05)
         recipe_before = (tmp_path / "run" / "recipe.yaml").read_bytes()
         second = _ettin(["train", "--out", "run", "--resume", "--force", "--set", "seed=7"], tmp_path)
         _, err = second.communicate(timeout=300)
