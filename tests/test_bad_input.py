@@ -1289,6 +1289,7 @@ CASES += [
         r"tok: cannot be loaded as a tokenizer: invalid type: sequence",
         chain(copy("tok"), write("tok/tokenizer.json", "[1, 2]")),
     ),
+    Case("eval-tasks-only-commas", "eval enc --tasks , --out o", r"field 'tasks': ',' names no task", copy("enc")),
     Case(
         "train-shard-id-beyond-vocab",
         "train r.yaml --out new",
