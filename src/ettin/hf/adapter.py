@@ -322,7 +322,12 @@ def config_from_hf(
         every = int(d.get("global_attn_every_n_layers", 3))
         for name, value, high in (("num_hidden_layers", n_layers, 4096), ("global_attn_every_n_layers", every, 4096)):
             if not 1 <= value <= high:  # before a list of that many layer types is built
-                raise EttinError(f"{name} must be from 1 to {high}, got {value}", path=path, field=name)
+                message = (
+                    f"{name} must be a positive integer, got {value}"
+                    if value < 1
+                    else f"{name} {value} is beyond what ettin builds (at most {high})"
+                )
+                raise EttinError(message, path=path, field=name)
         layer_types = d.get("layer_types") or [
             "full_attention" if i % every == 0 else "sliding_attention" for i in range(n_layers)
         ]
