@@ -10,6 +10,7 @@ run again through the installed console script to prove the same end to end.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from support import run_in_process
+from support import assert_one_line_error, run_in_process
 
 ETTIN_BIN = Path(sys.executable).with_name("ettin")
 
@@ -605,7 +606,7 @@ CASES = [
     Case(
         "prepare-shard-tokens-zero",
         "data prepare --source c=jsonl:wiki.jsonl --tokenizer tok --out d --shard-tokens 0",
-        r"field 'shard_tokens': shard_tokens must be positive",
+        r"field 'shard-tokens': 0 is not a whole number from 1 to",
         copy("tok", "wiki.jsonl"),
     ),
     Case(
@@ -963,7 +964,7 @@ CASES = [
     Case(
         "out-is-a-file-prepare",
         "data prepare --source c=text:corpus.txt --tokenizer tok --out corpus.txt",
-        r"corpus.txt: File exists \(a file stands where a folder is needed",
+        r"corpus.txt: field '--out': is a file, not a folder",
         copy("tok", "corpus.txt"),
     ),
     Case(
@@ -986,6 +987,314 @@ CASES = [
         "lm-eval-tasks --out corpus.txt/tasks",
         r"corpus.txt/tasks: Not a directory",
         copy("corpus.txt"),
+    ),
+]
+
+
+def edit_latest_state(change: Callable[[dict], object], arch: str = "encoder") -> Callable[[Path, Path], None]:
+    def setup(work: Path, assets: Path) -> None:
+        path = latest_state(work, arch) / "trainer_state.json"
+        edit_json(str(path.relative_to(work)), change)(work, assets)
+
+    return setup
+
+
+def edit_latest_rng(change: Callable[[dict], None], arch: str = "encoder") -> Callable[[Path, Path], None]:
+    def setup(work: Path, assets: Path) -> None:
+        edit_weights(str((latest_state(work, arch) / "rng.safetensors").relative_to(work)), change)(work, assets)
+
+    return setup
+
+
+def remove_order_parts(arch: str) -> Callable[[Path, Path], None]:
+    def setup(work: Path, assets: Path) -> None:
+        for part in (work / "run" / arch / "data_order").glob("part-*.parquet"):
+            part.unlink()
+
+    return setup
+
+
+def two_phases(change: Callable[[dict], None]) -> Callable[[dict], None]:
+    """The tiny recipe with a second phase (a copy of the first), then `change`d."""
+
+    def edit(r: dict) -> None:
+        r["phases"] = [dict(r["phases"][0], name="first"), dict(r["phases"][0], name="second")]
+        change(r)
+
+    return edit
+
+
+# Issue 16 (reliability, second round): every check before the first write, state validated on read.
+CASES += [
+    Case(
+        "train-resume-force-other-seed",
+        "train --out run --resume --force --set seed=7",
+        r"step3/trainer_state.json: field 'data_state': the saved data position belongs to other data",
+        copy("run"),
+    ),
+    Case(
+        "train-second-phase-min-tokens-above-chunk",
+        "train r.yaml --out new",
+        r"field 'data.min_tokens': min_tokens 1000 exceeds the 30 tokens a chunk can hold",
+        edit_recipe(two_phases(lambda r: r["phases"][1]["data"].update(min_tokens=1000))),
+    ),
+    Case(
+        "train-second-phase-damaged-shard",
+        "train r.yaml --out new",
+        r"data2/wiki.*tokens-00001.npy",
+        chain(
+            copy("data"),
+            lambda work, assets: shutil.copytree(work / "data", work / "data2"),
+            truncate("data2/wiki/tokens-00001.npy", 50),
+            edit_recipe(two_phases(lambda r: r["phases"][1]["data"].update(dir="data2"))),
+        ),
+    ),
+    Case(
+        "prepare-source-named-dot",
+        "data prepare --source .=text:corpus.txt --tokenizer tok --out d",
+        r"source name '\.' is not a plain name",
+        chain(copy("tok", "corpus.txt"), write("d/mine.txt", "the user's own file")),
+    ),
+    Case(
+        "prepare-source-named-dotdot",
+        "data prepare --source ..=text:corpus.txt --tokenizer tok --out d/sub",
+        r"source name '\.\.' is not a plain name",
+        chain(copy("tok", "corpus.txt"), write("d/mine.txt", "the user's own file")),
+    ),
+    Case(
+        "prepare-source-hidden-name",
+        "data prepare --source .c.partial=text:corpus.txt --tokenizer tok --out d",
+        r"source name '\.c\.partial' is not a plain name",
+        copy("tok", "corpus.txt"),
+    ),
+    Case(
+        "prepare-onto-a-user-folder",
+        "data prepare --source notes=text:corpus.txt --tokenizer tok --out d",
+        r"d/notes: field '--source': holds something that is not a prepared source",
+        chain(copy("tok", "corpus.txt"), write("d/notes/todo.txt", "the user's own notes")),
+    ),
+    Case(
+        "train-resume-state-phase-out-of-range",
+        "train --resume --out run",
+        r"trainer_state.json: field 'phase': phase 5 \('pretrain'\) is not a phase of the recipe",
+        chain(copy("run"), edit_latest_state(lambda t: t.update(phase=5))),
+    ),
+    Case(
+        "train-resume-state-data-null",
+        "train --resume --out run",
+        r"trainer_state.json: field 'data': must be a JSON object, not None",
+        chain(copy("run"), edit_latest_state(lambda t: t.update(data=None))),
+    ),
+    Case(
+        "train-resume-state-data-not-a-position",
+        "train --resume --out run",
+        r"field 'data': the data position is not a data-stream state",
+        chain(copy("run"), edit_latest_state(lambda t: t["data"].pop("stream") and None)),
+    ),
+    Case(
+        "train-resume-state-counters",
+        "train --resume --out run",
+        r"field 'phase_tokens': the counters do not fit together",
+        chain(copy("run"), edit_latest_state(lambda t: t.update(phase_tokens=t["tokens"] + 1))),
+    ),
+    Case(
+        "train-resume-rng-missing-entries",
+        "train --resume --out run",
+        r"rng.safetensors.*rank0.*torch_cpu",
+        chain(copy("run"), edit_latest_rng(lambda sd: sd.pop("rank0.torch_cpu"))),
+    ),
+    Case(
+        "train-resume-order-parts-deleted",
+        "train --resume --out run",
+        r"run/encoder/data_order: the data order does not cover the checkpoint.s \d+ steps: no data_order parts at all",
+        chain(copy("run"), remove_order_parts("encoder")),
+    ),
+]
+
+
+def theta_zero(config: dict) -> None:
+    config["global_rope_theta"] = 0.0
+    for params in config.get("rope_parameters", {}).values():
+        params["rope_theta"] = 0.0
+
+
+def sharded_weights(index: bytes) -> Callable[[Path, Path], None]:
+    """The model's weights as one shard of a sharded checkpoint, with this index file."""
+
+    def setup(work: Path, assets: Path) -> None:
+        (work / "enc" / "model.safetensors").rename(work / "enc" / "model-00001-of-00001.safetensors")
+        (work / "enc" / "model.safetensors.index.json").write_bytes(index)
+
+    return setup
+
+
+def shard_with_id_beyond_vocab(work: Path, assets: Path) -> None:
+    import numpy as np
+
+    shard = work / "data" / "wiki" / "tokens-00001.npy"
+    tokens = np.load(shard)  # rewritten by numpy itself: same size, a valid .npy, one id out of range
+    tokens[7] = 60000
+    np.save(shard, tokens)
+
+
+# Issue 16: numbers and sizes, recipe files, state files read with checks.
+CASES += [
+    Case(
+        "train-count-1e400",
+        "train r.yaml --out new",
+        r"field 'phases.0.tokens': '1e400' is beyond any count",
+        edit_recipe(lambda r: r["phases"][0].update(tokens="1e400")),
+    ),
+    Case(
+        "train-count-inf",
+        "train r.yaml --out new",
+        r"field 'phases.0.tokens': inf is not a whole number",
+        edit_recipe(lambda r: r["phases"][0].update(tokens=float("inf"))),
+    ),
+    Case(
+        "train-count-beyond-int64",
+        "train r.yaml --out new --set phases.0.tokens=99999999999999999999999",
+        r"field 'phases.0.tokens': .* is beyond the largest count",
+        edit_recipe(lambda r: None),
+    ),
+    Case(
+        "train-seed-beyond-2-64",
+        "train r.yaml --out new --set seed=18446744073709551617",
+        r"field 'seed': 18446744073709551617 is beyond the 64-bit range",
+        edit_recipe(lambda r: None),
+    ),
+    Case(
+        "train-seed-negative",
+        "train r.yaml --out new --set seed=-1",
+        r"field 'seed': -1 is below the minimum 0",
+        edit_recipe(lambda r: None),
+    ),
+    Case(
+        "train-odd-head-dim",
+        "train r.yaml --out new",
+        r"field 'num_attention_heads': the head dimension .* = 33 is odd",
+        edit_recipe(
+            lambda r: r.update(
+                model={"hidden_size": 66, "intermediate_size": 96, "num_hidden_layers": 4, "num_attention_heads": 2}
+            )
+        ),
+    ),
+    Case(
+        "train-rope-theta-zero",
+        "train r.yaml --out new --set phases.0.rope.global_theta=0",
+        r"field 'phases.0.rope.global_theta': 0.0 must be greater than 0.0",
+        edit_recipe(lambda r: None),
+    ),
+    Case(
+        "export-config-rope-theta-zero",
+        "export enc out",
+        r"global_rope_theta must be a finite number above 0, got 0.0",
+        chain(copy("enc"), edit_json("enc/config.json", theta_zero)),
+    ),
+    Case(
+        "export-config-string-id",
+        "export enc out",
+        r"field 'pad_token_id': config.json: pad_token_id must be a token id \(an integer\), got '\[PAD\]'",
+        chain(copy("enc"), edit_json("enc/config.json", lambda c: c.update(pad_token_id="[PAD]"))),
+    ),
+    Case(
+        "init-vocab-beyond-limit",
+        "init --size tiny --arch encoder --out m --vocab-size 10000000000",
+        r"vocab_size 10000000000 is beyond what ettin builds",
+    ),
+    Case(
+        "tok-train-vocab-1e9",
+        "tokenizer train --corpus corpus.txt --vocab-size 1000000000 --out t",
+        r"vocab size 1,000,000,000 is beyond what ettin trains",
+        copy("corpus.txt"),
+    ),
+    Case(
+        "prepare-workers-negative",
+        "data prepare --source c=text:corpus.txt --tokenizer tok --out d --workers -3",
+        r"field 'workers': -3 is not a whole number from 1",
+        copy("tok", "corpus.txt"),
+    ),
+    Case(
+        "train-mixture-weight-inf",
+        "train r.yaml --out new",
+        r"weight inf is not a finite number",
+        edit_recipe(lambda r: r["phases"][0]["data"].update(mixture={"wiki": float("inf")})),
+    ),
+    Case(
+        "train-mixture-weight-huge-int",
+        "train r.yaml --out new --set phases.0.data.mixture.wiki=" + "9" * 400,
+        r"field 'phases.0.data.mixture\[0\].weight': weight inf is not a finite number",
+        edit_recipe(lambda r: None),
+    ),
+    Case(
+        "train-recipe-duplicate-key",
+        "train r2.yaml --out new",
+        r"r2.yaml: is not valid YAML at line \d+: the key 'seed' appears twice",
+        write("r2.yaml", "seed: 1\nseed: 2\nphases: []\n"),
+    ),
+    Case(
+        "train-recipe-duplicate-nested-key",
+        "train r2.yaml --out new",
+        r"the key 'tokens' appears twice",
+        write("r2.yaml", "phases:\n  - tokens: 100\n    tokens: 200\n"),
+    ),
+    Case(
+        "train-set-duplicate-key",
+        "train r.yaml --out new --set 'phases.0.data={mixture: {wiki: 1}, mixture: {wiki: 2}}'",
+        r"the key 'mixture' appears twice",
+        edit_recipe(lambda r: None),
+    ),
+    Case(
+        "train-recipe-too-large",
+        "train big.yaml --out new",
+        r"big.yaml: is 2,097,\d+ bytes, more than a recipe can be",
+        write("big.yaml", "# " + "x" * (2 << 20) + "\n"),
+    ),
+    Case(
+        "inspect-manifest-wrong-type",
+        "data inspect data/wiki",
+        r"manifest.json: field 'tokens': must be a whole number >= 0, not \"many\"",
+        chain(copy("data"), edit_json("data/wiki/manifest.json", lambda m: m.update(tokens="many"))),
+    ),
+    Case(
+        "inspect-manifest-missing-key",
+        "data inspect data/wiki",
+        r"manifest.json: field 'shards.0.documents': missing",
+        chain(copy("data"), edit_json("data/wiki/manifest.json", lambda m: m["shards"][0].pop("documents") and None)),
+    ),
+    Case(
+        "inspect-manifest-file-outside",
+        "data inspect data/wiki",
+        r"field 'shards.0.tokens.file': must be a file name in this folder",
+        chain(
+            copy("data"),
+            edit_json("data/wiki/manifest.json", lambda m: m["shards"][0]["tokens"].update(file="../../r.yaml")),
+        ),
+    ),
+    Case(
+        "export-weights-index-not-utf8",
+        "export enc out",
+        r"model.safetensors.index.json: is not UTF-8 text \(byte 0\)",
+        chain(copy("enc"), sharded_weights(GARBAGE)),
+    ),
+    Case(
+        "export-weights-index-map-not-a-mapping",
+        "export enc out",
+        r"model.safetensors.index.json: field 'weight_map': must map weight names to shard file names",
+        chain(copy("enc"), sharded_weights(b'{"weight_map": 5}')),
+    ),
+    Case(
+        "init-tokenizer-json-a-list",
+        "init --size tiny --arch encoder --out m --tokenizer tok",
+        r"tok: cannot be loaded as a tokenizer: invalid type: sequence",
+        chain(copy("tok"), write("tok/tokenizer.json", "[1, 2]")),
+    ),
+    Case("eval-tasks-only-commas", "eval enc --tasks , --out o", r"field 'tasks': ',' names no task", copy("enc")),
+    Case(
+        "train-shard-id-beyond-vocab",
+        "train r.yaml --out new",
+        r"tokens-00001.npy: holds token id 60000, beyond the tokenizer's vocabulary",
+        chain(copy("data"), shard_with_id_beyond_vocab, edit_recipe(lambda r: r.update(data_dir="data"))),
     ),
 ]
 
@@ -1083,3 +1392,91 @@ def test_bad_input_console_script(case_id: str, tmp_path, assets):
     case = next(c for c in CASES if c.id == case_id)
     work, before = prepare_case(case, tmp_path, assets)
     check_case(case, work, run_console_script(shlex.split(case.args), work), before)
+
+
+def test_pair_verify_names_the_steps_a_deleted_order_no_longer_covers(tmp_path, assets, monkeypatch):
+    """Both models' data-order parts deleted: the orders agree (both empty), and that proves nothing."""
+    work, before = prepare_case(
+        Case("x", "", "", chain(copy("run"), remove_order_parts("encoder"), remove_order_parts("decoder"))),
+        tmp_path,
+        assets,
+    )
+    monkeypatch.chdir(work)
+    code, out, err = run_in_process(["pair", "verify", "run"])
+    assert code == 1 and "Traceback" not in err, err
+    assert "incomplete: encoder: the data order does not cover its checkpoints' 3 steps" in out, out
+    assert "decoder: the data order does not cover" in out, out
+    assert snapshot(work) == before
+
+
+# ------------------------------------------------------------------ writes refused without an errno
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes: int):
+    """A real partial write: the kernel stops every write past `nbytes` (RLIMIT_FSIZE, SIGXFSZ ignored),
+    as a full disk does, but what the writers report has no ENOSPC: numpy raises OSError('N requested
+    and M written') without an errno, torch's zip writer a RuntimeError, safetensors its own error."""
+    import resource
+    import signal
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def test_a_partial_numpy_write_during_prepare_is_one_line(tmp_path, assets, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(assets / "data", tmp_path / "d")  # what was there before must stay as it was
+    before = snapshot(tmp_path / "d")
+    (tmp_path / "big.txt").write_text("The quick brown fox jumps over the lazy dog.\n" * 3000, encoding="utf-8")
+    with file_size_limit(20_000):
+        code, _, err = run_in_process(
+            ["data", "prepare", "--source", "big=text:big.txt", "--tokenizer", assets / "tok", "--out", "d"]
+        )
+    assert_one_line_error(code, err, "tokens-00000.npy: the write failed part way (", "requested and", "written)")
+    assert "nothing half-written was left in place" in err
+    assert not (tmp_path / "d" / "big").exists()
+    after = snapshot(tmp_path / "d")
+    assert {k: v for k, v in after.items() if not k.startswith(".big.partial")} == before
+
+
+def test_torch_zip_writer_failing_during_a_checkpoint_is_one_line(tmp_path, assets, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    edit_recipe(lambda r: None)(tmp_path, assets)
+    with file_size_limit(1_200_000):  # model.safetensors (~0.85 MB) fits, optimizer.pt (~1.7 MB) does not
+        code, _, err = run_in_process(["train", "r.yaml", "--out", "run", "--no-progress", "--arch", "encoder"])
+    assert_one_line_error(code, err, "run/encoder/checkpoints/step", "the write failed part way (", "inline_container")
+    checkpoints = tmp_path / "run" / "encoder" / "checkpoints"
+    assert not checkpoints.exists() or list(checkpoints.iterdir()) == []  # no tag, no staging folder left
+    code, out, err = run_in_process(["train", "--resume", "--out", "run", "--no-progress"])
+    assert code == 0, err
+
+
+def test_write_failure_reads_only_writer_errors():
+    from ettin.io import write_failure
+
+    assert write_failure(OSError("10 requested and 3 written"), "p") is not None
+    assert write_failure(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"))
+    assert write_failure(OSError(2, "No such file or directory")) is None  # has an errno: mapped by the CLI
+    assert write_failure(RuntimeError("shape mismatch")) is None  # a bug keeps its traceback
+    assert write_failure(ValueError("requested and written")) is None
+
+
+def test_a_model_beyond_the_machine_memory_is_refused_before_allocation(tmp_path, monkeypatch):
+    """The estimate (parameters x 4 bytes) is compared with the machine's memory before any weight
+    exists; the machine is told to have 1 GiB, and a 150m encoder with a 2M vocabulary needs ~6 GiB."""
+    import ettin.config
+
+    monkeypatch.setattr(ettin.config, "machine_memory_bytes", lambda: 1 << 30)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_in_process(
+        ["init", "--size", "150m", "--arch", "encoder", "--out", "m", "--vocab-size", 2_000_000]
+    )
+    assert_one_line_error(code, err, "field 'vocab_size': the model would need", "GiB for its weights alone", "1.0 GiB")
+    assert list(tmp_path.iterdir()) == []

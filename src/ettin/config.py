@@ -8,6 +8,8 @@ conversion (`ettin.hf`) is a table, not code.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -28,6 +30,10 @@ MODERNBERT_SPECIAL_IDS = {
     "eos_token_id": 50282,
 }
 SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
+# Upper bounds on shapes: far above any Ettin model, low enough that a typo is refused before any allocation.
+MAX_VOCAB_SIZE = 1 << 24  # token ids are stored as int32; real vocabularies are below 300k
+MAX_DIMENSION = 1 << 20
+_INT_LIMITS = {"vocab_size": MAX_VOCAB_SIZE, "num_hidden_layers": 4096, "max_position_embeddings": 1 << 22}
 # Ettin's position limit (max_position_embeddings); tokenizers truncate at the same length.
 DEFAULT_MAX_POSITIONS = 7999
 
@@ -76,11 +82,39 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise EttinError(f"{name} must be a positive integer, got {value!r}", field=name)
+            if value > _INT_LIMITS.get(name, MAX_DIMENSION):
+                raise EttinError(
+                    f"{name} {value} is beyond what ettin builds (at most {_INT_LIMITS.get(name, MAX_DIMENSION):,})",
+                    field=name,
+                )
         if self.hidden_size % self.num_attention_heads:
             raise EttinError(
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}",
                 field="num_attention_heads",
             )
+        if self.head_dim % 2:
+            raise EttinError(
+                f"the head dimension hidden_size / num_attention_heads = {self.head_dim} is odd; rotary position "
+                "embeddings rotate pairs of dimensions",
+                field="num_attention_heads",
+                fix="choose hidden_size and num_attention_heads so that their quotient is even",
+            )
+        for name, low, high, closed in (
+            ("global_rope_theta", 0.0, math.inf, False),
+            ("local_rope_theta", 0.0, math.inf, False),
+            ("norm_eps", 0.0, 1.0, False),
+            ("initializer_range", 0.0, math.inf, True),
+            ("initializer_cutoff_factor", 0.0, math.inf, False),
+            ("attention_dropout", 0.0, 1.0, True),
+        ):
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ok = ok and (low <= value if closed else low < value) and value < high
+            if not ok:
+                bound = f"{'at least' if closed else 'above'} {low:g}" + (
+                    f" and below {high:g}" if high < math.inf else ""
+                )
+                raise EttinError(f"{name} must be a finite number {bound}, got {value!r}", field=name)
         if not self.layer_types:
             self.layer_types = [
                 "full_attention" if i % self.global_attn_every_n_layers == 0 else "sliding_attention"
@@ -95,6 +129,8 @@ class ModelConfig:
                 raise EttinError(f"layer {i} has unknown type '{kind}'", field="layer_types")
         for name in MODERNBERT_SPECIAL_IDS:
             value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise EttinError(f"{name} must be a token id (an integer), got {value!r}", field=name)
             if not 0 <= value < self.vocab_size:
                 raise EttinError(
                     f"{name}={value} does not fit a vocabulary of {self.vocab_size}",
@@ -218,3 +254,30 @@ def count_parameters(config: ModelConfig, *, with_head: bool = False) -> int:
     if with_head:
         backbone += h * h + h + v
     return backbone
+
+
+def machine_memory_bytes() -> int | None:
+    """Physical memory of this machine (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def estimate_model_bytes(config: ModelConfig, *, bytes_per_param: int = 4) -> int:
+    """The weights a model of `config` allocates (float32 by default), head included."""
+    return count_parameters(config, with_head=True) * bytes_per_param
+
+
+def check_memory(config: ModelConfig, *, what: str = "the model", bytes_per_param: int = 4) -> None:
+    """Refuse, before allocating, a model whose weights alone exceed this machine's memory."""
+    need = estimate_model_bytes(config, bytes_per_param=bytes_per_param)
+    have = machine_memory_bytes()
+    if have is not None and need > have:
+        raise EttinError(
+            f"{what} would need {need / 2**30:,.1f} GiB for its weights alone "
+            f"({count_parameters(config, with_head=True):,} parameters), more than this machine's "
+            f"{have / 2**30:,.1f} GiB",
+            field="vocab_size" if config.vocab_size * config.hidden_size * 2 > count_parameters(config) else "model",
+            fix="check vocab_size and the model's shape (`ettin sizes`)",
+        )

@@ -15,6 +15,40 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ettin import faults
+from ettin.errors import WriteFailed
+
+# What a refused write says when it carries no errno (numpy, torch's zip writer, safetensors' Rust writer)
+_WRITER_ERRORS = ("PytorchStreamWriter", "inline_container", "file write failed", "I/O error", "IoError")
+
+
+def write_failure(exc: BaseException, path: object | None = None) -> WriteFailed | None:
+    """The one reading of a failed write that has no errno; None when `exc` is something else (a bug).
+
+    Writes with an errno (ENOSPC, EDQUOT, EACCES, ...) keep their OSError: the CLI maps those itself."""
+    if isinstance(exc, WriteFailed):
+        return exc
+    if isinstance(exc, OSError) and not exc.errno:
+        detail = str(exc)  # numpy's "N requested and M written"
+    elif isinstance(exc, RuntimeError) or type(exc).__name__ == "SafetensorError":
+        text = str(exc)
+        if not any(k in text for k in _WRITER_ERRORS):
+            return None
+        detail = next((line.strip() for line in text.splitlines() if line.strip()), text)[:200]
+    else:
+        return None
+    where = path if path is not None else getattr(exc, "filename", None)
+    return WriteFailed(f"the write failed part way ({detail})", path=where)
+
+
+@contextlib.contextmanager
+def _mapped(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        failure = write_failure(exc, path)
+        if failure is None or failure is exc:
+            raise
+        raise failure from exc
 
 
 def _umask() -> int:
@@ -50,7 +84,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
+        with _mapped(path):
+            yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         _publish_mode(tmp)
@@ -106,7 +141,8 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
         raise FileExistsError(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        yield tmp
+        with _mapped(path):
+            yield tmp
         for f in [tmp, *tmp.rglob("*")]:
             if f.is_file():
                 with open(f, "rb") as fh:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ettin.attention import Varlen, cache_mask, cached_attention, varlen_attention
-from ettin.config import ModelConfig
+from ettin.config import ModelConfig, check_memory
 from ettin.dropout import hashed_dropout, token_keys
 
 IGNORE_INDEX = -100
@@ -321,6 +321,7 @@ class EttinModel(nn.Module):
     """A ModernBERT encoder or decoder with its tied prediction head."""
 
     def __init__(self, config: ModelConfig, *, init: bool = True):
+        check_memory(config)  # before any weight is allocated
         super().__init__()
         self.config = config
         self.model = Backbone(config)

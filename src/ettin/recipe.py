@@ -33,6 +33,8 @@ STRATEGIES = ("auto", "ddp", "fsdp")
 # Default revision-tag prefixes of the paper's three phases (ettin-spec.md section 5).
 PHASE_TAGS = {"pretrain": "step", "pretraining": "step", "extension": "ext", "decay": "decay"}
 
+MAX_COUNT = 10**18  # counts are kept in int64 (positions, token totals): far beyond any corpus
+MAX_INT = 2**63 - 1  # every integer field: int64, what torch and numpy seeds and counters take
 _COUNT_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 _COUNT_RE = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)\s*([KMBGT]?)\s*$", re.IGNORECASE)
 
@@ -55,6 +57,8 @@ def parse_count(value: Any) -> int:
         if not m:
             raise ValueError(f"{value!r} is not a count (write e.g. 200000, 1.7e12, 250B, 8.5B, 1.7T)")
         number = float(m.group(1).replace("_", "")) * _COUNT_SUFFIX[m.group(2).upper()]
+        if not math.isfinite(number):
+            raise ValueError(f"{value!r} is beyond any count")
         if number != round(number):
             raise ValueError(f"{value!r} is not a whole number")
         n = int(round(number))
@@ -62,6 +66,8 @@ def parse_count(value: Any) -> int:
         raise ValueError(f"expected a count, got {type(value).__name__}")
     if n < 0:
         raise ValueError(f"{value!r} is negative")
+    if n > MAX_COUNT:
+        raise ValueError(f"{value!r} is beyond the largest count ettin keeps ({format_count(MAX_COUNT)})")
     return n
 
 
@@ -264,7 +270,7 @@ class Recipe:
     tokenizer: str = ""
     data_dir: str = ""  # default data.dir of every phase that names none
     prepare: PrepareSection = field(default_factory=PrepareSection)
-    seed: int = 21
+    seed: int = field(default=21, metadata={"min": 0})
     precision: Literal["fp32", "bf16"] = field(default="bf16", metadata={"choices_name": "precision"})
     micro_batch_size: int = field(default=96, metadata={"min": 1})
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
@@ -391,6 +397,8 @@ def _convert(value: Any, tp: Any, where: str, meta: dict) -> Any:
     elif tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise _Invalid(where, f"must be an integer, got {_describe(value)}")
+        if not -MAX_INT <= value <= MAX_INT:
+            raise _Invalid(where, f"{value} is beyond the 64-bit range (at most {MAX_INT})")
         out = value
     elif tp is float:
         if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
@@ -577,6 +585,12 @@ def recipe_from_dict(raw: Any, path: str | os.PathLike | None = None) -> Recipe:
 # ----------------------------------------------------------------------------------------- overrides
 
 
+def _yaml_problem(exc: Exception) -> str:
+    """What PyYAML says is wrong, on one line (a ReaderError has no `problem`, only a multi-line text)."""
+    problem = getattr(exc, "problem", None) or next((ln for ln in str(exc).splitlines() if ln.strip()), "")
+    return " ".join(str(problem).split())[:200] or type(exc).__name__
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`phases.0.tokens=200000` -> (["phases", "0", "tokens"], 200000); the value is read as YAML."""
     if "=" not in text:
@@ -588,9 +602,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise EttinError(f"override '{text}' has an empty field name", fix="write --set FIELD=VALUE, e.g. --set seed=7")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = safe_load_strict(value) if value.strip() else ""
     except yaml.YAMLError as exc:
-        raise EttinError(f"override '{text}': the value is not valid YAML ({exc.problem})", field=key) from None
+        raise EttinError(f"override '{text}': the value is not valid YAML ({_yaml_problem(exc)})", field=key) from None
     return key.split("."), parsed
 
 
@@ -659,17 +673,62 @@ def resolve_recipe(spec: str | os.PathLike) -> Path:
     raise EttinError("no such recipe file or shipped recipe", path=spec, fix=fix)
 
 
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of YAML; anything near this is not one
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: object, mark):
+        super().__init__(f"the key {key!r} appears twice in one mapping")
+        self.problem = f"the key {key!r} appears twice in one mapping (the second would silently win)"
+        self.problem_mark = mark
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping with the same key twice."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if duplicate:
+                raise _DuplicateKey(key, key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_strict(text: str):
+    """yaml.safe_load, with duplicate keys refused."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
     """Load a recipe from a YAML file or a shipped recipe's name, with `--set` overrides applied."""
     path = resolve_recipe(path)
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise EttinError(
+            f"is {size:,} bytes, more than a recipe can be ({MAX_RECIPE_BYTES:,}); not read",
+            path=path,
+            fix="give the recipe YAML file, not a data file",
+        )
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as f:
+            data = f.read(MAX_RECIPE_BYTES + 1)  # the file may have grown since the stat
+        if len(data) > MAX_RECIPE_BYTES:
+            raise EttinError(f"is more than {MAX_RECIPE_BYTES:,} bytes; not read", path=path)
+        raw = safe_load_strict(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise EttinError(f"is not UTF-8 text (byte {exc.start})", path=path, fix="save the recipe as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise EttinError(f"is not valid YAML{where}: {getattr(exc, 'problem', exc)}", path=path) from None
+        raise EttinError(f"is not valid YAML{where}: {_yaml_problem(exc)}", path=path) from None
     if raw is None:
         raw = {}
     if overrides:

@@ -256,6 +256,15 @@ def train_tokenizer(
             field="vocab_size",
             fix=f"use at least {MIN_VOCAB_SIZE} (rounded up to {round_vocab_size(MIN_VOCAB_SIZE)})",
         )
+    from ettin.config import MAX_VOCAB_SIZE
+
+    if vocab_size > MAX_VOCAB_SIZE:  # the trainer would allocate per id before it learns a merge
+        raise EttinError(
+            f"vocab size {vocab_size:,} is beyond what ettin trains (at most {MAX_VOCAB_SIZE:,}; "
+            "real vocabularies are below 300,000)",
+            field="vocab_size",
+            fix="use e.g. --vocab-size 50368 (ModernBERT's size)",
+        )
     if min_frequency < 1:
         raise EttinError(f"min_frequency {min_frequency} must be at least 1", field="min_frequency")
     out_dir = Path(out_dir)

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from ettin.cli import bench, data, demo, evaluate, harness, infer, models, recipes, study, tokenizer, train
-from ettin.errors import EttinError
+from ettin.errors import WRITE_FIX, EttinError
 
 app = typer.Typer(
     name="ettin",
@@ -67,13 +67,19 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
+        from ettin.io import write_failure
+
+        failure = write_failure(exc)  # a write that failed without an errno (numpy, torch's zip writer)
+        if failure is not None:
+            print(f"error: {failure}", file=sys.stderr)
+            sys.exit(failure.exit_code)
+        if not isinstance(exc, OSError):
+            raise
         # The machine refused (disk full, quota, read-only folder, no permission, I/O error): not a bug,
         # and every write is atomic, so what was there before is intact. Anything else is a bug.
         if exc.errno in _REFUSALS:
-            fix = (
-                "nothing half-written was left in place; free space or fix the permissions, then run the command again"
-            )
+            fix = WRITE_FIX
         elif exc.errno in _WRONG_KIND:
             fix = "a file stands where a folder is needed, or the reverse; choose another path"
         else:

@@ -412,6 +412,10 @@ def register(app: typer.Typer) -> None:
         dec = _order_folder(run, "decoder", strict=True)
         result = compare_orders(enc, dec)
         console = _console()
+        gaps = _order_gaps(run)
+        if gaps:  # orders that agree but do not cover the checkpoints are no proof of anything
+            console.print(f"incomplete: {'; '.join(gaps)}")
+            raise typer.Exit(1)
         if result.identical:
             steps = order_steps(enc)
             console.print(
@@ -424,6 +428,21 @@ def register(app: typer.Typer) -> None:
 
     app.add_typer(sub, name="data")
     app.add_typer(pair, name="pair")
+
+
+def _order_gaps(run: Path) -> list[str]:
+    """Per model: the steps its checkpoints say were trained that its data order does not record."""
+    from ettin.data.order import ORDER_DIR, order_coverage_gap
+    from ettin.runs import list_tags
+
+    gaps = []
+    for arch in ("encoder", "decoder"):
+        tags = list_tags(run / arch) if (run / arch).is_dir() else []
+        last = max((t.step for t in tags), default=0)
+        gap = order_coverage_gap(run / arch / ORDER_DIR, last)
+        if gap:
+            gaps.append(f"{arch}: the data order does not cover its checkpoints' {last} steps: {gap}")
+    return gaps
 
 
 def _is_release_folder(path: Path) -> bool:

@@ -25,6 +25,7 @@ MDS folder, in bert24's `DistributedSamplerPCG64DXSM` order; see ettin.data.stre
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -38,7 +39,7 @@ def parse_count(value, *, field: str) -> int:
     if isinstance(value, bool):
         raise EttinError(f"expected a number of tokens, got {value!r}", field=field)
     if isinstance(value, (int, float)):
-        number = float(value)
+        number = float(value) if isinstance(value, float) or abs(value) < 10**300 else math.inf
     else:
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmbgt]?)\s*", str(value).lower())
         if not m:
@@ -46,6 +47,8 @@ def parse_count(value, *, field: str) -> int:
                 f"cannot read {value!r} as a number of tokens", field=field, fix="write e.g. 2000000 or 2M"
             )
         number = float(m.group(1)) * _SUFFIX[m.group(2)]
+    if not math.isfinite(number) or number > 1e18:  # counts are int64
+        raise EttinError(f"{str(value)[:40]} is beyond any count of tokens (at most 1e18)", field=field)
     if number <= 0 or number != int(number):
         raise EttinError(f"expected a positive whole number of tokens, got {value!r}", field=field)
     return int(number)
@@ -233,7 +236,9 @@ class DataSpec:
             if weight is not None:
                 if isinstance(weight, bool) or not isinstance(weight, (int, float)):
                     raise EttinError(f"expected a number, got {weight!r}", field=f"{f}.weight")
-                weight = float(weight)
+                weight = float(weight) if isinstance(weight, float) or abs(weight) < 10**300 else math.inf
+                if not math.isfinite(weight):
+                    raise EttinError(f"weight {str(weight)[:40]} is not a finite number", field=f"{f}.weight")
             tokens = item.get("tokens")
             if tokens is not None:
                 tokens = parse_count(tokens, field=f"{f}.tokens")

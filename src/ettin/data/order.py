@@ -213,6 +213,28 @@ def read_order(
     return table
 
 
+def order_coverage_gap(folder: str | Path, last_step: int) -> str | None:
+    """What is missing for the parts in `folder` to record every step 1..last_step, or None.
+
+    A resumed run appends after its checkpoint's step, so a deleted or damaged part would be a silent
+    hole in the record of what the model saw; this reads only the step column."""
+    folder = Path(folder)
+    if last_step <= 0:
+        return None
+    parts = _parts(folder) if folder.is_dir() else []
+    if not parts:
+        return "no data_order parts at all"
+    seen = np.unique(np.concatenate([_read_part(p, columns=["step"]).column(0).to_numpy() for p in parts]))
+    seen = seen[(seen >= 1) & (seen <= last_step)]
+    if len(seen) == last_step:
+        return None
+    missing = np.setdiff1d(np.arange(1, last_step + 1), seen)
+    runs_ = np.split(missing, np.flatnonzero(np.diff(missing) != 1) + 1)
+    shown = ", ".join(f"{r[0]}" if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs_[:5])
+    more = f" and {len(runs_) - 5} more ranges" if len(runs_) > 5 else ""
+    return f"{len(missing)} step(s) missing ({shown}{more})"
+
+
 def order_steps(folder: str | Path, *, arch: str | None = None) -> list[dict]:
     """One summary per step: phase, sequences, tokens, hash; raises if a step appears in two parts."""
     folder = resolve_order_dir(folder, arch)

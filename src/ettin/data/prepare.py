@@ -42,10 +42,12 @@ from ettin.data.shard_writer import (  # noqa: F401  (re-exported: the names pre
     is_url,
 )
 from ettin.data.shards import (
+    MANIFEST,
     token_dtype,
 )
 from ettin.data.sources import SourceReport, SourceSpec, as_spec, iter_documents, source_files, source_fingerprint
 from ettin.errors import EttinError
+from ettin.lock import LOCK_FILE, FolderLock
 
 ENGINES = ("local", "ray")
 _WORKER_BACKEND = None
@@ -274,8 +276,9 @@ def prepare(
         raise EttinError(
             f"two sources share a name ({', '.join(names)})", field="source", fix="name them: NAME=KIND:PATH"
         )
-    if shard_tokens < 1:
-        raise EttinError("shard_tokens must be positive", field="shard_tokens")
+    for name, value, high in (("shard_tokens", shard_tokens, 1 << 40), ("workers", workers, 1024)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise EttinError(f"{value!r} is not a whole number from 1 to {high:,}", field=name.replace("_", "-"))
     for spec in specs:
         if is_url(spec.path) and spec.kind != "mds":  # MDS folders download themselves (ettin.data.mds)
             if engine != "ray":
@@ -292,8 +295,12 @@ def prepare(
         source_files(spec)  # every path checked before anything is written
     tok = _Tokenizer.load(tokenizer)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EttinError("is a file, not a folder", path=out_dir, field="--out", fix="choose a folder for the data")
     _check_dir_tokenizer(out_dir, set(names), tok, overwrite)
+    _check_targets(out_dir, specs)
     made_dir = _make_out_dir(out_dir)
+    lock = FolderLock(out_dir, what="data folder").acquire()  # one prepare at a time per folder (ettin.lock)
     results = []
     try:
         if engine == "ray":
@@ -332,7 +339,24 @@ def prepare(
                 )
             )
     except EttinError:
-        if made_dir and not any(out_dir.iterdir()):
-            out_dir.rmdir()
+        lock.release()
+        if made_dir and all(p.name == LOCK_FILE for p in out_dir.iterdir()):
+            shutil.rmtree(out_dir, ignore_errors=True)
         raise
+    finally:
+        lock.release()
     return results
+
+
+def _check_targets(out_dir: Path, specs: list[SourceSpec]) -> None:
+    """A source's folder is replaced only when it is a prepared source: a user's folder of the same
+    name is never renamed or removed."""
+    for spec in specs:
+        final = out_dir / spec.name
+        if final.exists() and not (final / MANIFEST).is_file() and (not final.is_dir() or any(final.iterdir())):
+            raise EttinError(
+                f"holds something that is not a prepared source (no {MANIFEST}); ettin replaces only its own folders",
+                path=final,
+                field="--source",
+                fix="name the source differently (NAME=KIND:PATH) or choose another --out",
+            )

@@ -69,7 +69,71 @@ def read_manifest(folder: str | Path) -> dict:
             path=path,
             fix="prepare the source again",
         )
+    check_manifest(manifest, path)
     return manifest
+
+
+def _bad(path: Path, where: str, what: str, value) -> EttinError:
+    shown = "missing" if value is _MISSING else f"{what}, not {json.dumps(value)[:60]}"
+    return EttinError(
+        shown if value is _MISSING else f"must be {shown}",
+        path=path,
+        field=where,
+        fix="the manifest was edited or damaged; prepare the source again",
+    )
+
+
+_MISSING = object()
+
+
+def _need(obj: dict, key: str, kind, path: Path, where: str, *, low: int | None = None):
+    value = obj.get(key, _MISSING) if isinstance(obj, dict) else _MISSING
+    names = {int: "a whole number", str: "a string", dict: "a JSON object", list: "a list"}
+    if value is _MISSING:
+        raise _bad(path, f"{where}{key}", "", value)
+    ok = (isinstance(value, int) and not isinstance(value, bool)) if kind is int else isinstance(value, kind)
+    if not ok or (low is not None and value < low):
+        raise _bad(path, f"{where}{key}", names[kind] + (f" >= {low}" if low is not None else ""), value)
+    return value
+
+
+def _plain_file_name(name: str) -> bool:
+    return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
+
+
+def check_manifest(manifest: dict, path: Path) -> None:
+    """Every key a reader uses, of the right type and range (a wrong one is one line naming the field)."""
+    _need(manifest, "name", str, path, "")
+    _need(manifest, "documents", int, path, "", low=0)
+    _need(manifest, "tokens", int, path, "", low=0)
+    dtype = _need(manifest, "dtype", str, path, "")
+    if dtype not in ("uint16", "uint32"):
+        raise _bad(path, "dtype", "uint16 or uint32", dtype)
+    tok = _need(manifest, "tokenizer", dict, path, "")
+    _need(tok, "fingerprint", str, path, "tokenizer.")
+    vocab = _need(tok, "vocab_size", int, path, "tokenizer.", low=1)
+    if vocab > np.iinfo(dtype).max + 1:
+        raise _bad(path, "tokenizer.vocab_size", f"at most {np.iinfo(dtype).max + 1} for {dtype} shards", vocab)
+    specials = _need(tok, "special_ids", dict, path, "tokenizer.")
+    for k, v in specials.items():
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < vocab:
+            raise _bad(path, f"tokenizer.special_ids.{k}", f"a token id below {vocab}", v)
+    shards = _need(manifest, "shards", list, path, "")
+    total = 0
+    for i, shard in enumerate(shards):
+        where = f"shards.{i}."
+        if not isinstance(shard, dict):
+            raise _bad(path, f"shards.{i}", "a JSON object", shard)
+        total += _need(shard, "documents", int, path, where, low=0)
+        for kind in ("tokens", "docs", "origins"):
+            entry = _need(shard, kind, dict, path, where)
+            name = _need(entry, "file", str, path, f"{where}{kind}.")
+            if not _plain_file_name(name):
+                raise _bad(path, f"{where}{kind}.file", "a file name in this folder", name)
+            _need(entry, "bytes", int, path, f"{where}{kind}.", low=0)
+            _need(entry, "sha256", str, path, f"{where}{kind}.")
+    if total != manifest["documents"]:
+        raise _bad(path, "documents", f"the sum of the shards' documents ({total})", manifest["documents"])
 
 
 def verify_files(folder: Path, manifest: dict, *, sha256: bool = False) -> None:
@@ -138,12 +202,23 @@ class PreparedSource:
             toks = _load_array(folder / shard["tokens"]["file"])
             if (
                 toks.dtype != dtype
+                or toks.ndim != 1
                 or docs.ndim != 1
+                or docs.dtype.kind not in "iu"
                 or len(docs) != shard["documents"] + 1
+                or int(docs[0]) != 0
                 or int(docs[-1]) != len(toks)
+                or (len(docs) > 1 and bool((np.diff(docs) < 0).any()))
             ):
                 raise EttinError(
                     "shard does not agree with the manifest", path=folder / shard["tokens"]["file"], fix="prepare again"
+                )
+            vocab = int(manifest["tokenizer"]["vocab_size"])
+            if len(toks) and int(toks.max()) >= vocab:  # one pass over the memory map: cheap next to training
+                raise EttinError(
+                    f"holds token id {int(toks.max())}, beyond the tokenizer's vocabulary of {vocab}",
+                    path=folder / shard["tokens"]["file"],
+                    fix="the shard was changed or made with another tokenizer; prepare the source again",
                 )
             offsets.append(docs)
             tokens.append(toks)

@@ -37,7 +37,7 @@ BUILTINS = CORPORA + tuple(c + HELDOUT_SUFFIX for c in CORPORA)
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 SPLITS = ("file", "line", "blank")
 ON_ERROR = ("fail", "skip")
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")  # not ".", "..", nor hidden
 _MAX_LISTED = 5
 
 
@@ -74,7 +74,9 @@ class SourceSpec:
             object.__setattr__(self, "name", self.path if self.kind == "builtin" else _default_name(self.path))
         if not _NAME_RE.match(self.name):
             raise EttinError(
-                f"source name '{self.name}' is not a plain name", field="name", fix="use letters, digits, '_', '-', '.'"
+                f"source name '{self.name}' is not a plain name",
+                field="name",
+                fix="use letters, digits, '_', '-', '.', not starting with '.'",
             )
 
     def to_dict(self) -> dict:

@@ -781,6 +781,12 @@ def resolve_tasks(tasks: Sequence[str] | str | None, suite: str = "quick") -> li
                 continue
             expanded = list(SUITES[part].tasks) if part in SUITES else [part]
             names.extend(n for n in expanded if n not in names)
+    if not names:  # "," or " , ": an explicit list of nothing, not the default suite
+        raise EttinError(
+            f"{','.join(map(str, tasks))!r} names no task",
+            field="tasks",
+            fix=f"name tasks or suites: {', '.join(SUITES)}",
+        )
     unknown = [n for n in names if n not in TASKS]
     if unknown:
         raise EttinError(

@@ -290,7 +290,7 @@ def config_from_hf(
             field="model_type",
             fix="this does not look like a Hugging Face model config",
         )
-    if model_type not in ARCH_OF_MODEL_TYPE:
+    if not isinstance(model_type, str) or model_type not in ARCH_OF_MODEL_TYPE:
         raise EttinError(
             f"is a '{model_type}' model, not ModernBERT",
             path=path,
@@ -320,6 +320,14 @@ def config_from_hf(
     try:
         n_layers = int(d["num_hidden_layers"])
         every = int(d.get("global_attn_every_n_layers", 3))
+        for name, value, high in (("num_hidden_layers", n_layers, 4096), ("global_attn_every_n_layers", every, 4096)):
+            if not 1 <= value <= high:  # before a list of that many layer types is built
+                message = (
+                    f"{name} must be a positive integer, got {value}"
+                    if value < 1
+                    else f"{name} {value} is beyond what ettin builds (at most {high})"
+                )
+                raise EttinError(message, path=path, field=name)
         layer_types = d.get("layer_types") or [
             "full_attention" if i % every == 0 else "sliding_attention" for i in range(n_layers)
         ]
@@ -371,5 +379,9 @@ def _special_ids(d: Mapping, vocab_size: int, from_tok: Mapping[str, int]) -> di
             value = from_tok.get(name)
         if value is None:
             value = fallback[name]
-        out[name] = int(value)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise EttinError(f"config.json: {name} must be a token id (an integer), got {value!r}"[:200], field=name)
+        out[name] = value
     return out

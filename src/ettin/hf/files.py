@@ -87,8 +87,21 @@ def read_weights(model_dir: Path) -> dict[str, "torch.Tensor"]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except UnicodeDecodeError as exc:
+            raise EttinError(
+                f"is not UTF-8 text (byte {exc.start})", path=index, fix="copy the complete model folder again"
+            ) from None
         except (json.JSONDecodeError, KeyError, TypeError):
             raise EttinError("is not a valid safetensors index (no 'weight_map')", path=index) from None
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+        ):
+            raise EttinError(
+                "must map weight names to shard file names",
+                path=index,
+                field="weight_map",
+                fix="copy the complete model folder again",
+            )
         out: dict[str, torch.Tensor] = {}
         for shard in sorted(set(weight_map.values())):
             f = model_dir / shard

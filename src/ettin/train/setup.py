@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ettin import runs
 from ettin.errors import EttinError
+from ettin.lock import LOCK_FILE, FolderLock
 from ettin.recipe import Recipe, diff_recipes, load_recipe, save_recipe
 from ettin.train import checkpoint as ck
 from ettin.train.checkpointer import write_export
@@ -54,7 +55,7 @@ def prepare_run_dir(recipe: Recipe, out: Path, *, resume: bool, force: bool, log
         raise EttinError(
             "already holds a training run", path=out, fix="continue it with --resume, or choose a new --out"
         )
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(p.name != LOCK_FILE for p in out.iterdir())):
         raise EttinError(
             "exists and is not an empty folder (and holds no ettin run)", path=out, fix="choose a new --out"
         )
@@ -75,66 +76,171 @@ def on_main(dist: DistContext, fn: Callable[[], None]) -> None:
         raise EttinError(error)
 
 
+def _resume_paths(recipe: Recipe, out: Path) -> dict[str, Path] | None:
+    """The checkpoint folders a resume will load (read before anything is built or written)."""
+    from types import SimpleNamespace
+
+    return common_resume_step([SimpleNamespace(arch=a, dir=out / a) for a in recipe.archs()])  # type: ignore[list-item]
+
+
+def check_resume_state(recipe: Recipe, out: Path, paths: dict[str, Path]) -> dict[str, TrainState]:
+    """Every checkpoint a resume will load, checked against the recipe: its phase, its data position and
+    the data-order parts that must cover its steps. Reads only the small files."""
+    from ettin.data.order import ORDER_DIR, order_coverage_gap
+
+    states = {}
+    for arch, path in paths.items():
+        st = ck.read_trainer_state(path)
+        st.path = path / runs.STATE_FILE  # type: ignore[attr-defined]  (for check_phases' messages)
+        where = path / runs.STATE_FILE
+        if st.phase >= len(recipe.phases) or recipe.phases[st.phase].name != st.phase_name:
+            names = ", ".join(f"{i}={p.name}" for i, p in enumerate(recipe.phases))
+            raise EttinError(
+                f"phase {st.phase} ('{st.phase_name}') is not a phase of the recipe ({names})",
+                path=where,
+                field="phase",
+                fix=ck.DAMAGED_FIX,
+            )
+        if st.phase_step > st.step or st.phase_tokens > st.tokens or (st.step == 0) != (st.tokens == 0):
+            raise EttinError(
+                f"the counters do not fit together (step {st.step}, phase_step {st.phase_step}, tokens {st.tokens}, "
+                f"phase_tokens {st.phase_tokens})",
+                path=where,
+                field="phase_tokens",
+                fix=ck.DAMAGED_FIX,
+            )
+        gap = order_coverage_gap(out / arch / ORDER_DIR, st.step)
+        if gap:
+            raise EttinError(
+                f"the data order does not cover the checkpoint's {st.step} steps: {gap}",
+                path=out / arch / ORDER_DIR,
+                fix="restore the missing data_order parts from a copy; resuming would leave a hole in the "
+                "record of what the model was trained on",
+            )
+        states[arch] = st
+    return states
+
+
+def check_phases(recipe: Recipe, fingerprint: str, resume: dict[str, TrainState] | None) -> None:
+    """Open every phase's data stream now (min_tokens, damaged or foreign shards, the resumed position),
+    so that a phase cannot fail when it opens after the run has been written."""
+    from ettin.data.stream import PhaseBatches, TokenStream
+
+    first = next(iter(resume.values())) if resume else None
+    for i, phase in enumerate(recipe.phases):
+        stream = TokenStream(
+            phase.data_spec(), seed=recipe.seed, seq_len=phase.seq_len, tokenizer_fingerprint=fingerprint
+        )
+        if first is not None and first.phase == i:
+            batches = PhaseBatches(stream, batch_size=phase.batch_size)
+            where = getattr(first, "path", runs.STATE_FILE)
+            try:
+                batches.load_state_dict(first.data)
+            except EttinError as exc:
+                raise EttinError(str(exc), path=where) from None
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
+                raise EttinError(
+                    f"the data position is not a data-stream state ({type(exc).__name__}: {exc})"[:300],
+                    path=where,
+                    field="data",
+                    fix=ck.DAMAGED_FIX,
+                ) from None
+
+
 def build_run(recipe: Recipe, out: Path, dist: DistContext, *, resume: bool, force: bool, log) -> RunContext:
     """Check the run folder, make the assets, build, place and wrap the models with their optimizers.
 
-    The recipe is saved into the run only once the models exist: a start that fails leaves no run behind."""
+    Every check comes before the first write into the run folder: the folder, the recipe against the
+    saved one, the assets, every phase's data, the resumed state, the model's shapes and memory. The
+    run folder is locked (ettin.lock) from the first check of a resume, or from the first write of a
+    new run, until `release_run`. The recipe is saved only once the models exist."""
     from ettin.tokenizer import load_tokenizer, round_vocab_size, special_token_ids, tokenizer_fingerprint
     from ettin.train.assets import ensure_data, ensure_tokenizer
     from ettin.train.cross import check_fits, fresh_model, init_model, resolve_init
 
     r = recipe
     init_source = resolve_init(r)  # a missing tag or model fails here, before anything is written
+    lock = FolderLock(out, what="run folder")
+
+    def take_lock() -> None:
+        lock.acquire()
+        if lock.took_over:
+            log(f"{out}: took over the lock of process {lock.took_over}, which ended without releasing it")
 
     def run_dir_and_assets() -> None:
+        if resume and (out / runs.RECIPE_FILE).is_file():
+            take_lock()  # before the saved recipe is read: nobody changes the run between check and write
         prepare_run_dir(r, out, resume=resume, force=force, log=log)
         ensure_data(r, ensure_tokenizer(r, log), log)
 
     def save_run_recipe() -> None:
         saved = out / runs.RECIPE_FILE
+        if not lock.held:  # a new run: the folder and its lock are the first writes
+            out.mkdir(parents=True, exist_ok=True)
+            take_lock()
+            prepare_run_dir(r, out, resume=resume, force=force, log=lambda *_: None)  # another start got here first?
         if resume and not force and saved.is_file():
             return  # the same recipe (prepare_run_dir refused any change): nothing to write
-        out.mkdir(parents=True, exist_ok=True)
         if resume and force and saved.is_file():
             saved.replace(out / f"recipe.before-{int(time.time())}.yaml")
         save_recipe(r, saved)
 
-    on_main(dist, run_dir_and_assets)
-    tokenizer_dir = Path(r.tokenizer)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    special_ids = special_token_ids(tokenizer)
-    members = []
-    for arch in r.archs():
-        if init_source is not None:
-            model, source = init_model(r, arch, init_source, None)
-            if not resume:
-                at = f" at {r.init.revision}" if r.init.revision else ""
-                log(f"{arch}: starting from {r.init.path}{at} ({source}; weights only, a fresh optimizer)")
-        else:
-            model = fresh_model(r, arch, round_vocab_size(len(tokenizer)), special_ids)
-        check_fits(model, r, tokenizer, tokenizer_dir)
-        model.to(dist.device).train()
-        objective = r.objective.encoder if arch == "encoder" else r.objective.decoder
-        members.append(Member(arch, objective, out / arch, model, model, None))  # type: ignore[arg-type]
-    on_main(dist, save_run_recipe)
+    try:
+        on_main(dist, run_dir_and_assets)
+        tokenizer_dir = Path(r.tokenizer)
+        tokenizer = load_tokenizer(tokenizer_dir)
+        special_ids = special_token_ids(tokenizer)
+        fingerprint = tokenizer_fingerprint(tokenizer)
 
-    num_params = sum(p.numel() for p in members[0].model.parameters())
-    strategy = choose_strategy(r.distributed.strategy, num_params, r.distributed.fsdp_min_params, dist.world_size)
-    for m in members:
-        m.wrapped = wrap_model(m.model, strategy, dist)
-        m.optimizer = build_optimizer(m.wrapped, r.optimizer)
-    return RunContext(
+        def preflight() -> None:
+            paths = _resume_paths(r, out) if resume else None
+            check_phases(r, fingerprint, check_resume_state(r, out, paths) if paths else None)
+
+        on_main(dist, preflight)
+        members = []
+        for arch in r.archs():
+            if init_source is not None:
+                model, source = init_model(r, arch, init_source, None)
+                if not resume:
+                    at = f" at {r.init.revision}" if r.init.revision else ""
+                    log(f"{arch}: starting from {r.init.path}{at} ({source}; weights only, a fresh optimizer)")
+            else:
+                model = fresh_model(r, arch, round_vocab_size(len(tokenizer)), special_ids)
+            check_fits(model, r, tokenizer, tokenizer_dir)
+            model.to(dist.device).train()
+            objective = r.objective.encoder if arch == "encoder" else r.objective.decoder
+            members.append(Member(arch, objective, out / arch, model, model, None))  # type: ignore[arg-type]
+        on_main(dist, save_run_recipe)
+
+        num_params = sum(p.numel() for p in members[0].model.parameters())
+        strategy = choose_strategy(r.distributed.strategy, num_params, r.distributed.fsdp_min_params, dist.world_size)
+        for m in members:
+            m.wrapped = wrap_model(m.model, strategy, dist)
+            m.optimizer = build_optimizer(m.wrapped, r.optimizer)
+    except BaseException:
+        lock.release()
+        raise
+    run = RunContext(
         r,
         dist,
         out,
         log,
         tokenizer_dir,
-        tokenizer_fingerprint(tokenizer),
+        fingerprint,
         special_ids,
         len(tokenizer),
         members,
         strategy,
     )
+    run.lock = lock  # type: ignore[attr-defined]  (released by release_run)
+    return run
+
+
+def release_run(run: RunContext | None) -> None:
+    """Drop the run folder's lock (the process's end drops it too, however it ends)."""
+    lock = getattr(run, "lock", None)
+    if lock is not None:
+        lock.release()
 
 
 def common_resume_step(members: list[Member]) -> dict[str, Path] | None:

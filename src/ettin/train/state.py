@@ -160,6 +160,9 @@ _KIND_NAMES = {str: "a string", float: "a number", dict: "a JSON object"}
 _FIELD_FIX = "the file was edited or written by an incompatible ettin; resume with the ettin version that wrote the run"
 
 
+_RNG_TENSORS = ("torch_cpu", "numpy_keys")  # what every rank's RankRng.restore needs
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -184,6 +187,14 @@ def _read_rng(raw: Any, tensors: dict[str, torch.Tensor], path: str | Path) -> d
             )
         mine = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{key}.")}
         if mine:
+            lacking = [k for k in _RNG_TENSORS if k not in mine]
+            if lacking:
+                raise EttinError(
+                    f"rng.safetensors holds no {', '.join(f'{key}.{k}' for k in lacking)}",
+                    path=path,
+                    field=f"rng.{key}",
+                    fix=_FIELD_FIX,
+                )
             out[int(rank)] = RankRng(mine, list(extra["numpy"]), list(extra["python"]))
         elif tensors:
             raise EttinError(

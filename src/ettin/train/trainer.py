@@ -42,6 +42,7 @@ from ettin.train.setup import (
     common_resume_step,
     load_resume,
     open_run_files,
+    release_run,
     repair_missing_exports,
 )
 from ettin.train.step import member_step
@@ -303,5 +304,8 @@ class Trainer:
 def train(recipe: Recipe, options: TrainOptions) -> TrainResult:
     """Set up (run folder, tokenizer, data, models, resume) and train to the end of the recipe."""
     trainer = Trainer(recipe, options)
-    trainer.setup()
-    return trainer.run()
+    try:
+        trainer.setup()
+        return trainer.run()
+    finally:
+        release_run(trainer.run_context)  # the run folder's lock (ettin.lock)
