@@ -220,8 +220,10 @@ def test_url_source_gives_the_same_shards(ray_session, tmp_path, inputs, local_o
     manifest = json.loads((tmp_path / "d" / "jl" / "manifest.json").read_text())
     local = json.loads((local_out / "jl" / "manifest.json").read_text())
     assert manifest["shards"] == local["shards"] and manifest["source"]["path"] == url.path
-    assert local["report"]["bad_utf8_files"] == [f"{spec.path}/sub/part2.jsonl:2"]
-    assert manifest["report"]["bad_utf8_files"] == [f"file://{spec.path}/sub/part2.jsonl:2"]
+    raw_lines = (Path(spec.path) / "sub" / "part2.jsonl").read_bytes().split(b"\n")
+    bad_line = next(i for i, line in enumerate(raw_lines, 1) if b"\xff" in line)  # where the fixture put it
+    assert local["report"]["bad_utf8_files"] == [f"{spec.path}/sub/part2.jsonl:{bad_line}"]
+    assert manifest["report"]["bad_utf8_files"] == [f"file://{spec.path}/sub/part2.jsonl:{bad_line}"]
     assert {k: v for k, v in manifest["report"].items() if k != "bad_utf8_files"} == {
         k: v for k, v in local["report"].items() if k != "bad_utf8_files"
     }

@@ -1,5 +1,5 @@
 """Continued pretraining from a released checkpoint tag: `--init REPO --revision TAG` with the shipped
-recipes/continue-decay.yaml, on a local folder of revisions (one model folder per tag) and on the hub
+the shipped continue-decay recipe, on a local folder of revisions (one model folder per tag) and on the hub
 path with `huggingface_hub.snapshot_download` replaced by one that serves those folders."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from safetensors.torch import load_file
 from ettin import hf
 from ettin.config import config_for_size
 from ettin.model import EttinModel
-from ettin.recipe import load_recipe
+from ettin.recipe import load_recipe, shipped_recipes
 from ettin.train.metrics import read_metrics
 from ettin.train.schedule import lr_at
 from support import assert_one_line_error, run_in_process
 
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "continue-decay.yaml"
+RECIPE = shipped_recipes()["continue-decay"]
 TAGS = ["step0", "step300", "ext0", "ext40"]
 ENC_ID = "jhu-clsp/ettin-encoder-150m"
 
