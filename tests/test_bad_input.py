@@ -11,6 +11,7 @@ run again through the installed console script to prove the same end to end.
 from __future__ import annotations
 
 import contextlib
+import copy as copying
 import hashlib
 import json
 import os
@@ -1018,7 +1019,8 @@ def two_phases(change: Callable[[dict], None]) -> Callable[[dict], None]:
     """The tiny recipe with a second phase (a copy of the first), then `change`d."""
 
     def edit(r: dict) -> None:
-        r["phases"] = [dict(r["phases"][0], name="first"), dict(r["phases"][0], name="second")]
+        first = r["phases"][0]
+        r["phases"] = [copying.deepcopy(first) | {"name": "first"}, copying.deepcopy(first) | {"name": "second"}]
         change(r)
 
     return edit
@@ -1035,7 +1037,7 @@ CASES += [
     Case(
         "train-second-phase-min-tokens-above-chunk",
         "train r.yaml --out new",
-        r"field 'data.min_tokens': min_tokens 1000 exceeds the 30 tokens a chunk can hold",
+        r"field 'phases.1.data.min_tokens': min_tokens 1000 exceeds the 30 tokens a chunk holds",
         edit_recipe(two_phases(lambda r: r["phases"][1]["data"].update(min_tokens=1000))),
     ),
     Case(

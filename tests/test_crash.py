@@ -40,12 +40,16 @@ def test_training_killed_five_times_ends_bitwise_identical(world, tmp_path):
     over), mid-deletion of the orphaned tag, between a full state and its export, inside a data-order
     write, inside the decoder's export of the last tag (the export is then made on resume, in that tag's
     phase); every launch after the first resumes."""
+    from ettin import runs
+
+    last = runs.list_tags(world["reference"] / "decoder")[-1].tag  # the reference run's last tag
+    assert last.startswith("decay"), last
     chosen = [
         "checkpoint.write:2",
         "checkpoint.remove:1",
         "checkpoint.written:2",
         "io.file_rename[path=*/data_order/part-*]:2",
-        "checkpoint.export[tag=decay4]:2",
+        f"checkpoint.export[tag={last}]:2",
     ]
     trial = ct.run_train_trial(tmp_path, world["recipe"], world["reference"], chosen)
     assert trial.errors == [], trial

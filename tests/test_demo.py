@@ -28,6 +28,7 @@ TINY_CROSS = [
     "phases.0.tokens=2K",
     "phases.0.lr.warmup_tokens=200",
     "phases.0.lr.decay_tokens=500",
+    "phases.0.batch_warmup_tokens=0",
     "phases.0.data.mixture=[{source: shakespeare, weight: 1.0}]",
     "eval.data.mixture=[{source: shakespeare-heldout, weight: 1.0}]",
     "eval.every_tokens=1K",

