@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ettin.errors import EttinError
+from ettin.eval.handle import resolve_device
 from ettin.hf.clients import ARCH_POOLING
 
 if TYPE_CHECKING:
@@ -58,25 +59,6 @@ class Loaded:
     @property
     def device(self) -> "torch.device":
         return next(self.model.parameters()).device
-
-
-def resolve_device(device: str | None) -> "torch.device":
-    import torch
-
-    name = (device or "auto").lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        d = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise EttinError(f"unknown device '{device}'", field="device", fix="use auto, cpu, cuda or cuda:N") from None
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise EttinError(
-            f"device '{device}' asked for, but this machine has no CUDA GPU", field="device", fix="use --device cpu"
-        )
-    if d.type not in ("cpu", "cuda"):
-        raise EttinError(f"unsupported device '{device}'", field="device", fix="use auto, cpu, cuda or cuda:N")
-    return d
 
 
 def load(

@@ -162,14 +162,15 @@ def hidden_flat(model: "EttinModel", seqs: Sequence[Sequence[int]]) -> tuple["to
 # -------------------------------------------------------------------------------------- loading
 
 
-def resolve_device(device: str) -> "torch.device":
-    """'auto' is the GPU when there is one; anything else must be a device torch knows and has."""
+def resolve_device(device: str | None) -> "torch.device":
+    """'auto' (or None) is the GPU when there is one; anything else must be a CPU or CUDA device torch has."""
     import torch
 
-    if device == "auto":
+    name = (device or "auto").lower()
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        d = torch.device(device)
+        d = torch.device(name)
     except (RuntimeError, ValueError):
         raise EttinError(f"unknown device '{device}'", field="device", fix="use auto, cpu, cuda or cuda:N") from None
     if d.type == "cuda" and not torch.cuda.is_available():
@@ -178,6 +179,8 @@ def resolve_device(device: str) -> "torch.device":
             field="device",
             fix="use --device cpu (or auto)",
         )
+    if d.type not in ("cpu", "cuda"):
+        raise EttinError(f"unsupported device '{device}'", field="device", fix="use auto, cpu, cuda or cuda:N")
     return d
 
 
