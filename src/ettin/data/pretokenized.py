@@ -78,15 +78,13 @@ def prepare_id_documents(
     import shutil
     import time
 
-    from ettin.data.shard_writer import PrepareResult, _prepare_key, _swap_into_place, _write_shard
+    from ettin.data.shard_writer import PrepareResult, _prepare_key, _swap_into_place, _up_to_date, _write_shard
     from ettin.data.shards import (
         FORMAT,
         FORMAT_VERSION,
         MANIFEST,
-        read_manifest,
         sha256_file,
         token_dtype,
-        verify_files,
     )
     from ettin.data.sources import SourceReport, source_fingerprint
     from ettin.io import atomic_path, atomic_write_json
@@ -94,24 +92,8 @@ def prepare_id_documents(
     t0 = time.perf_counter()
     key = _prepare_key(source_fingerprint(spec), tok, shard_tokens)
     final = out_dir / spec.name
-    if (final / MANIFEST).is_file():
-        try:
-            manifest = read_manifest(final)
-        except EttinError:
-            manifest = {}
-        if manifest.get("key") == key:
-            verify_files(final, manifest, sha256=verify)
-            return PrepareResult(
-                spec.name,
-                final,
-                "up to date",
-                manifest["documents"],
-                manifest["tokens"],
-                0,
-                len(manifest["shards"]),
-                time.perf_counter() - t0,
-                manifest["report"],
-            )
+    if (result := _up_to_date(spec, final, key, verify, t0)) is not None:
+        return result
     cls_id = tok.special_ids.get("cls_token_id")
     sep_id = tok.special_ids.get("sep_token_id")
     if cls_id is None or sep_id is None:
