@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 from ettin.config import MODERNBERT_VOCAB_SIZE, SIZES, config_for_size
 from ettin.errors import EttinError
 from ettin.hf.adapter import check_arch
-from ettin.hf.files import prepare_out
 from ettin.hf.loading import load, load_dir, read_config, resolve
 from ettin.hf.save import save_pretrained
+from ettin.io import claim_out_dir
 from ettin.tokenizer import check_tokenizer_dir
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def export(
 ) -> tuple[Path, "EttinModel"]:
     """Anything ettin can load -> a Hugging Face folder (with the source's tokenizer unless one is given)."""
     out = Path(out)
-    prepare_out(out, overwrite)  # fail before the (possibly slow) load
+    claim_out_dir(out, overwrite)  # fail before the (possibly slow) load
     src_dir = resolve(src, revision)
     config = read_config(src_dir)
     if arch is not None:
@@ -85,7 +85,7 @@ def init_model(
     """
     out = Path(out)
     check_arch(arch)
-    prepare_out(out, overwrite)
+    claim_out_dir(out, overwrite)
     if size not in SIZES:
         config_for_size(size)  # raises the unknown-size error before anything slow
     ids: dict[str, int] = {}

@@ -138,9 +138,6 @@ def read_weights(model_dir: Path) -> dict[str, "torch.Tensor"]:
 # ----------------------------------------------------------------------------------------- writing
 
 
-prepare_out = claim_out_dir  # the one output-folder policy (ettin.io)
-
-
 def tokenizer_files(tok_dir: Path) -> list[Path]:
     return [tok_dir / n for n in TOKENIZER_FILES if (tok_dir / n).is_file()]
 
@@ -161,7 +158,7 @@ def write_model_folder(
     else belongs in it before it is published."""
     from safetensors.torch import save_file
 
-    replace = prepare_out(out_dir, overwrite)
+    replace = claim_out_dir(out_dir, overwrite)
     with atomic_dir(out_dir, overwrite=replace) as tmp:
         save_file(dict(tensors), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         for name, obj in json_files.items():

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from ettin.errors import EttinError
 from ettin.hf.adapter import config_to_hf, state_dict_to_hf
-from ettin.hf.files import prepare_out, write_model_folder
+from ettin.hf.files import write_model_folder
+from ettin.io import claim_out_dir
 from ettin.tokenizer import check_tokenizer_dir
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def save_pretrained(
     """
     out_dir = Path(out_dir)
     config = model.config
-    prepare_out(out_dir, overwrite)  # refuse before anything is converted
+    claim_out_dir(out_dir, overwrite)  # refuse before anything is converted
     if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
         if not hasattr(tokenizer, "save_pretrained"):
             raise TypeError(f"tokenizer must be a folder or have save_pretrained, got {type(tokenizer).__name__}")
