@@ -420,54 +420,56 @@ def _tail(text: str, n: int = 1500) -> str:
     return text[-n:].strip()
 
 
+def _run_trial(trial: Trial, target: Path, args, scan, compare, *, slow: float, max_launches: int) -> Trial:
+    """Kill at each of the trial's faults in turn, then finish and compare. `args()` is the command of the
+    next launch, asked each time (a training run that exists is resumed)."""
+    t0 = time.perf_counter()
+    for fault in [*trial.faults, None][:max_launches]:
+        proc = run_child(args(), fault=fault, slow=slow if fault else 0.0)
+        trial.launches += 1
+        if proc.returncode == KILLED and fault:
+            trial.kills += 1
+            if target.exists() and leftovers(target):
+                trial.landed_in_write += 1
+            trial.problems += [f"after kill at {fault}: {p}" for p in scan()]
+        elif proc.returncode != 0:
+            trial.errors.append(
+                f"launch {trial.launches} ({fault or 'no fault'}) exit {proc.returncode}: {_tail(proc.stderr)}"
+            )
+            break
+    if not trial.errors:
+        trial.diffs = compare()
+    trial.seconds = time.perf_counter() - t0
+    return trial
+
+
 def run_train_trial(
     workdir: Path, recipe: Path, reference: Path, faults: list[str], *, slow: float = 0.0, max_launches: int = 12
 ) -> Trial:
     """Kill at each fault in turn (resuming in between), then finish and compare with the reference."""
-    trial = Trial("train", list(faults), slow)
-    t0 = time.perf_counter()
     run = workdir / "run"
-    for fault in [*faults, None][:max_launches]:
-        proc = run_child(train_args(recipe, run), fault=fault, slow=slow if fault else 0.0)
-        trial.launches += 1
-        if proc.returncode == KILLED and fault:
-            trial.kills += 1
-            if leftovers(run) if run.exists() else []:
-                trial.landed_in_write += 1
-            trial.problems += [f"after kill at {fault}: {p}" for p in scan_run(run)]
-        elif proc.returncode != 0:
-            trial.errors.append(
-                f"launch {trial.launches} ({fault or 'no fault'}) exit {proc.returncode}: {_tail(proc.stderr)}"
-            )
-            break
-    if not trial.errors:
-        trial.diffs = compare_runs(run, reference)
-    trial.seconds = time.perf_counter() - t0
-    return trial
+    return _run_trial(
+        Trial("train", list(faults), slow),
+        run,
+        lambda: train_args(recipe, run),
+        lambda: scan_run(run),
+        lambda: compare_runs(run, reference),
+        slow=slow,
+        max_launches=max_launches,
+    )
 
 
 def run_prepare_trial(workdir: Path, assets: dict[str, Path], reference: Path, faults: list[str]) -> Trial:
-    trial = Trial("prepare", list(faults))
-    t0 = time.perf_counter()
     out = workdir / "data"
-    for fault in [*faults, None]:
-        proc = run_child(prepare_args(assets, out), fault=fault)
-        trial.launches += 1
-        if proc.returncode == KILLED and fault:
-            trial.kills += 1
-            if out.exists() and leftovers(out):
-                trial.landed_in_write += 1
-            if out.exists():
-                trial.problems += [f"after kill at {fault}: {p}" for p in scan_data(out)]
-        elif proc.returncode != 0:
-            trial.errors.append(
-                f"launch {trial.launches} ({fault or 'no fault'}) exit {proc.returncode}: {_tail(proc.stderr)}"
-            )
-            break
-    if not trial.errors:
-        trial.diffs = compare_data(out, reference)
-    trial.seconds = time.perf_counter() - t0
-    return trial
+    return _run_trial(
+        Trial("prepare", list(faults)),
+        out,
+        lambda: prepare_args(assets, out),
+        lambda: scan_data(out) if out.exists() else [],
+        lambda: compare_data(out, reference),
+        slow=0.0,
+        max_launches=len(faults) + 1,
+    )
 
 
 def random_train_faults(rng: random.Random, duration: float) -> tuple[list[str], float]:
