@@ -704,7 +704,7 @@ def prepare_source_ray(
     dtype = token_dtype(tok.vocab_size)
     resumed = False
     try:
-        # 1. read and tokenize: one task per unit not finished before
+        # 1. read and tokenize: a Ray Data pipeline over the units not finished before (read_dataset)
         entries: dict[int, dict] = {}
         for u in units:
             if (e := _unit_done(blocks, u.index)) is not None:
