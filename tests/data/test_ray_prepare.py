@@ -1,6 +1,8 @@
-"""The Ray engine of `ettin data prepare` on a real local Ray cluster: the same bytes as the local
-engine, resume after a failed task, a dead worker retried, and one clear line for each bad input."""
+"""The Ray engine of `ettin data prepare` on a real local Ray cluster: the inputs read by Ray Data, the
+same bytes as the local engine, resume after a failed task, a dead worker retried, and one clear line
+for each bad input."""
 
+import gzip
 import hashlib
 import importlib.util
 import json
@@ -13,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from ettin.data import ray_engine
 from ettin.data.prepare import ShardCutter, prepare
 from ettin.data.ray_engine import FAULT_ENV
 from ettin.data.sources import SourceSpec
@@ -93,8 +96,9 @@ def ray_session():
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, corpus_dir):
-    """Sources of every kind: a JSONL folder with a bad line and bad bytes (skipped and counted),
-    plain text split at blank lines, a Parquet folder, a saved HF dataset and a single JSONL file."""
+    """Sources of every kind: a JSONL folder with a bad line, bad bytes (skipped and counted) and a
+    gzipped file of two gzip members, plain text split at blank lines, a Parquet folder, a saved HF
+    dataset and a single JSONL file."""
     import datasets
 
     root = tmp_path_factory.mktemp("ray-inputs")
@@ -108,6 +112,8 @@ def inputs(tmp_path_factory, corpus_dir):
         if i == 2:
             data = data.replace(b"the", b"th\xff", 1)
         (root / "jl" / ("sub" if i else "") / f"part{i}.jsonl").write_bytes(data + b"\n")
+    members = [("\n".join(lines[300 + k * 40 : 340 + k * 40]) + "\n").encode() for k in range(2)]
+    (root / "jl" / "sub" / "part3.jsonl.gz").write_bytes(b"".join(gzip.compress(m) for m in members))
     (root / "pq").mkdir()
     texts = [json.loads(line)["text"] for line in lines]
     for i in range(2):
@@ -146,9 +152,46 @@ def test_same_bytes_as_local(ray_session, tmp_path, inputs, local_out, small_tok
     assert again[0].status == "up to date"
 
 
+@pytest.fixture
+def read_steps(monkeypatch):
+    """Every dataset the Ray engine's read step builds (through the `read_dataset` seam), with its units."""
+    built = []
+
+    def recording(units, args, max_retries=ray_engine.MAX_RETRIES):
+        ds = real(units, args, max_retries)
+        built.append((ds, [u.index for u in units]))
+        return ds
+
+    real = ray_engine.read_dataset
+    monkeypatch.setattr(ray_engine, "read_dataset", recording)
+    return built
+
+
+@needs_ray
+def test_inputs_are_read_by_a_ray_data_pipeline(
+    ray_session, read_steps, tmp_path, inputs, local_out, small_tokenizer_dir
+):
+    """Files come through Ray Data's binary-file reader, other kinds through from_items; the rows that
+    prepare consumes are that pipeline's, one per read unit."""
+    import ray.data
+
+    jl, hf = inputs[0], inputs[3]
+    prepare([jl, hf], small_tokenizer_dir, tmp_path / "d", shard_tokens=SHARD_TOKENS, engine="ray")
+    (files_ds, files_units), (hf_ds, hf_units) = read_steps
+    assert isinstance(files_ds, ray.data.Dataset) and isinstance(hf_ds, ray.data.Dataset)
+    assert files_units == [0, 1, 2, 3] and hf_units == [0]
+    files_stats, hf_stats = files_ds.stats(), hf_ds.stats()  # what ran: the executed operators
+    assert "ReadBinary" in files_stats and "Map(tokenize_row)" in files_stats, files_stats
+    assert "FromItems" in hf_stats or "from_items" in hf_stats.lower(), hf_stats
+    assert "Map(tokenize_row)" in hf_stats, hf_stats
+    for spec in (jl, hf):
+        assert tree_hashes(tmp_path / "d" / spec.name) == tree_hashes(local_out / spec.name), spec.name
+
+
 @needs_ray
 def test_dead_worker_is_retried(ray_session, monkeypatch, tmp_path, inputs, local_out, small_tokenizer_dir):
-    monkeypatch.setenv(FAULT_ENV, "shard=1:exit")  # the worker writing shard 1 dies once
+    # the Ray Data task reading file 1 dies once, and so does the worker writing shard 1
+    monkeypatch.setenv(FAULT_ENV, "unit=1:exit,shard=1:exit")
     (result,) = prepare(inputs[:1], small_tokenizer_dir, tmp_path / "d", shard_tokens=SHARD_TOKENS, engine="ray")
     assert result.status == "prepared"
     assert tree_hashes(tmp_path / "d" / "jl") == tree_hashes(local_out / "jl")
@@ -156,7 +199,7 @@ def test_dead_worker_is_retried(ray_session, monkeypatch, tmp_path, inputs, loca
 
 @needs_ray
 def test_failed_run_resumes_without_redoing_finished_shards(
-    ray_session, monkeypatch, tmp_path, inputs, local_out, small_tokenizer_dir
+    ray_session, read_steps, monkeypatch, tmp_path, inputs, local_out, small_tokenizer_dir
 ):
     out = tmp_path / "d"
     monkeypatch.setenv(FAULT_ENV, "shard=2:raise")
@@ -167,9 +210,14 @@ def test_failed_run_resumes_without_redoing_finished_shards(
     assert not list(staging.glob("*-00002.*")) and not list(staging.rglob("*.tmp"))  # nothing half-written
     finished = {p.name: p.stat().st_mtime_ns for p in staging.glob("tokens-*.npy")}
     assert len(finished) >= 3
+    blocks = staging / "blocks"
+    assert sorted(p.name for p in blocks.glob("unit-*.json")) == [f"unit-{i:05d}.json" for i in range(4)]
     monkeypatch.delenv(FAULT_ENV)
+    assert [units for _, units in read_steps] == [[0, 1, 2, 3]]
+    (blocks / "unit-00002.json").unlink()  # as if the read of file 2 had not finished
     (result,) = prepare(inputs[:1], small_tokenizer_dir, out, shard_tokens=SHARD_TOKENS, engine="ray")
     assert result.status == "resumed"
+    assert [units for _, units in read_steps] == [[0, 1, 2, 3], [2]]  # finished files left out of the dataset
     assert {n: (out / "jl" / n).stat().st_mtime_ns for n in finished} == finished  # not redone
     assert tree_hashes(out / "jl") == tree_hashes(local_out / "jl")
 
@@ -239,3 +287,22 @@ def test_token_id_sources_give_the_same_shards_under_ray(ray_session, tmp_path, 
     assert [r.status for r in local] == [r.status for r in ray_out] == ["prepared", "prepared"]
     for name in ("u16", "text"):
         assert tree_hashes(tmp_path / "ray" / name) == tree_hashes(tmp_path / "local" / name), name
+
+
+@needs_ray
+def test_error_in_a_read_task_is_one_line(ray_session, capfd, tmp_path, small_tokenizer_dir):
+    """A user error found inside Ray Data's map (bytes that are not UTF-8) reaches the terminal as ettin's
+    one line: no Ray Data progress bars, execution logs or task tracebacks, and nothing left behind."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.txt").write_text("fine text\n")
+    (bad / "b.txt").write_bytes(b"caf\xe9\n")
+    capfd.readouterr()
+    code, _, err = run_in_process(
+        ["data", "prepare", "-s", f"text:{bad}", "--tokenizer", small_tokenizer_dir]
+        + ["--out", tmp_path / "d", "--engine", "ray"]
+    )
+    assert_one_line_error(code, err, "not UTF-8", str(bad / "b.txt"))
+    fd_out, fd_err = capfd.readouterr()
+    assert fd_out.strip() == "" and fd_err.strip() == "", (fd_out, fd_err)
+    assert not (tmp_path / "d").exists()

@@ -1,21 +1,27 @@
 """The Ray engine of `ettin data prepare` (`--engine ray`): the same shards as the local engine, on a cluster.
 
-The bytes are equal by construction, because both engines run the same pure steps: the same source
-readers (`iter_documents`), the same encoder (`_encode`), the same shard cuts (`ShardCutter`), the same
-shard writer (`_write_shard`) and the same manifest (`_finish`). Only the order of work differs:
+The bytes are equal by construction, because both engines run the same pure steps: the same file
+reader (`file_documents`, or `iter_documents` for a source read as a whole), the same encoder
+(`_encode`), the same shard cuts (`ShardCutter`), the same shard writer (`_write_shard`) and the same
+manifest (`_finish`). Only the order of work differs:
 
-1. read + tokenize, one Ray task per read unit (a file of a text/JSONL/Parquet folder; any other source
-   kind, or a single file, is one unit read through its ettin reader). Each task writes its tokens,
-   lengths, byte counts and origins to `.<name>.partial/blocks/` and then a small marker;
+1. read + tokenize, a Ray Data pipeline (`read_dataset`): the files of a text/JSONL/Parquet source
+   (a folder, a single file, or object-store URLs) are read by `ray.data.read_binary_files` (pyarrow
+   file systems: local paths, s3://, gs://), one row and one read task per file; any other source kind
+   (an HF dataset saved to disk, a built-in corpus, MDS text) is one row of `ray.data.from_items`, read
+   by its ettin reader inside the task. The pipeline's map parses each file's bytes with ettin's reader,
+   tokenizes them and writes the tokens, lengths, byte counts and origins to `.<name>.partial/blocks/`
+   and then a small marker; its output is one small row per read unit (the marker, or a user error);
 2. plan, on the driver: the shard cuts from the units' lengths in source order (cheap: 8 bytes a document);
 3. write, one Ray task per shard: the shard's documents are sliced out of the (memory-mapped) blocks and
    written by `_write_shard`, which marks a finished shard with its own JSON after its files.
 
-Resumable: a rerun with the same key keeps every unit and shard whose marker and files are intact and
-does only the rest. Fault tolerant: tasks run with `max_retries`, so a worker or node that dies is
-retried by Ray; every file is written to a temporary name and renamed (ettin.io), so a failed task
-never leaves a half-written file under a finished name. The output folder must be one path that the
-driver and every node can write (a shared file system); this is checked on every node before work starts.
+Resumable: a rerun with the same key keeps every unit and shard whose marker and files are intact (the
+finished units are left out of the dataset before it is built) and does only the rest. Fault tolerant:
+Ray Data's tasks and the shard tasks run with `max_retries`, so a worker or node that dies is retried by
+Ray; every file is written to a temporary name and renamed, so a failed task never leaves a half-written
+file under a finished name. The output folder must be one path that the driver and every node can write
+(a shared file system); this is checked on every node before work starts.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -30,8 +37,8 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +62,7 @@ from ettin.data.sources import (
     TEXT_SUFFIXES,
     SourceReport,
     SourceSpec,
+    file_documents,
     iter_documents,
     source_files,
     source_fingerprint,
@@ -64,7 +72,9 @@ from ettin.io import atomic_write_json
 
 MAX_RETRIES = 3
 _LISTED = 5  # as many bad files / lines as a source report lists (sources._MAX_LISTED)
-FAULT_ENV = "ETTIN_RAY_FAULT"  # tests: "shard=N:exit" kills the worker once, "shard=N:raise" fails the task
+# tests: "shard=N:exit" / "unit=N:exit" kill the worker writing shard N / reading unit N once (Ray retries
+# it), "shard=N:raise" fails the task; several faults are separated by commas
+FAULT_ENV = "ETTIN_RAY_FAULT"
 
 
 def import_ray():
@@ -139,11 +149,14 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None) -> Iter
 
 @dataclass(frozen=True)
 class Unit:
+    """What one read task reads: one file of a text/JSONL/Parquet source (`rel` set), else the whole source."""
+
     index: int
-    spec: SourceSpec  # what the task reads: the source itself, or one of its files
-    rename: tuple[str, str] | None  # (file name, path relative to the source folder) for origins
+    spec: SourceSpec
     nbytes: int
-    url: str = ""  # a file in an object store: the task copies it to local disk and reads the copy
+    rel: str | None = None  # the file's name in origins (relative to the source folder)
+    where: str = ""  # the file as errors and the report name it: its path as the local engine names it, or URL
+    read_path: str = ""  # the path Ray Data reads: absolute local path, or the path in the object store
 
 
 _URL_KINDS = {"text": TEXT_SUFFIXES, "jsonl": (".jsonl", ".jsonl.gz", ".json"), "parquet": (".parquet",)}
@@ -248,24 +261,26 @@ def url_fingerprint(spec: SourceSpec, files: list[tuple[str, str, int]]) -> str:
 
 
 def read_units(spec: SourceSpec) -> list[Unit]:
-    """One unit per file of a text/JSONL/Parquet folder (read in parallel), else the whole source."""
+    """One unit per file of a text/JSONL/Parquet source (read in parallel by Ray Data), else the whole source."""
     if is_url(spec.path):
-        return [Unit(i, spec, (Path(rel).name, rel), size, url) for i, (url, rel, size) in enumerate(url_files(spec))]
+        return [
+            Unit(i, spec, size, rel, url, url.split("://", 1)[1]) for i, (url, rel, size) in enumerate(url_files(spec))
+        ]
     files = source_files(spec)
     base = Path(spec.path)
-    if spec.kind in ("text", "jsonl", "parquet") and base.is_dir():
+    if spec.kind in ("text", "jsonl", "parquet"):
         return [
-            Unit(i, replace(spec, path=str(f)), (f.name, str(f.relative_to(base))), f.stat().st_size)
+            Unit(
+                i,
+                spec,
+                f.stat().st_size,
+                f.name if base.is_file() else str(f.relative_to(base)),
+                str(f),
+                str(f.absolute()),
+            )
             for i, f in enumerate(files)
         ]
-    return [Unit(0, spec, None, sum(f.stat().st_size for f in files))]
-
-
-def _renamed(ref: str, rename: tuple[str, str] | None) -> str:
-    """An origin of a file read on its own, written as when it is read as part of its folder."""
-    if rename and ref.startswith(rename[0]) and rename[0] != rename[1]:
-        return rename[1] + ref[len(rename[0]) :]
-    return ref
+    return [Unit(0, spec, sum(f.stat().st_size for f in files))]
 
 
 def merge_reports(reports: list[dict]) -> dict:
@@ -326,51 +341,63 @@ def _write_json_in(path: Path, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2))
 
 
-def _backend(fingerprint: str, tokenizer_json: str):
+def _backend(fingerprint: str, tokenizer_json):
+    """The tokenizer of this worker process, built once from its JSON (a string, or a Ray object holding it)."""
     if fingerprint not in _BACKENDS:
         from tokenizers import Tokenizer
 
+        if not isinstance(tokenizer_json, str):
+            import ray
+
+            tokenizer_json = ray.get(tokenizer_json)
         _BACKENDS[fingerprint] = Tokenizer.from_str(tokenizer_json)
     return _BACKENDS[fingerprint]
 
 
-def tokenize_unit(unit: Unit, blocks: str, fingerprint: str, tokenizer_json: str, dtype: str, batch_chars: int) -> dict:
-    """Read and tokenize one unit into block files plus a marker; returns the marker."""
-    if not unit.url:
-        return _tokenize_unit(unit, blocks, fingerprint, tokenizer_json, dtype, batch_chars)
-    with tempfile.TemporaryDirectory(prefix="ettin-unit-") as tmp:
-        local = Path(tmp) / unit.rename[0]
-        fs, path = _url_fs(unit.url)
-        with fs.open_input_stream(path) as src, open(local, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 22)
-        try:
-            entry = _tokenize_unit(
-                replace(unit, spec=replace(unit.spec, path=str(local))),
-                blocks,
-                fingerprint,
-                tokenizer_json,
-                dtype,
-                batch_chars,
-            )
-        except EttinError as exc:
-            raise EttinError(str(exc).replace(str(local), unit.url)) from None
-    rep = entry["report"]
-    rep["bad_utf8_files"] = [
-        unit.url + f[len(str(local)) :] if f.startswith(str(local)) else f for f in rep["bad_utf8_files"]
-    ]
-    _write_json_in(Path(blocks) / f"unit-{unit.index:05d}.json", entry)
-    return entry
-
-
-def _tokenize_unit(
-    unit: Unit, blocks: str, fingerprint: str, tokenizer_json: str, dtype: str, batch_chars: int
+def tokenize_row(
+    row: dict,
+    *,
+    units: dict,
+    blocks: str,
+    fingerprint: str,
+    tokenizer_json,
+    dtype: str,
+    batch_chars: int,
+    fault: str,
 ) -> dict:
+    """The map of the read pipeline: one row of Ray Data (a file's path and bytes, or a unit's index)
+    parsed by ettin's reader and tokenized into block files plus a marker. Returns the marker as JSON, or
+    the user error (an EttinError: bad bytes, malformed lines) as one line for the driver to raise."""
+    unit = units[row["path"]] if "path" in row else units[int(row["unit"])]
+    _fault(Path(blocks).parent, f"unit={unit.index}", fault)
+    report = SourceReport()
+    try:
+        if unit.rel is None:
+            docs = iter_documents(unit.spec, report)
+        else:
+            docs = file_documents(unit.spec, bytes(row["bytes"]), unit.where, unit.rel, report)
+        entry = tokenize_unit(unit, docs, report, blocks, fingerprint, tokenizer_json, dtype, batch_chars)
+    except EttinError as exc:
+        return {"unit": unit.index, "entry": "", "error": str(exc)}
+    return {"unit": unit.index, "entry": json.dumps(entry), "error": ""}
+
+
+def tokenize_unit(
+    unit: Unit,
+    docs: Iterator,
+    report: SourceReport,
+    blocks: str,
+    fingerprint: str,
+    tokenizer_json,
+    dtype: str,
+    batch_chars: int,
+) -> dict:
+    """Tokenize one unit's documents into block files plus a marker; returns the marker."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     blocks_dir = Path(blocks)
     backend = _backend(fingerprint, tokenizer_json)
-    report = SourceReport()
     tokens: list[np.ndarray] = []
     lengths: list[np.ndarray] = []
     origins: list[str] = []
@@ -385,8 +412,8 @@ def _tokenize_unit(
         lengths.append(lens)
         texts.clear()
 
-    for doc in iter_documents(unit.spec, report):
-        origins.append(_renamed(doc.origin, unit.rename))
+    for doc in docs:
+        origins.append(doc.origin)
         texts.append(doc.text)
         chars += len(doc.text)
         if chars >= batch_chars:
@@ -394,7 +421,6 @@ def _tokenize_unit(
             chars = 0
     if texts:
         encode()
-    report.bad_line_refs = [_renamed(r, unit.rename) for r in report.bad_line_refs]
     arrays = {
         "tokens": np.concatenate(tokens) if tokens else np.zeros(0, np.dtype(dtype)),
         "lengths": np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
@@ -421,20 +447,19 @@ def _tokenize_unit(
     return entry
 
 
-def _fault(staging: Path, index: int, fault: str) -> None:
+def _fault(staging: Path, where: str, fault: str) -> None:
     """The test hook of FAULT_ENV: a worker that dies once (Ray retries it) or a task that fails."""
-    if not fault:
-        return
-    where, _, mode = fault.partition(":")
-    if where != f"shard={index}":
-        return
-    if mode == "exit":
-        flag = staging / f".fault-{index}"
-        if not flag.exists():
-            flag.touch()
-            os._exit(1)
-    elif mode == "raise":
-        raise RuntimeError(f"injected fault in shard {index} ({FAULT_ENV})")
+    for one in filter(None, fault.split(",")):
+        at, _, mode = one.partition(":")
+        if at != where:
+            continue
+        if mode == "exit":
+            flag = staging / f".fault-{where.replace('=', '-')}"
+            if not flag.exists():
+                flag.touch()
+                os._exit(1)
+        elif mode == "raise":
+            raise RuntimeError(f"injected fault in {where} ({FAULT_ENV})")
 
 
 def write_shard_task(staging: str, index: int, first_doc: int, pieces: list[tuple[int, int, int]], fault: str) -> dict:
@@ -443,7 +468,7 @@ def write_shard_task(staging: str, index: int, first_doc: int, pieces: list[tupl
 
     staging_dir = Path(staging)
     blocks = staging_dir / "blocks"
-    _fault(staging_dir, index, fault)
+    _fault(staging_dir, f"shard={index}", fault)
     tokens, lengths, origins = [], [], []
     text_bytes = 0
     for unit, a, z in pieces:
@@ -474,6 +499,85 @@ def probe_task(out_dir: str, name: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # The driver
+
+
+def read_dataset(units: list[Unit], args: dict, max_retries: int = MAX_RETRIES):
+    """The read step as a Ray Data pipeline: a `ray.data.Dataset` of one small row per unit in `units`.
+
+    The files of a text/JSONL/Parquet source are read by `ray.data.read_binary_files` (one read task per
+    file; .gz is decompressed by pyarrow, as the local engine's gzip does), and the fused map
+    `tokenize_row` parses their bytes with ettin's reader and tokenizes them; a unit read as a whole
+    (another source kind) is one row of `ray.data.from_items`. `args`: the rest of `tokenize_row`'s
+    keywords. Nothing runs until the dataset is iterated."""
+    import warnings
+
+    import ray.data
+
+    by_key = {u.read_path: u for u in units} if units[0].rel is not None else {u.index: u for u in units}
+    if units[0].rel is not None:
+        if is_url(units[0].spec.path):
+            fs, _ = _url_fs(units[0].spec.path)
+        else:
+            import pyarrow.fs as pafs
+
+            fs = pafs.LocalFileSystem()
+        ds = ray.data.read_binary_files(
+            [u.read_path for u in units], include_paths=True, filesystem=fs, override_num_blocks=len(units)
+        )
+    else:
+        ds = ray.data.from_items([{"unit": u.index} for u in units])
+    with warnings.catch_warnings():
+        # Ray Data takes Ray's task options (max_retries) as **ray_remote_args, which it marks deprecated
+        # in favour of named parameters that do not include max_retries yet; the warning would print.
+        warnings.simplefilter("ignore")
+        return ds.map(tokenize_row, fn_kwargs={"units": by_key, **args}, max_retries=max_retries)
+
+
+def _rows(ds) -> Iterator[dict]:
+    """The rows of a dataset as they finish; anything but a user error is a task failure (_InfraError).
+    Leaving early (a user error) stops the pipeline: the generator's close shuts Ray Data's executor down."""
+    rows = iter(ds.iter_rows())
+    try:
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except EttinError:
+                raise
+            except Exception as exc:  # a task that failed after its retries, a file gone since the listing
+                text = str(exc).strip()
+                raise _InfraError(text.splitlines()[-1] if text else type(exc).__name__) from None
+            yield row
+    finally:
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()
+
+
+@contextmanager
+def quiet_ray_data() -> Iterator[None]:
+    """Ray Data without progress bars and with its log on file only (the session's logs/ray-data/), so
+    that the terminal shows ettin's one-line errors and progress; the settings are restored after."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    saved = {
+        k: getattr(ctx, k) for k in ("enable_progress_bars", "enable_operator_progress_bars", "verbose_stats_logs")
+    }
+    for k in saved:
+        setattr(ctx, k, False)
+    consoles = [h for h in logging.getLogger("ray.data").handlers if "File" not in type(h).__name__]
+    levels = [h.level for h in consoles]
+    for h in consoles:
+        h.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(ctx, k, v)
+        for h, level in zip(consoles, levels):
+            h.setLevel(level)
 
 
 def _get(ray, refs: list) -> list:
@@ -578,12 +682,12 @@ def prepare_source_ray(
     progress: Progress | None = None,
     max_retries: int = MAX_RETRIES,
 ) -> PrepareResult:
-    """One source with Ray: tokenize units in tasks, cut shards on the driver, write shards in tasks."""
+    """One source with Ray: read and tokenize units with Ray Data, cut shards on the driver, write shards in tasks."""
     t0 = time.perf_counter()
     units = read_units(spec)
     total_bytes = sum(u.nbytes for u in units)
-    if units[0].url:
-        fingerprint = url_fingerprint(spec, [(u.url, u.rename[1], u.nbytes) for u in units])
+    if is_url(spec.path):
+        fingerprint = url_fingerprint(spec, [(u.where, u.rel, u.nbytes) for u in units])
     else:
         fingerprint = source_fingerprint(spec)
     key = _prepare_key(fingerprint, tok, shard_tokens)
@@ -600,7 +704,7 @@ def prepare_source_ray(
     dtype = token_dtype(tok.vocab_size)
     resumed = False
     try:
-        # 1. read and tokenize: one task per unit not finished before
+        # 1. read and tokenize: a Ray Data pipeline over the units not finished before (read_dataset)
         entries: dict[int, dict] = {}
         for u in units:
             if (e := _unit_done(blocks, u.index)) is not None:
@@ -608,18 +712,26 @@ def prepare_source_ray(
         resumed = bool(entries)
         todo = [u for u in units if u.index not in entries]
         if todo:
-            task = ray.remote(max_retries=max_retries)(tokenize_unit)
-            tok_json = ray.put(tok.backend.to_str())
-            refs = [task.remote(u, str(blocks), tok.fingerprint, tok_json, dtype.str, batch_chars) for u in todo]
+            args = {
+                "blocks": str(blocks),
+                "fingerprint": tok.fingerprint,
+                "tokenizer_json": ray.put(tok.backend.to_str()),
+                "dtype": dtype.str,
+                "batch_chars": batch_chars,
+                "fault": os.environ.get(FAULT_ENV, ""),
+            }
             done_bytes = sum(u.nbytes for u in units if u.index in entries)
-            pending = dict(zip(refs, todo))
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                unit = pending.pop(ready[0])
-                (entries[unit.index],) = _get(ray, ready)
-                done_bytes += unit.nbytes
-                if progress:
-                    progress(spec.name, min(done_bytes, total_bytes) // 2, total_bytes)
+            with quiet_ray_data(), closing(_rows(read_dataset(todo, args, max_retries))) as rows:
+                for row in rows:
+                    if row["error"]:
+                        raise EttinError(row["error"])
+                    entry = json.loads(row["entry"])
+                    entries[entry["unit"]] = entry
+                    done_bytes += units[entry["unit"]].nbytes
+                    if progress:
+                        progress(spec.name, min(done_bytes, total_bytes) // 2, total_bytes)
+            if missing := [u.index for u in todo if u.index not in entries]:  # never expected: a lost row
+                raise _InfraError(f"Ray Data returned no result for read unit(s) {missing[:5]}")
         # 2. plan: the same cuts as the local engine, from the lengths in source order
         cutter = ShardCutter(shard_tokens)
         unit_first = []
@@ -658,7 +770,7 @@ def prepare_source_ray(
         blocks.rmdir()
         for p in staging.glob(".fault-*"):
             p.unlink()
-        n_files = len(units) if units[0].url else len(source_files(spec))
+        n_files = len(units) if is_url(spec.path) else len(source_files(spec))
         manifest = _finish(spec, tok, key, shard_tokens, staging, final, shards, report, n_files, fingerprint)
     except EttinError:
         if created or resumed:
@@ -693,6 +805,8 @@ __all__ = [
     "import_ray",
     "merge_reports",
     "prepare_source_ray",
+    "quiet_ray_data",
     "ray_cluster",
+    "read_dataset",
     "read_units",
 ]

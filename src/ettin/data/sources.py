@@ -362,99 +362,134 @@ def _decode(raw: bytes, where: str, spec: SourceSpec, report: SourceReport) -> s
 
 
 def _open_bytes(path: Path) -> bytes:
+    """A file's content, decompressed when its name ends in .gz."""
     if path.name.endswith(".gz"):
         with gzip.open(path, "rb") as f:
             return f.read()
     return path.read_bytes()
 
 
-def _text_documents(spec: SourceSpec, report: SourceReport) -> Iterator[Document]:
-    files = source_files(spec)
-    base = Path(spec.path)
-    for path in files:
-        rel = path.name if base.is_file() else str(path.relative_to(base))
-        text = _decode(_open_bytes(path), str(path), spec, report)
-        if spec.split == "file":
-            yield Document(text, origin=rel)
-        elif spec.split == "line":
-            for i, line in enumerate(text.split("\n"), 1):
-                yield Document(line, origin=f"{rel}:{i}")
-        else:
-            line_no = 1
-            for block in re.split(r"\n[ \t]*\n", text):
-                yield Document(block, origin=f"{rel}:{line_no}")
-                line_no += block.count("\n") + 2
+def _rel(path: Path, base: Path) -> str:
+    """A file's name in its documents' origins: relative to the source folder (its name for a single file)."""
+    return path.name if base.is_file() else str(path.relative_to(base))
 
 
-def _jsonl_documents(spec: SourceSpec, report: SourceReport) -> Iterator[Document]:
-    files = source_files(spec)
+def _text_or_jsonl_documents(spec: SourceSpec, report: SourceReport) -> Iterator[Document]:
     base = Path(spec.path)
-    for path in files:
-        rel = path.name if base.is_file() else str(path.relative_to(base))
-        raw = _open_bytes(path)
-        bad_refs: list[str] = []
-        for i, line in enumerate(raw.split(b"\n"), 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{i}"
-            text_line = _decode(line, where, spec, report)
-            problem = None
-            try:
-                obj = json.loads(text_line)
-            except json.JSONDecodeError as exc:
-                obj, problem = None, f"not JSON ({exc.msg})"
-            if problem is None:
-                if not isinstance(obj, dict):
-                    problem = "not a JSON object"
-                elif spec.field not in obj:
-                    problem = f"no key '{spec.field}'"
-                elif not isinstance(obj[spec.field], str):
-                    problem = f"'{spec.field}' is not a string"
-            if problem is not None:
-                if spec.on_error == "skip":
-                    report.bad_lines += 1
-                    if len(report.bad_line_refs) < _MAX_LISTED:
-                        report.bad_line_refs.append(f"{rel}:{i}")
-                    continue
-                bad_refs.append(f"{i} ({problem})")
-                if len(bad_refs) >= _MAX_LISTED:
-                    break
-                continue
-            if not bad_refs:
-                yield Document(obj[spec.field], origin=f"{rel}:{i}")
-        if bad_refs and spec.on_error == "fail":
-            more = "" if len(bad_refs) < _MAX_LISTED else " and maybe more"
-            raise EttinError(
-                f"malformed JSONL line(s) {', '.join(bad_refs)}{more}",
-                path=path,
-                fix=f"fix those lines (each must be an object with a string '{spec.field}'), or pass on_error=skip (--on-error skip)",
-            )
+    for path in source_files(spec):
+        yield from _file_documents(spec, _open_bytes(path), str(path), _rel(path, base), report)
 
 
 def _parquet_documents(spec: SourceSpec, report: SourceReport) -> Iterator[Document]:
+    base = Path(spec.path)
+    for path in source_files(spec):
+        yield from _parquet_file_documents(spec, path, str(path), _rel(path, base))
+
+
+def file_documents(spec, raw: bytes, where: str, rel: str, report: SourceReport | None = None) -> Iterator[Document]:
+    """The documents of one file of a text, JSONL or Parquet source, parsed from its content, as
+    `iter_documents` yields them when it reads that file as part of its source.
+
+    `raw` is the file's content (decompressed when its name ends in .gz), `where` the file as errors and
+    the report name it (its path or URL), `rel` its name in the documents' origins (relative to the
+    source folder; the file's name for a single-file source). The local engine reads each file and
+    parses it with this reader; the Ray engine parses the bytes that Ray Data read with it."""
+    spec = as_spec(spec)
+    report = report if report is not None else SourceReport()
+    return _counted(_file_documents(spec, raw, where, rel, report), report)
+
+
+def _file_documents(spec: SourceSpec, raw: bytes, where: str, rel: str, report: SourceReport) -> Iterator[Document]:
+    if spec.kind == "text":
+        return _text_file_documents(spec, raw, where, rel, report)
+    if spec.kind == "jsonl":
+        return _jsonl_file_documents(spec, raw, where, rel, report)
+    if spec.kind == "parquet":
+        import pyarrow as pa
+
+        return _parquet_file_documents(spec, pa.BufferReader(raw), where, rel)
+    raise EttinError(f"a '{spec.kind}' source is not read file by file", field="kind", fix="use text, jsonl or parquet")
+
+
+def _text_file_documents(
+    spec: SourceSpec, raw: bytes, where: str, rel: str, report: SourceReport
+) -> Iterator[Document]:
+    text = _decode(raw, where, spec, report)
+    if spec.split == "file":
+        yield Document(text, origin=rel)
+    elif spec.split == "line":
+        for i, line in enumerate(text.split("\n"), 1):
+            yield Document(line, origin=f"{rel}:{i}")
+    else:
+        line_no = 1
+        for block in re.split(r"\n[ \t]*\n", text):
+            yield Document(block, origin=f"{rel}:{line_no}")
+            line_no += block.count("\n") + 2
+
+
+def _jsonl_file_documents(
+    spec: SourceSpec, raw: bytes, path: str, rel: str, report: SourceReport
+) -> Iterator[Document]:
+    bad_refs: list[str] = []
+    for i, line in enumerate(raw.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{i}"
+        text_line = _decode(line, where, spec, report)
+        problem = None
+        try:
+            obj = json.loads(text_line)
+        except json.JSONDecodeError as exc:
+            obj, problem = None, f"not JSON ({exc.msg})"
+        if problem is None:
+            if not isinstance(obj, dict):
+                problem = "not a JSON object"
+            elif spec.field not in obj:
+                problem = f"no key '{spec.field}'"
+            elif not isinstance(obj[spec.field], str):
+                problem = f"'{spec.field}' is not a string"
+        if problem is not None:
+            if spec.on_error == "skip":
+                report.bad_lines += 1
+                if len(report.bad_line_refs) < _MAX_LISTED:
+                    report.bad_line_refs.append(f"{rel}:{i}")
+                continue
+            bad_refs.append(f"{i} ({problem})")
+            if len(bad_refs) >= _MAX_LISTED:
+                break
+            continue
+        if not bad_refs:
+            yield Document(obj[spec.field], origin=f"{rel}:{i}")
+    if bad_refs and spec.on_error == "fail":
+        more = "" if len(bad_refs) < _MAX_LISTED else " and maybe more"
+        raise EttinError(
+            f"malformed JSONL line(s) {', '.join(bad_refs)}{more}",
+            path=path,
+            fix=f"fix those lines (each must be an object with a string '{spec.field}'), or pass on_error=skip (--on-error skip)",
+        )
+
+
+def _parquet_file_documents(spec: SourceSpec, source, path: str, rel: str) -> Iterator[Document]:
+    """`source`: the file's path, or a pyarrow buffer of its bytes."""
     import pyarrow.parquet as pq
 
-    files = source_files(spec)
-    base = Path(spec.path)
-    for path in files:
-        rel = path.name if base.is_file() else str(path.relative_to(base))
-        try:
-            pf = pq.ParquetFile(path)
-        except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
-            raise EttinError(f"not a readable Parquet file ({exc})", path=path) from None
-        if spec.field not in pf.schema_arrow.names:
-            raise EttinError(
-                f"no column '{spec.field}' (columns: {', '.join(pf.schema_arrow.names)})",
-                path=path,
-                field="field",
-                fix="name the text column with KIND:PATH#COLUMN",
-            )
-        row = 0
-        for batch in pf.iter_batches(columns=[spec.field], batch_size=4096):
-            for value in batch.column(0).to_pylist():
-                if isinstance(value, str):
-                    yield Document(value, origin=f"{rel}:{row}")
-                row += 1
+    try:
+        pf = pq.ParquetFile(source)
+    except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+        raise EttinError(f"not a readable Parquet file ({exc})", path=path) from None
+    if spec.field not in pf.schema_arrow.names:
+        raise EttinError(
+            f"no column '{spec.field}' (columns: {', '.join(pf.schema_arrow.names)})",
+            path=path,
+            field="field",
+            fix="name the text column with KIND:PATH#COLUMN",
+        )
+    row = 0
+    for batch in pf.iter_batches(columns=[spec.field], batch_size=4096):
+        for value in batch.column(0).to_pylist():
+            if isinstance(value, str):
+                yield Document(value, origin=f"{rel}:{row}")
+            row += 1
 
 
 def _hf_documents(spec: SourceSpec, report: SourceReport) -> Iterator[Document]:
@@ -524,14 +559,19 @@ def iter_documents(spec, report: SourceReport | None = None) -> Iterator[Documen
     report = report if report is not None else SourceReport()
     reader = {
         "builtin": lambda s, r: _builtin_documents(s.path),
-        "text": _text_documents,
-        "jsonl": _jsonl_documents,
+        "text": _text_or_jsonl_documents,
+        "jsonl": _text_or_jsonl_documents,
         "parquet": _parquet_documents,
         "hf": _hf_documents,
         "mds": _mds_documents,
         "replay": _replay_documents,
     }[spec.kind]
-    for doc in reader(spec, report):
+    return _counted(reader(spec, report), report)
+
+
+def _counted(docs: Iterator[Document], report: SourceReport) -> Iterator[Document]:
+    """Empty (whitespace-only) documents skipped and counted; the rest counted."""
+    for doc in docs:
         if not doc.text.strip():
             report.empty_documents += 1
             continue
