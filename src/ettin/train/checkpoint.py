@@ -212,6 +212,91 @@ def _read_optimizer(path: Path) -> dict[str, Any]:
         raise _intact_but_unreadable(path, exc) from exc
 
 
+# the per-parameter moments of the Adam family (StableAdamW keeps these besides its own scalars)
+MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
+
+
+def _few(names: list[str], n: int = 3) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def check_optimizer_state(path: Path, saved: Any, model: torch.nn.Module, optimizer, *, stepped: bool) -> None:
+    """Refuse an optimizer state that does not fit `optimizer` over `model`, before it is loaded.
+
+    `saved` is what `torch.load(weights_only=True)` read (keyed by parameter name, as
+    `full_optimizer_state` writes it). Its groups must be the optimizer's, each naming the same
+    parameters and holding every hyperparameter the optimizer keeps; after a step (`stepped`) every
+    parameter needs its state, with the moments in MOMENT_KEYS shaped like the parameter. Otherwise
+    torch would fail later with a KeyError, or quietly train the parameters left out with fresh moments.
+    """
+
+    def refuse(message: str, field: str) -> None:
+        raise EttinError(message, path=path, field=field, fix=DAMAGED_FIX)
+
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+        refuse("is not an optimizer state (a dict holding 'state' and 'param_groups')", "state")
+    groups = saved.get("param_groups")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        refuse("has no list of parameter groups", "param_groups")
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    live = [[(name_of[id(p)], tuple(p.shape)) for p in g["params"]] for g in optimizer.param_groups]
+    if len(groups) != len(live):
+        refuse(f"has {len(groups)} parameter groups, the model's optimizer has {len(live)}", "param_groups")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, (group, want, live_group) in enumerate(zip(groups, live, optimizer.param_groups)):
+        names = group.get("params")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            refuse(f"group {i} does not list its parameters by name", f"param_groups.{i}.params")
+        missing = [n for n, _ in want if n not in set(names)]
+        if missing:
+            refuse(
+                f"group {i} lacks {len(missing)} of the model's {len(want)} parameters of that group ({_few(missing)})",
+                f"param_groups.{i}.params",
+            )
+        extra = sorted(set(names) - {n for n, _ in want})
+        if extra:
+            refuse(
+                f"group {i} names parameters its group of the model does not hold ({_few(extra)})",
+                f"param_groups.{i}.params",
+            )
+        for key, value in live_group.items():
+            if key == "params":
+                continue
+            if key not in group:
+                refuse(f"group {i} lacks its hyperparameter '{key}'", f"param_groups.{i}.{key}")
+            if isinstance(value, (int, float, torch.Tensor)) and not isinstance(group[key], (int, float, torch.Tensor)):
+                refuse(f"group {i}'s '{key}' is {type(group[key]).__name__}, not a number", f"param_groups.{i}.{key}")
+        shapes.update(want)
+    state = saved["state"]
+    extra = sorted(str(n) for n in state if n not in shapes)
+    if extra:
+        refuse(f"holds state for parameters the model does not have ({_few(extra)})", "state")
+    if stepped:
+        missing = [n for n in shapes if n not in state]
+        if missing:
+            refuse(
+                f"has no state for {len(missing)} of the model's {len(shapes)} parameters ({_few(missing)}); "
+                "resuming would train them with fresh moments",
+                "state",
+            )
+    for name, entry in state.items():
+        if not isinstance(entry, dict):
+            refuse(f"the state of {name} is {type(entry).__name__}, not a dict", f"state.{name}")
+        lacking = [k for k in MOMENT_KEYS if k not in entry]
+        if lacking:
+            refuse(f"the state of {name} lacks {', '.join(lacking)}", f"state.{name}")
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                if value.ndim and tuple(value.shape) != shapes[name]:
+                    refuse(
+                        f"{key} of {name} has shape {list(value.shape)}, the parameter {list(shapes[name])}",
+                        f"state.{name}.{key}",
+                    )
+            elif key in MOMENT_KEYS or not (value is None or isinstance(value, (bool, int, float))):
+                refuse(f"{key} of {name} is {type(value).__name__}, not a tensor", f"state.{name}.{key}")
+
+
 def read_trainer_state(ckpt_dir: Path, rng_tensors: dict[str, torch.Tensor] | None = None) -> TrainState:
     path = Path(ckpt_dir) / STATE_FILE
     try:
