@@ -1389,6 +1389,60 @@ def _poke(path: Path, offset: int, data: bytes) -> None:
         f.write(data)
 
 
+def nan_weights(*names: str) -> Callable[[dict], None]:
+    """Set the named tensors (all floating ones when none is named) to NaN."""
+
+    def change(sd: dict) -> None:
+        for k, t in sd.items():
+            if t.is_floating_point() and (not names or k in names):
+                t.fill_(float("nan"))
+
+    return change
+
+
+# Issue 16: non-finite model outputs are an error, not a score; an eval tokenizer must fit the model.
+CASES += [
+    Case(
+        "eval-weights-nan",
+        "eval enc --tasks sst2 --limit 8 --out o",
+        r"^error: enc: enc produced non-finite hidden states on a two-token probe, before any task "
+        r"\(its weights or config are damaged",
+        chain(copy("enc"), edit_weights("enc/model.safetensors", nan_weights())),
+    ),
+    Case(
+        "eval-decoder-one-layer-nan",
+        "eval dec --tasks lambada --limit 4 --out o",
+        r"dec produced non-finite hidden states on a two-token probe",
+        chain(copy("dec"), edit_weights("dec/model.safetensors", nan_weights("model.layers.0.attn.Wo.weight"))),
+    ),
+    Case(
+        "mteb-weights-nan",
+        "mteb enc --max-queries 4 --max-docs 8",
+        r"enc produced non-finite hidden states on a two-token probe",
+        chain(copy("enc"), edit_weights("enc/model.safetensors", nan_weights())),
+    ),
+    Case(
+        "eval-tokenizer-special-ids-differ",
+        "eval enc --tokenizer tok2 --tasks sst2 --out o",
+        r"^error: tok2: does not fit enc/config.json: field 'unk_token_id': the tokenizer's special-token ids "
+        r"differ from the model config's \(unk_token_id: tokenizer \d+, model 1019; cls_token_id",
+        copy("enc", "tok2"),
+    ),
+    Case(
+        "compare-tokenizer-special-ids-differ",
+        "compare --encoder enc --decoder dec --tokenizer tok2 --tasks sst2 --out o",
+        r"^error: tok2: does not fit enc/config.json: field 'unk_token_id'",
+        copy("enc", "dec", "tok2"),
+    ),
+    Case(
+        "mteb-tokenizer-special-ids-differ",
+        "mteb enc --tokenizer tok2",
+        r"^error: tok2: does not fit enc/config.json: field 'unk_token_id'",
+        copy("enc", "tok2"),
+    ),
+]
+
+
 # ------------------------------------------------------------------------------------------ runner
 
 
