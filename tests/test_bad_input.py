@@ -1628,3 +1628,21 @@ def test_a_model_beyond_the_machine_memory_is_refused_before_allocation(tmp_path
     )
     assert_one_line_error(code, err, "field 'vocab_size': the model would need", "GiB for its weights alone", "1.0 GiB")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_whose_every_update_was_skipped_resumes(tmp_path, assets, monkeypatch):
+    """The control of the optimizer-state check: a checkpoint whose updates were all skipped (a
+    gradient-norm limit no step meets) holds moments that never moved from zero, and that is no damage."""
+    import torch
+
+    from ettin.train import checkpoint as ck
+
+    monkeypatch.chdir(tmp_path)
+    limits = ["--set", "guards.max_grad_norm=1e-9", "--set", "guards.max_skips=1000"]
+    code, out, err = run_in_process(["train", assets / "r.yaml", "--out", "run", "--no-progress", *limits])
+    assert code == 0, err + out
+    for arch in ("encoder", "decoder"):
+        state = torch.load(ck.latest_full_state(tmp_path / "run" / arch) / "optimizer.pt", weights_only=True)
+        assert state["state"] and all(not e["exp_avg"].any() for e in state["state"].values()), arch
+    code, out, err = run_in_process(["train", "--resume", "--out", "run", "--no-progress"])
+    assert code == 0, err + out

@@ -282,6 +282,9 @@ class _OptimizerCheck:
                 expected = "bool" if kind == "bool" else "none"
             if kind != expected:
                 self.refuse(f"group {i}'s '{key}' is {kind}, where the optimizer keeps a {expected}", field)
+            others = {repr(g.get(key)) for g in groups if _kind(g.get(key)) == "bool"}
+            if kind == "bool" and len(others) > 1:  # one optimizer's flags: the same in every group
+                self.refuse(f"group {i}'s '{key}' is {value}, and another group's is not", field)
             if kind.startswith(NUMBER_KINDS) and (problem := _number_problem(key, value)):
                 self.refuse(f"group {i}'s '{key}' {problem}", field)
             if not (kind in ("none", "bool") or kind.startswith(NUMBER_KINDS)):
