@@ -174,3 +174,16 @@ def test_eval_accepts_the_model_s_own_tokenizer_given_again(saved, small_tokeniz
     )
     assert code == 0, err + out
     assert (tmp_path / "o" / "sst2.json").is_file()
+
+
+def test_check_finite_is_exact_where_its_fast_sum_overflows_or_cancels():
+    import torch
+
+    from ettin.eval.handle import NonFiniteOutput, check_finite
+
+    big = torch.full((4,), 3e38)  # finite values whose float32 sum overflows: accepted
+    assert check_finite(big, "x") is big
+    check_finite(torch.full((3,), 60000.0, dtype=torch.float16), "x")
+    for values in ([0.0, float("nan")], [1.0, float("inf")], [float("-inf"), 2.0], [float("inf"), float("-inf")]):
+        with pytest.raises(NonFiniteOutput, match="the model produced non-finite x"):
+            check_finite(torch.tensor(values), "x")
