@@ -113,11 +113,14 @@ def test_loading_probes_the_model_before_anything_is_written(saved, tmp_path):
 
 def test_mteb_embeddings_stop_on_non_finite_outputs(saved, small_tokenizer_dir, tmp_path):
     from ettin.eval.handle import NonFiniteOutput
-    from ettin.eval.mteb_model import EttinMTEBEncoder
+    from ettin.eval.mteb_model import EttinMTEBEncoder, evaluate, task_for
 
     encoder = EttinMTEBEncoder(unprobed(damaged(saved, "encoder", tmp_path, LAYER), small_tokenizer_dir))
     with pytest.raises(NonFiniteOutput, match="non-finite hidden states"):
         encoder.embed(["a short text", "and another one"])
+    task, _ = task_for("wiki_retrieval", max_queries=4, max_corpus_docs=8)
+    with pytest.raises(NonFiniteOutput, match="non-finite hidden states"):  # MTEB passes it on (raise_error)
+        evaluate(encoder, [task], batch_size=4)
 
 
 def test_lm_eval_stops_on_non_finite_logits(saved, small_tokenizer_dir, tmp_path):
