@@ -1007,6 +1007,26 @@ def edit_latest_rng(change: Callable[[dict], None], arch: str = "encoder") -> Ca
     return setup
 
 
+def edit_latest_optimizer(change: Callable[[dict], None], arch: str = "encoder") -> Callable[[Path, Path], None]:
+    """The newest optimizer.pt of a model, read and rewritten by torch itself after `change`."""
+
+    def setup(work: Path, assets: Path) -> None:
+        import torch
+
+        path = latest_state(work, arch) / "optimizer.pt"
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        change(state)
+        torch.save(state, path)
+
+    return setup
+
+
+def one_group(state: dict) -> None:
+    first, second = state["param_groups"]
+    first["params"] = first["params"] + second["params"]
+    state["param_groups"] = [first]
+
+
 def remove_order_parts(arch: str) -> Callable[[Path, Path], None]:
     def setup(work: Path, assets: Path) -> None:
         for part in (work / "run" / arch / "data_order").glob("part-*.parquet"):
@@ -1104,6 +1124,68 @@ CASES += [
         "train --resume --out run",
         r"rng.safetensors.*rank0.*torch_cpu",
         chain(copy("run"), edit_latest_rng(lambda sd: sd.pop("rank0.torch_cpu"))),
+    ),
+    Case(  # found by the thorough hypothesis profile: str.splitlines() also breaks at \x1e
+        "prepare-source-path-with-a-record-separator",
+        "data prepare --source 0=text:\x1e0 --tokenizer tok --out d",
+        r"^error: \\x1e0: field 'source': no such file or folder",
+        copy("tok"),
+    ),
+    Case(
+        "train-resume-optimizer-missing-entries",
+        "train --resume --out run",
+        r"encoder/checkpoints/step\d+/optimizer.pt: field 'state': has no state for 2 of the model's \d+ parameters "
+        r"\(model.layers.0.attn.Wqkv.weight, model.final_norm.weight\); resuming would train them with fresh moments",
+        chain(
+            copy("run"),
+            edit_latest_optimizer(
+                lambda o: [o["state"].pop(n) for n in ("model.layers.0.attn.Wqkv.weight", "model.final_norm.weight")]
+            ),
+        ),
+    ),
+    Case(
+        "train-resume-optimizer-moment-missing",
+        "train --resume --out run",
+        r"optimizer.pt: field 'state.model.layers.0.attn.Wo.weight': the state of model.layers.0.attn.Wo.weight lacks exp_avg_sq",
+        chain(
+            copy("run"),
+            edit_latest_optimizer(lambda o: o["state"]["model.layers.0.attn.Wo.weight"].pop("exp_avg_sq")),
+        ),
+    ),
+    Case(
+        "train-resume-optimizer-wrong-shape",
+        "train --resume --out run",
+        r"decoder/checkpoints/step\d+/optimizer.pt: field 'state.model.layers.0.attn.Wo.weight.exp_avg': exp_avg of "
+        r"model.layers.0.attn.Wo.weight has shape \[4, 4\], the parameter \[\d+, \d+\]",
+        chain(
+            copy("run"),
+            edit_latest_optimizer(
+                lambda o: o["state"]["model.layers.0.attn.Wo.weight"].update(exp_avg=__import__("torch").zeros(4, 4)),
+                arch="decoder",
+            ),
+        ),
+    ),
+    Case(
+        "train-resume-optimizer-one-group",
+        "train --resume --out run",
+        r"optimizer.pt: field 'param_groups': has 1 parameter groups, the model's optimizer has 2",
+        chain(copy("run"), edit_latest_optimizer(one_group)),
+    ),
+    Case(
+        "train-resume-optimizer-group-lacks-a-parameter",
+        "train --resume --out run",
+        r"optimizer.pt: field 'param_groups.1.params': group 1 lacks 1 of the model's \d+ parameters of that group "
+        r"\(model.final_norm.weight\)",
+        chain(
+            copy("run"),
+            edit_latest_optimizer(lambda o: o["param_groups"][1]["params"].remove("model.final_norm.weight")),
+        ),
+    ),
+    Case(
+        "train-resume-optimizer-not-a-state",
+        "train --resume --out run",
+        r"optimizer.pt: field 'state': is not an optimizer state",
+        chain(copy("run"), edit_latest_optimizer(lambda o: o.pop("state"))),
     ),
     Case(
         "train-resume-order-parts-deleted",
@@ -1307,6 +1389,60 @@ def _poke(path: Path, offset: int, data: bytes) -> None:
         f.write(data)
 
 
+def nan_weights(*names: str) -> Callable[[dict], None]:
+    """Set the named tensors (all floating ones when none is named) to NaN."""
+
+    def change(sd: dict) -> None:
+        for k, t in sd.items():
+            if t.is_floating_point() and (not names or k in names):
+                t.fill_(float("nan"))
+
+    return change
+
+
+# Issue 16: non-finite model outputs are an error, not a score; an eval tokenizer must fit the model.
+CASES += [
+    Case(
+        "eval-weights-nan",
+        "eval enc --tasks sst2 --limit 8 --out o",
+        r"^error: enc: enc produced non-finite hidden states on a two-token probe, before any task "
+        r"\(its weights or config are damaged",
+        chain(copy("enc"), edit_weights("enc/model.safetensors", nan_weights())),
+    ),
+    Case(
+        "eval-decoder-one-layer-nan",
+        "eval dec --tasks lambada --limit 4 --out o",
+        r"dec produced non-finite hidden states on a two-token probe",
+        chain(copy("dec"), edit_weights("dec/model.safetensors", nan_weights("model.layers.0.attn.Wo.weight"))),
+    ),
+    Case(
+        "mteb-weights-nan",
+        "mteb enc --max-queries 4 --max-docs 8",
+        r"enc produced non-finite hidden states on a two-token probe",
+        chain(copy("enc"), edit_weights("enc/model.safetensors", nan_weights())),
+    ),
+    Case(
+        "eval-tokenizer-special-ids-differ",
+        "eval enc --tokenizer tok2 --tasks sst2 --out o",
+        r"^error: tok2: does not fit enc/config.json: field 'unk_token_id': the tokenizer's special-token ids "
+        r"differ from the model config's \(unk_token_id: tokenizer \d+, model 1019; cls_token_id",
+        copy("enc", "tok2"),
+    ),
+    Case(
+        "compare-tokenizer-special-ids-differ",
+        "compare --encoder enc --decoder dec --tokenizer tok2 --tasks sst2 --out o",
+        r"^error: tok2: does not fit enc/config.json: field 'unk_token_id'",
+        copy("enc", "dec", "tok2"),
+    ),
+    Case(
+        "mteb-tokenizer-special-ids-differ",
+        "mteb enc --tokenizer tok2",
+        r"^error: tok2: does not fit enc/config.json: field 'unk_token_id'",
+        copy("enc", "tok2"),
+    ),
+]
+
+
 # ------------------------------------------------------------------------------------------ runner
 
 
@@ -1351,6 +1487,16 @@ def prepare_case(case: Case, tmp_path: Path, assets: Path) -> tuple[Path, dict]:
     if case.setup is not None:
         case.setup(work, assets)
     return work, snapshot(work)
+
+
+def test_an_error_is_one_line_whatever_line_break_its_input_holds():
+    from ettin.errors import EttinError
+
+    breaks = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+    assert len(f"a{breaks}b".splitlines()) > 1
+    text = str(EttinError(f"bad value a{breaks}b", path=f"dir{breaks}", field="f", fix=f"fix{breaks}"))
+    assert text.splitlines() == [text]
+    assert "\\x1e" in text and "\\u2028" in text and "\\n" in text
 
 
 def test_snapshot_sees_new_changed_and_rewritten_files(tmp_path):
@@ -1482,3 +1628,21 @@ def test_a_model_beyond_the_machine_memory_is_refused_before_allocation(tmp_path
     )
     assert_one_line_error(code, err, "field 'vocab_size': the model would need", "GiB for its weights alone", "1.0 GiB")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_whose_every_update_was_skipped_resumes(tmp_path, assets, monkeypatch):
+    """The control of the optimizer-state check: a checkpoint whose updates were all skipped (a
+    gradient-norm limit no step meets) holds moments that never moved from zero, and that is no damage."""
+    import torch
+
+    from ettin.train import checkpoint as ck
+
+    monkeypatch.chdir(tmp_path)
+    limits = ["--set", "guards.max_grad_norm=1e-9", "--set", "guards.max_skips=1000"]
+    code, out, err = run_in_process(["train", assets / "r.yaml", "--out", "run", "--no-progress", *limits])
+    assert code == 0, err + out
+    for arch in ("encoder", "decoder"):
+        state = torch.load(ck.latest_full_state(tmp_path / "run" / arch) / "optimizer.pt", weights_only=True)
+        assert state["state"] and all(not e["exp_avg"].any() for e in state["state"].values()), arch
+    code, out, err = run_in_process(["train", "--resume", "--out", "run", "--no-progress"])
+    assert code == 0, err + out

@@ -404,3 +404,114 @@ def test_a_hand_edited_model_config_is_read_with_checks(key, value):
         config_from_hf(d, path="config.json")
     except EttinError as exc:
         assert "\n" not in str(exc)
+
+
+# ------------------------------------------------------------------------------- optimizer state
+
+TENSORS = st.builds(
+    lambda shape, fill: __import__("torch").full(shape, fill),
+    st.lists(st.integers(min_value=0, max_value=4), max_size=2).map(tuple),
+    st.floats(allow_nan=True, allow_infinity=True, width=32),
+)
+OPTIMIZER_VALUES = SCALARS | TENSORS | st.lists(SCALARS, max_size=3) | st.dictionaries(st.text(max_size=4), SCALARS)
+
+
+@pytest.fixture(scope="module")
+def stepped_optimizer():
+    """(model state, optimizer state as the trainer saves it) of a tiny encoder after two real steps."""
+    from ettin.train.distributed import full_model_state, full_optimizer_state
+
+    model, optimizer = _tiny_with_optimizer()
+    for _ in range(2):
+        _one_step(model, optimizer)
+    return full_model_state(model, "none"), full_optimizer_state(model, optimizer, "none")
+
+
+def _tiny_with_optimizer():
+    import torch
+
+    from ettin.config import config_for_size
+    from ettin.model import EttinModel
+    from ettin.recipe import OptimizerSection
+    from ettin.train.optim import build_optimizer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = EttinModel(config_for_size("tiny", "encoder", 1024))
+    return model, build_optimizer(model, OptimizerSection())
+
+
+def _one_step(model, optimizer) -> None:
+    """One training step as the trainer takes it (the learning rate set from the schedule first)."""
+    import torch
+
+    from ettin.train.optim import set_lr
+
+    ids = torch.arange(16).reshape(2, 8)
+    model(ids).logits.float().square().mean().backward()
+    set_lr(optimizer, 1e-3)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _optimizer_paths(saved: dict) -> list[str]:
+    names = list(saved["state"])
+    paths = ["state", "param_groups", "param_groups.0", "param_groups.1", "param_groups.0.params"]
+    paths += [f"param_groups.{i}.{k}" for i, g in enumerate(saved["param_groups"]) for k in g if k != "params"]
+    for n in (names[0], names[1], names[-1]):
+        paths += [f"state.{n}", *(f"state.{n}.{k}" for k in saved["state"][n])]
+    return paths
+
+
+def _edit_optimizer_state(saved: dict, path: str, value, drop: bool) -> dict:
+    """A copy of the state with the entry at `path` replaced by `value`, or removed when `drop`.
+    (Parameter names hold dots, so a state path is split at the parameter name it starts with.)"""
+    out = copy.deepcopy(saved)
+    head, _, rest = path.partition(".")
+    if not rest:
+        holder, key = out, head
+    elif head == "param_groups":
+        i, _, sub = rest.partition(".")
+        holder, key = (out["param_groups"][int(i)], sub) if sub else (out["param_groups"], int(i))
+    else:
+        name = next(n for n in out["state"] if rest == n or rest.startswith(n + "."))
+        sub = rest[len(name) + 1 :]
+        holder, key = (out["state"][name], sub) if sub else (out["state"], name)
+    if drop:
+        holder.pop(key)
+    else:
+        holder[key] = value
+    return out
+
+
+@FEW
+@given(data=st.data(), value=OPTIMIZER_VALUES, drop=st.booleans())
+def test_an_edited_optimizer_state_is_refused_or_resumes(stepped_optimizer, data, value, drop):
+    """One entry of a saved optimizer state replaced or removed: `check_optimizer_state` refuses it in
+    one line, or it loads into the resumed optimizer and the next step runs."""
+    from ettin.train.checkpoint import check_optimizer_state
+    from ettin.train.distributed import load_full_state
+
+    model_state, saved = stepped_optimizer
+    path = data.draw(st.sampled_from(_optimizer_paths(saved)), label="path")
+    edited = _edit_optimizer_state(saved, path, value, drop)
+    model, optimizer = _tiny_with_optimizer()
+    try:
+        check_optimizer_state("optimizer.pt", edited, model, optimizer, stepped=True)
+    except EttinError as exc:
+        assert str(exc).startswith("optimizer.pt: field '") and len(str(exc).splitlines()) == 1, str(exc)
+        return
+    load_full_state(model, optimizer, model_state, edited, "none")
+    _one_step(model, optimizer)
+
+
+def test_the_saved_optimizer_state_itself_passes_and_resumes(stepped_optimizer):
+    """The control: the unedited state is accepted (the property above can fail only through an edit)."""
+    from ettin.train.checkpoint import check_optimizer_state
+    from ettin.train.distributed import load_full_state
+
+    model_state, saved = stepped_optimizer
+    model, optimizer = _tiny_with_optimizer()
+    check_optimizer_state("optimizer.pt", saved, model, optimizer, stepped=True)
+    load_full_state(model, optimizer, model_state, saved, "none")
+    _one_step(model, optimizer)

@@ -7,6 +7,17 @@ keeps its traceback.
 
 from __future__ import annotations
 
+# Every character str.splitlines() breaks a line at (and terminals may): \n \r, vertical tab, form feed,
+# the file/group/record separators, NEL, and the Unicode line and paragraph separators.
+_LINE_BREAKS = {c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+_LINE_BREAKS_TABLE = str.maketrans(_LINE_BREAKS)
+
+
+def one_line(text: str) -> str:
+    """`text` as one line, whatever the user's input held: a path or a value with a line break in it is
+    shown with that break escaped (\\n, \\x1e, \\u2028, ...)."""
+    return text.translate(_LINE_BREAKS_TABLE)
+
 
 class EttinError(Exception):
     """A problem with the user's input, stated so that the message alone tells the fix."""
@@ -23,9 +34,7 @@ class EttinError(Exception):
         text = f"{where}: {message}" if where else message
         if fix:
             text = f"{text} ({fix})"
-        # one line, whatever the user's input held (a path or a value with a newline is shown escaped)
-        text = text.replace("\r", "\\r").replace("\n", "\\n")
-        super().__init__(text)
+        super().__init__(one_line(text))
         self.path = path
         self.field = field
         self.fix = fix

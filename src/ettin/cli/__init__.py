@@ -11,7 +11,7 @@ import sys
 import typer
 
 from ettin.cli import bench, data, demo, evaluate, harness, infer, models, recipes, study, tokenizer, train
-from ettin.errors import WRITE_FIX, EttinError
+from ettin.errors import WRITE_FIX, EttinError, one_line
 
 app = typer.Typer(
     name="ettin",
@@ -85,7 +85,7 @@ def main() -> None:
         else:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {where}{exc.strerror or exc} ({fix})", file=sys.stderr)
+        print(one_line(f"error: {where}{exc.strerror or exc} ({fix})"), file=sys.stderr)
         sys.exit(2)
     except Exception as exc:  # usage errors come through here in non-standalone mode
         if not isinstance(exc, _usage_error_types()):
@@ -95,7 +95,10 @@ def main() -> None:
             sys.exit(1)
         ctx = getattr(exc, "ctx", None)
         if ctx is not None and type(exc).__name__ != "NoArgsIsHelpError":
-            print(f"error: {exc.format_message().rstrip('.')} (see `{ctx.command_path} --help`)", file=sys.stderr)
+            print(
+                one_line(f"error: {exc.format_message().rstrip('.')} (see `{ctx.command_path} --help`)"),
+                file=sys.stderr,
+            )
         else:
             exc.show()
         sys.exit(exc.exit_code)

@@ -17,7 +17,7 @@ import torch
 
 from ettin.errors import EttinError
 from ettin.eval import classify, metrics, retrieve, score
-from ettin.eval.handle import EvalModel
+from ettin.eval.handle import EvalModel, NonFiniteOutput
 from ettin.eval.pooling import POOLINGS, default_pooling
 from ettin.eval.result import Score, TaskResult
 from ettin.eval.tasks import Suite, Task, get_task, subsample
@@ -259,7 +259,8 @@ def run_task(
     pooling: str | None = None,
     tuned_cache: dict | None = None,
 ) -> TaskResult:
-    """One task's result; never raises for a failure inside the task (no score, the error instead)."""
+    """One task's result; never raises for a failure inside the task (no score, the error instead), except
+    NonFiniteOutput: a model that gives NaN or inf is damaged, and no task of it can be scored."""
     progress = progress or Progress()
     task = get_task(name)
     result = TaskResult(
@@ -282,7 +283,7 @@ def run_task(
         if task.kind == "retrieval":
             kwargs["tuned_cache"] = tuned_cache
         result.score = RUNNERS[task.kind](em, task, suite, seed, progress, **kwargs)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, NonFiniteOutput):  # a damaged model is no task's failure: evaluation stops
         raise
     except EttinError as exc:
         result.error = str(exc)

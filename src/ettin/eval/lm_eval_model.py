@@ -20,6 +20,7 @@ greedily, again and again (the paper's recipe for encoders on generative tasks).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -34,6 +35,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import model_registry, register_model
 
 from ettin.errors import EttinError
+from ettin.eval.handle import NonFiniteOutput
 from ettin.eval.score import DEFAULT_N_MASKS as DEFAULT_MASK_SLOTS
 
 if TYPE_CHECKING:
@@ -79,6 +81,19 @@ def _pick_device(device: str | None) -> torch.device:
 def _batches(order: Sequence[int], size: int):
     for i in range(0, len(order), size):
         yield order[i : i + size]
+
+
+def _names_the_model(method):
+    """lm-eval's requests come without their task: a NaN or inf output is named by the model alone."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except NonFiniteOutput as exc:
+            raise NonFiniteOutput(exc.what, model=self.em.name, path=self.em.info.get("model_dir")) from None
+
+    return wrapper
 
 
 class EttinLM(TemplateLM):
@@ -208,7 +223,7 @@ class EttinLM(TemplateLM):
         One varlen forward for the whole batch (no padding computed); the head runs only where a
         score is needed.
         """
-        from ettin.eval.handle import flat_batch
+        from ettin.eval.handle import check_finite, flat_batch
 
         flat, cu, longest = flat_batch(seqs, self._device)
         starts = cu[:-1].tolist()
@@ -216,10 +231,11 @@ class EttinLM(TemplateLM):
         index = torch.tensor(
             [s + p for s, pos in zip(starts, positions) for p in pos], dtype=torch.long, device=self._device
         )
-        logp = F.log_softmax(self.model.logits_from_hidden(h[index]).float(), dim=-1)
+        logp = F.log_softmax(check_finite(self.model.logits_from_hidden(h[index]).float(), "logits", self.em), dim=-1)
         return list(logp.split([len(p) for p in positions]))
 
     # ------------------------------------------------------------------------------ loglikelihood
+    @_names_the_model
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         if self.is_decoder:
             return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
@@ -266,6 +282,7 @@ class EttinLM(TemplateLM):
                 results[i] = (float(score.sum()), bool((logp.argmax(-1) == target).all()))
         return results  # type: ignore[return-value]
 
+    @_names_the_model
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
@@ -301,8 +318,11 @@ class EttinLM(TemplateLM):
         return out
 
     # ----------------------------------------------------------------------------------- generate
+    @_names_the_model
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+
+        from ettin.eval.handle import finite_logits
 
         eos_text = self.tokenizer.convert_ids_to_tokens(self.eos_id)
         out: list[str | None] = [None] * len(requests)
@@ -324,7 +344,8 @@ class EttinLM(TemplateLM):
             )
             contexts = [args[i][0] for i in indices]
             if self.is_decoder:
-                texts = self._generate_causal(contexts, until, max_new, sampling)
+                with finite_logits(self.model, self.em):  # model.generate computes the logits inside
+                    texts = self._generate_causal(contexts, until, max_new, sampling)
             else:
                 texts = self._generate_masked(contexts, until, max_new, sampling)
             for i, context, text in zip(indices, contexts, texts):

@@ -4,7 +4,8 @@ models given by hand).
 
 Each task writes `<out>/<task>.json` as soon as it finishes (atomically), then `results.json`
 collects them. A task that fails records its error and the others go on; callers decide the exit
-status from `results["failed"]`. Results depend only on the model, the suite and the seed.
+status from `results["failed"]`. A model whose outputs are NaN or inf stops the evaluation with
+NonFiniteOutput naming the model and the task (a score from it would be noise). Results depend only on the model, the suite and the seed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from ettin.errors import EttinError
 from ettin.eval import metrics
-from ettin.eval.handle import EvalModel, load_eval_model
+from ettin.eval.handle import EvalModel, NonFiniteOutput, load_eval_model
 from ettin.eval.kinds import FULL_CONTRASTIVE, FULL_FINETUNE, Progress, check_pooling, run_task
 from ettin.eval.plan import (
     DEFAULT_MAX_CHECKPOINTS,
@@ -93,7 +94,10 @@ def _run_tasks(
     tuned_cache: dict = {}  # contrastive tuning shared by the retrieval tasks
     with torch_threads(threads) as n_threads:
         for n in names:
-            r = run_task(em, n, suite, seed, progress, pooling, tuned_cache)
+            try:
+                r = run_task(em, n, suite, seed, progress, pooling, tuned_cache)
+            except NonFiniteOutput as exc:  # the model is damaged: an error for the command, not a score
+                raise exc.on_task(em, n) from None
             results[n] = r
             if out is not None:
                 atomic_write_json(out / f"{n}.json", r.to_dict())

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ettin.eval.handle import EvalModel, hidden_flat, token_batches
+from ettin.eval.handle import EvalModel, check_finite, finite_logits, hidden_flat, token_batches
 
 DEFAULT_N_MASKS = 4
 
@@ -69,7 +69,7 @@ def _selected_logprobs(
         [starts[i] + p for i, ps in enumerate(positions) for p in ps], dtype=torch.long, device=device
     )
     flat_tgt = torch.tensor([t for ts in targets for t in ts], dtype=torch.long, device=device)
-    logits = model.logits_from_hidden(h[flat_pos]).float()
+    logits = check_finite(model.logits_from_hidden(h[flat_pos]).float(), "logits")
     logp = torch.log_softmax(logits, dim=-1)
     lp = logp.gather(1, flat_tgt[:, None]).squeeze(1).tolist()
     greedy = (logits.argmax(-1) == flat_tgt).tolist()
@@ -155,6 +155,22 @@ def _masked_fill_inputs(em: EvalModel, ctx: list[int], filled: list[int], n_mask
     return [c.cls_token_id] + prefix + [c.mask_token_id] * n_masks + [c.sep_token_id], 1 + len(prefix)
 
 
+def _generate(em: EvalModel, context: str, max_new_tokens: int, stop_at_eos: bool) -> list[int]:
+    c = em.config
+    ctx = em.encode(context)[-(em.max_length - 1 - max_new_tokens) :] if max_new_tokens < em.max_length else []
+    ids = torch.tensor([[c.bos_token_id] + ctx], dtype=torch.long, device=em.device)
+    gen = em.model.generate(
+        ids,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=c.eos_token_id if stop_at_eos else None,
+    )
+    new = gen[0, ids.shape[1] :].tolist()
+    if stop_at_eos and c.eos_token_id in new:
+        new = new[: new.index(c.eos_token_id)]
+    return new
+
+
 @torch.no_grad()
 def greedy_generate(
     em: EvalModel,
@@ -170,20 +186,8 @@ def greedy_generate(
     c = em.config
     out: list[list[int]] = []
     if em.arch == "decoder":
-        for context in contexts:
-            ctx = em.encode(context)[-(em.max_length - 1 - max_new_tokens) :] if max_new_tokens < em.max_length else []
-            ids = torch.tensor([[c.bos_token_id] + ctx], dtype=torch.long, device=em.device)
-            gen = em.model.generate(
-                ids,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=c.eos_token_id if stop_at_eos else None,
-            )
-            new = gen[0, ids.shape[1] :].tolist()
-            if stop_at_eos and c.eos_token_id in new:
-                new = new[: new.index(c.eos_token_id)]
-            out.append(new)
-        return out
+        with finite_logits(em.model):
+            return [_generate(em, context, max_new_tokens, stop_at_eos) for context in contexts]
     for context in contexts:
         ctx = em.encode(context)
         filled: list[int] = []
@@ -192,7 +196,7 @@ def greedy_generate(
             ids = torch.tensor(seq, dtype=torch.long, device=em.device)
             cu = torch.tensor([0, len(seq)], dtype=torch.int32, device=em.device)
             h = em.model.hidden_states(ids, cu_seqlens=cu, max_seqlen=len(seq))
-            token = int(em.model.logits_from_hidden(h[p : p + 1]).argmax(-1))
+            token = int(check_finite(em.model.logits_from_hidden(h[p : p + 1]), "logits").argmax(-1))
             if stop_at_eos and token == c.sep_token_id:
                 break
             filled.append(token)

@@ -25,6 +25,7 @@ reported as that, never as damage.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import shutil
@@ -210,6 +211,157 @@ def _read_optimizer(path: Path) -> dict[str, Any]:
                 fix=DAMAGED_FIX,
             ) from None
         raise _intact_but_unreadable(path, exc) from exc
+
+
+# the per-parameter moments of the Adam family (StableAdamW keeps these besides its own scalars)
+MOMENT_KEYS = ("exp_avg", "exp_avg_sq")
+
+
+def _few(names: list[str], n: int = 3) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _kind(value: Any) -> str:
+    """What a value of an optimizer state is, as far as loading it is concerned."""
+    if value is None or isinstance(value, bool):
+        return "none" if value is None else "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, torch.Tensor):
+        return f"{'scalar ' if value.ndim == 0 else ''}tensor of {str(value.dtype).removeprefix('torch.')}"
+    return type(value).__name__
+
+
+NUMBER_KINDS = ("number", "scalar tensor of")
+
+
+def _number_problem(key: str, value: Any) -> str | None:
+    """Why a hyperparameter or counter cannot be right (StableAdamW divides by 1 - beta**step)."""
+    x = float(value)
+    if not math.isfinite(x) or x < 0:
+        return f"is {x}, not a finite number >= 0"
+    if key.startswith("beta") and x >= 1:
+        return f"is {x}; a beta must be below 1"
+    return None
+
+
+class _OptimizerCheck:
+    """The checks of `check_optimizer_state`, one method per part of the file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def refuse(self, message: str, field: str) -> None:
+        raise EttinError(message, path=self.path, field=field, fix=DAMAGED_FIX)
+
+    def group(self, i: int, group: dict, want: list[tuple[str, tuple[int, ...]]], live: dict, groups: list) -> None:
+        names = group.get("params")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            self.refuse(f"group {i} does not list its parameters by name", f"param_groups.{i}.params")
+        missing = [n for n, _ in want if n not in set(names)]
+        if missing:
+            self.refuse(
+                f"group {i} lacks {len(missing)} of the model's {len(want)} parameters of that group ({_few(missing)})",
+                f"param_groups.{i}.params",
+            )
+        extra = sorted(set(names) - {n for n, _ in want})
+        if extra or len(names) != len(want):
+            self.refuse(
+                f"group {i} names parameters its group of the model does not hold ({_few(extra or names)})",
+                f"param_groups.{i}.params",
+            )
+        for key in sorted(({k for g in groups for k in g} | set(live)) - {"params"}):
+            field = f"param_groups.{i}.{key}"
+            if key not in group:
+                self.refuse(f"group {i} lacks its hyperparameter '{key}'", field)
+            value, kind = group[key], _kind(group[key])
+            # the kind the optimizer keeps; a key it adds when it first steps (a step counter): the first group's
+            expected = _kind(live[key] if key in live else next(g[key] for g in groups if key in g))
+            if expected == "none":  # resolved when the optimizer first steps: None, or the flag it chose
+                expected = "bool" if kind == "bool" else "none"
+            if kind != expected:
+                self.refuse(f"group {i}'s '{key}' is {kind}, where the optimizer keeps a {expected}", field)
+            others = {repr(g.get(key)) for g in groups if _kind(g.get(key)) == "bool"}
+            if kind == "bool" and len(others) > 1:  # one optimizer's flags: the same in every group
+                self.refuse(f"group {i}'s '{key}' is {value}, and another group's is not", field)
+            if kind.startswith(NUMBER_KINDS) and (problem := _number_problem(key, value)):
+                self.refuse(f"group {i}'s '{key}' {problem}", field)
+            if not (kind in ("none", "bool") or kind.startswith(NUMBER_KINDS)):
+                self.refuse(f"group {i}'s '{key}' is {kind}, not a number or a flag", field)
+
+    def entries(self, state: dict, shapes: dict[str, tuple[int, ...]]) -> None:
+        first: dict[str, str] | None = None
+        for name, entry in state.items():
+            if not isinstance(entry, dict):
+                self.refuse(f"the state of {name} is {type(entry).__name__}, not a dict", f"state.{name}")
+            lacking = [k for k in MOMENT_KEYS if k not in entry]
+            if lacking:
+                self.refuse(f"the state of {name} lacks {', '.join(lacking)}", f"state.{name}")
+            kinds = {}
+            for key, value in entry.items():
+                field = f"state.{name}.{key}"
+                kinds[key] = _kind(value)
+                if isinstance(value, torch.Tensor) and (value.ndim or key in MOMENT_KEYS):
+                    if tuple(value.shape) != shapes[name]:
+                        self.refuse(
+                            f"{key} of {name} has shape {list(value.shape)}, the parameter {list(shapes[name])}", field
+                        )
+                    if not value.is_floating_point():
+                        self.refuse(f"{key} of {name} holds {kinds[key]}, not floating-point numbers", field)
+                elif key in MOMENT_KEYS:
+                    self.refuse(f"{key} of {name} is {kinds[key]}, not a tensor", field)
+                elif not (kinds[key] in ("none", "bool") or kinds[key].startswith(NUMBER_KINDS)):
+                    self.refuse(f"{key} of {name} is {kinds[key]}, not a tensor or a number", field)
+            first = first or kinds
+            differ = sorted(k for k in first.keys() | kinds.keys() if first.get(k) != kinds.get(k))
+            if differ:  # every parameter's state has the same entries, of the same kinds
+                k = differ[0]
+                self.refuse(
+                    f"{k} of {name} is {kinds.get(k, 'missing')} where the other parameters' is "
+                    f"{first.get(k, 'missing')}",
+                    f"state.{name}.{k}",
+                )
+
+
+def check_optimizer_state(path: Path, saved: Any, model: torch.nn.Module, optimizer, *, stepped: bool) -> None:
+    """Refuse an optimizer state that does not fit `optimizer` over `model`, before it is loaded.
+
+    `saved` is what `torch.load(weights_only=True)` read (keyed by parameter name, as
+    `full_optimizer_state` writes it). Its groups must be the optimizer's, each naming the same
+    parameters and holding every hyperparameter the optimizer keeps, of the kind it keeps (a number,
+    finite, >= 0, a beta below 1; a flag); after a step (`stepped`) every parameter needs its state,
+    the moments in MOMENT_KEYS floating-point tensors shaped like the parameter, and every parameter's
+    state the same entries of the same kinds. Otherwise torch would fail later (a KeyError, a division
+    by zero), or quietly train the parameters left out with fresh moments.
+    """
+    check = _OptimizerCheck(path)
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+        check.refuse("is not an optimizer state (a dict holding 'state' and 'param_groups')", "state")
+    groups = saved.get("param_groups")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        check.refuse("has no list of parameter groups", "param_groups")
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    live = [[(name_of[id(p)], tuple(p.shape)) for p in g["params"]] for g in optimizer.param_groups]
+    if len(groups) != len(live):
+        check.refuse(f"has {len(groups)} parameter groups, the model's optimizer has {len(live)}", "param_groups")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, (group, want, live_group) in enumerate(zip(groups, live, optimizer.param_groups)):
+        check.group(i, group, want, live_group, groups)
+        shapes.update(want)
+    state = saved["state"]
+    extra = sorted(str(n) for n in state if n not in shapes)
+    if extra:
+        check.refuse(f"holds state for parameters the model does not have ({_few(extra)})", "state")
+    if stepped:
+        missing = [n for n in shapes if n not in state]
+        if missing:
+            check.refuse(
+                f"has no state for {len(missing)} of the model's {len(shapes)} parameters ({_few(missing)}); "
+                "resuming would train them with fresh moments",
+                "state",
+            )
+    check.entries(state, shapes)
 
 
 def read_trainer_state(ckpt_dir: Path, rng_tensors: dict[str, torch.Tensor] | None = None) -> TrainState:

@@ -282,6 +282,9 @@ def load_resume(run: RunContext, paths: dict[str, Path]) -> dict[str, ck.FullSta
             )
     for m in run.members:
         st = states[m.arch]
+        ck.check_optimizer_state(
+            st.path / ck.OPTIMIZER_FILE, st.optimizer, m.model, m.optimizer, stepped=st.trainer.step > st.trainer.skips
+        )
         load_full_state(m.wrapped, m.optimizer, st.model, st.optimizer, run.strategy)
         m.order_chain = st.trainer.order_chain
         m.skips = st.trainer.skips
