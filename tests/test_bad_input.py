@@ -1143,6 +1143,18 @@ CASES += [
             ),
         ),
     ),
+    Case(  # --force rewrites recipe.yaml: the optimizer check must come first (the table snapshots the run)
+        "train-resume-force-changed-recipe-optimizer-missing-entries",
+        "train --resume --force --out run --set checkpoint.keep_last=5",
+        r"encoder/checkpoints/step\d+/optimizer.pt: field 'state': has no state for 1 of the model's \d+ parameters",
+        chain(copy("run"), edit_latest_optimizer(lambda o: o["state"].pop("model.final_norm.weight"))),
+    ),
+    Case(  # the same for the rng file, read with the other state files
+        "train-resume-force-changed-recipe-rng-missing-entries",
+        "train --resume --force --out run --set checkpoint.keep_last=5",
+        r"rng.safetensors.*rank0.*torch_cpu",
+        chain(copy("run"), edit_latest_rng(lambda sd: sd.pop("rank0.torch_cpu"))),
+    ),
     Case(
         "train-resume-optimizer-moment-missing",
         "train --resume --out run",

@@ -83,6 +83,23 @@ def _resume_paths(recipe: Recipe, out: Path) -> dict[str, Path] | None:
     return common_resume_step([SimpleNamespace(arch=a, dir=out / a) for a in recipe.archs()])  # type: ignore[list-item]
 
 
+def check_saved_states(recipe: Recipe, out: Path, members: list[Member]) -> None:
+    """The full states a resume will load (weights, optimizer, rng, counters: `ck.load_checkpoint`), the
+    optimizer states checked against optimizers built over the new models as `load_resume` checks them
+    later. Run before a `--resume --force` saves its recipe, so a refused resume leaves the run as it was
+    (it reads the states twice; only `--force` pays for that)."""
+    paths = _resume_paths(recipe, out)
+    for m in members if paths else []:
+        st = ck.load_checkpoint(paths[m.arch])
+        ck.check_optimizer_state(
+            st.path / ck.OPTIMIZER_FILE,
+            st.optimizer,
+            m.model,
+            build_optimizer(m.model, recipe.optimizer),
+            stepped=st.trainer.step > st.trainer.skips,
+        )
+
+
 def check_resume_state(recipe: Recipe, out: Path, paths: dict[str, Path]) -> dict[str, TrainState]:
     """Every checkpoint a resume will load, checked against the recipe: its phase, its data position and
     the data-order parts that must cover its steps. Reads only the small files."""
@@ -210,6 +227,9 @@ def build_run(recipe: Recipe, out: Path, dist: DistContext, *, resume: bool, for
             model.to(dist.device).train()
             objective = r.objective.encoder if arch == "encoder" else r.objective.decoder
             members.append(Member(arch, objective, out / arch, model, model, None))  # type: ignore[arg-type]
+        if resume and force and (out / runs.RECIPE_FILE).is_file():
+            # the one resume that rewrites recipe.yaml: the saved states must load and fit first
+            on_main(dist, lambda: check_saved_states(r, out, members))
         on_main(dist, save_run_recipe)
 
         num_params = sum(p.numel() for p in members[0].model.parameters())
