@@ -8,8 +8,9 @@ a rerun with the same key keeps the finished shards and continues after them; th
 corpus, tokenizer clash) removes what this run started, so nothing half-written is left behind.
 
 Two engines, one result: the local engine here (`prepare_source`) and the Ray engine
-(`ettin.data.ray_engine`) share the pure steps (reading through `iter_documents`, `_encode`, the shard
-cuts of `ShardCutter`, `_write_shard`, the manifest of `_finish`), so they write the same bytes.
+(`ettin.data.ray_engine`, which reads through Ray Data) share the pure steps (one file's documents from
+`sources.file_documents`, which `iter_documents` calls too; `_encode`; the shard cuts of `ShardCutter`;
+`_write_shard`; the manifest of `_finish`), so they write the same bytes.
 """
 
 from __future__ import annotations
