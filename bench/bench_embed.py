@@ -207,7 +207,7 @@ def bench_case(
         "st_runs": runs["st"],
         "max_abs_diff": float(np.abs(out["ettin"] - out["st"]).max()),
         "st_batch_size": batch_size,
-        "ettin_batch_tokens": infer.default_batch_tokens("cpu"),
+        "ettin_batch_tokens": infer.DEFAULT_BATCH_TOKENS,
     } | extra
 
 

@@ -141,18 +141,6 @@ def test_sampling_is_seeded(exports, monkeypatch, capsys):
 # --------------------------------------------------------------------------------------------- embed
 
 
-def test_embed_on_a_cpu_uses_cache_sized_batches_with_the_same_results(exports):
-    lm = infer.load(exports["encoder"], device="cpu")
-    assert infer.default_batch_tokens("cpu") == infer.CPU_BATCH_TOKENS < infer.DEFAULT_BATCH_TOKENS
-    assert infer.default_batch_tokens("cuda") == infer.DEFAULT_BATCH_TOKENS
-    words = "the quick brown fox jumps over a lazy dog and runs far away".split()
-    texts = [" ".join(words[(i + j) % len(words)] for j in range(5 + 7 * (i % 11))) for i in range(60)]
-    lengths = [len(x) for x in infer.model_inputs(lm, texts)]
-    assert len(infer.length_batches(lengths, infer.CPU_BATCH_TOKENS)) > 1  # the default splits these texts
-    one_batch = infer.embed(lm, texts, batch_tokens=1 << 20)
-    np.testing.assert_allclose(infer.embed(lm, texts), one_batch, rtol=0, atol=1e-5)
-
-
 @pytest.mark.parametrize("arch", ["encoder", "decoder"])
 def test_embed_reads_every_input_kind_and_writes_both_outputs(exports, arch, tmp_path, monkeypatch, capsys):
     import pyarrow as pa

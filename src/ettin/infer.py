@@ -10,8 +10,8 @@ results equal transformers' and sentence-transformers' on the same export:
   `generate`, stopping at `[SEP]`; greedy unless sampling is asked for; `TokenStreamer` prints the
   text of one row as it comes (it also works as a transformers streamer). Decoders only.
 - `embed`: `[CLS] text [SEP]` for encoders, `[CLS] text` for decoders, cut to the model's positions;
-  texts sorted by length into batches of at most `batch_tokens` tokens (default per device, see
-  `default_batch_tokens`) that run on the varlen path (no padding computed); mean pooling for encoders, the last token for decoders (`ettin.hf.clients`
+  texts sorted by length into batches of at most `batch_tokens` tokens that run on the varlen path
+  (no padding computed); mean pooling for encoders, the last token for decoders (`ettin.hf.clients`
   writes the same into every export, for sentence-transformers); float32 out, optionally L2-normalised.
 
 `read_texts` / `write_embeddings` handle the files of `ettin embed` (.txt, .jsonl, .parquet -> .npy,
@@ -38,11 +38,6 @@ if TYPE_CHECKING:
     from ettin.model import EttinModel
 
 DEFAULT_BATCH_TOKENS = 16384
-# On a CPU a batch's activations should stay in cache: with 2,048 tokens the linear layers' outputs
-# ([tokens, 3 x hidden] and more) fit the last-level cache, and bench/bench_embed.py's texts took
-# 1.1x (demo decoder) to 1.5x (17m encoder) less CPU time than with 16,384 (the matrix products alone
-# ran at 65 GFLOP/s with 16,384 rows and at 90 with 3,200, one AMD EPYC AVX2 core).
-CPU_BATCH_TOKENS = 2048
 MAX_BATCH_SEQS = 512
 INPUT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 OUTPUT_SUFFIXES = (".npy", ".parquet")
@@ -367,13 +362,6 @@ def length_batches(lengths: Sequence[int], batch_tokens: int, max_batch: int = M
     return batches
 
 
-def default_batch_tokens(device: "torch.device | str") -> int:
-    """Tokens per forward pass of `embed` when none is given: fewer on a CPU (see CPU_BATCH_TOKENS)."""
-    import torch
-
-    return CPU_BATCH_TOKENS if torch.device(device).type == "cpu" else DEFAULT_BATCH_TOKENS
-
-
 def check_pooling(arch: str | None, pooling: str | None) -> str:
     """The pooling to use (the arch's by default); refuses an unknown one, and mean/cls for a decoder."""
     if pooling is not None and pooling not in ("mean", "cls", "last"):
@@ -397,19 +385,16 @@ def embed(
     pooling: str | None = None,
     normalize: bool = False,
     max_length: int | None = None,
-    batch_tokens: int | None = None,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: Callable[[int], None] | None = None,
 ) -> "np.ndarray":
-    """[len(texts), hidden] float32 embeddings, in input order. `progress(n)` is told each batch's size;
-    `batch_tokens` defaults to `default_batch_tokens(device)`."""
+    """[len(texts), hidden] float32 embeddings, in input order. `progress(n)` is told each batch's size."""
     import numpy as np
     import torch
 
     from ettin.eval.pooling import pool_flat
 
     how = check_pooling(lm.arch, pooling)
-    if batch_tokens is None:
-        batch_tokens = default_batch_tokens(lm.device)
     if batch_tokens < 1:
         raise EttinError(f"batch tokens {batch_tokens} must be at least 1", field="batch_tokens")
     seqs = model_inputs(lm, texts, max_length)

@@ -161,9 +161,7 @@ def register(app: typer.Typer) -> None:
         max_length: int | None = typer.Option(
             None, "--max-length", help="cut texts to this many tokens (default: the model's positions)"
         ),
-        batch_tokens: int | None = typer.Option(
-            None, "--batch-tokens", help="tokens per forward pass at most (default: 2048 on a CPU, 16384 on a GPU)"
-        ),
+        batch_tokens: int = typer.Option(16384, "--batch-tokens", help="tokens per forward pass at most"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace --out if it exists"),
         revision: str | None = o()["revision"],
         device: str | None = o()["device"],
