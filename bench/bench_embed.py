@@ -2,7 +2,8 @@
 
 Both sides start from the texts (tokenisation included) and return float32 vectors; they run
 interleaved in one process (ettin, sentence-transformers, ettin, ...) and the medians are compared,
-so machine load hits both alike. The texts are Wikipedia paragraphs (the installed `wiki` corpus) cut
+so machine load hits both alike; the OpenMP wait policy is chosen as the `ettin` command chooses it
+(`ettin.omp`: PASSIVE when the machine is busy at start) and holds for every side. The texts are Wikipedia paragraphs (the installed `wiki` corpus) cut
 to seeded, log-uniform lengths of 8..`--max-words` words; models are random-initialised exports (speed does not
 depend on the weights) with the ModernBERT tokenizer. The outputs are checked to agree.
 
@@ -226,6 +227,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
+    from ettin.omp import choose_wait_policy
+
+    policy = str(choose_wait_policy())  # before torch loads, as the `ettin` command chooses it; both sides share it
+    print(f"bench_embed: OpenMP wait policy {policy}", file=sys.stderr)
+
     import torch
 
     from ettin import commands
@@ -240,6 +246,7 @@ def main() -> None:
     report = {
         "cpu": cpu_name(),
         "threads": args.threads,
+        "omp_wait_policy": policy,
         "torch": torch.__version__,
         "onnxruntime": None if why_no_onnx else __import__("onnxruntime").__version__,
         "load_average": list(os.getloadavg()),
