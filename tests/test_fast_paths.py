@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ettin.attention import Varlen, _sdpa, local_attention
+from ettin.attention import Varlen, _sdpa, grouped_attention, local_attention, varlen_attention
 from ettin.config import config_for_size
 from ettin.model import IGNORE_INDEX, EttinModel, linear_cross_entropy
 
 
-def per_sequence(q, k, v, lengths, causal):
+def per_sequence(q, k, v, lengths, causal, half_window=64):
     outs = []
     for a, b, c in zip(q.split(lengths), k.split(lengths), v.split(lengths)):
         o = _sdpa(
@@ -17,7 +17,7 @@ def per_sequence(q, k, v, lengths, causal):
             b.transpose(0, 1)[None],
             c.transpose(0, 1)[None],
             causal=causal,
-            half_window=64,
+            half_window=half_window,
             scale=0.125,
         )
         outs.append(o[0].transpose(0, 1))
@@ -36,6 +36,34 @@ def test_block_local_attention_equals_windowed_attention_per_sequence(causal, le
     g = torch.randn_like(out)
     for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("half_window", [None, 4, 64])
+@pytest.mark.parametrize("lengths", [[1, 3, 9, 12, 5, 2, 7, 40, 41], [6, 6, 6, 1], [130, 1, 1, 1, 90]])
+def test_grouped_padded_attention_equals_attention_per_sequence(causal, half_window, lengths):
+    torch.manual_seed(0)
+    n = sum(lengths)
+    q, k, v = (torch.randn(n, 2, 8, dtype=torch.float64) for _ in range(3))
+    seqs = Varlen.from_lengths(lengths)
+    ref = per_sequence(q, k, v, lengths, causal, half_window)
+    out = grouped_attention(q, k, v, seqs, causal=causal, half_window=half_window, scale=0.125)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    assert len(seqs.padded_groups()) < len(lengths)  # sequences did share calls
+
+
+def test_cpu_inference_takes_the_grouped_path_and_training_the_per_sequence_one():
+    torch.manual_seed(0)
+    lengths = [3, 9, 12, 5, 2, 7]  # sum of T^2 below 3w * N: not block-local
+    q, k, v = (torch.randn(sum(lengths), 2, 8, requires_grad=True) for _ in range(3))
+    seqs = Varlen.from_lengths(lengths)
+    kw = {"causal": False, "half_window": 4, "scale": 0.125}
+    with torch.no_grad():
+        inference = varlen_attention(q, k, v, seqs, **kw)
+    assert "groups" in seqs._masks
+    training = varlen_attention(q, k, v, Varlen.from_lengths(lengths), **kw)
+    assert training.requires_grad
+    torch.testing.assert_close(inference, training.detach(), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("vocab", [97, 5000])

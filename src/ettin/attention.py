@@ -8,7 +8,8 @@ boundary. Backends (`backend_for`, chosen per call from the device and dtype, an
                 `torch.nn.attention.varlen.varlen_attn` (windows included; nothing to install)
   flash-attn    CUDA, fp16/bf16, only when asked for (ETTIN_ATTENTION=flash-attn): flash-attn's varlen
   sdpa          everywhere else: PyTorch's scaled_dot_product_attention per sequence (equal lengths
-                fused), or block-local attention when the window makes that cheaper
+                fused), or block-local attention when the window makes that cheaper; on CPU without
+                gradients (inference) sequences of similar length share one padded, masked call
 
 ETTIN_ATTENTION=auto (the default) takes torch-varlen where it runs, else sdpa. Asking for a backend
 that cannot run here is an error naming the reason (a broken flash-attn install is reported, never
@@ -142,6 +143,12 @@ class Varlen:
     def equal_lengths(self) -> bool:
         return len(set(self.lengths)) == 1
 
+    def padded_groups(self) -> list["PaddedGroup"]:
+        """The sequences grouped by length for padded attention (see `grouped_attention`), cached per batch."""
+        if "groups" not in self._masks:
+            self._masks["groups"] = _padded_groups(self.lengths, self.cu_seqlens.device)
+        return self._masks["groups"]
+
     def block_mask(self, half_window: int, causal: bool, dtype: torch.dtype = torch.bool) -> torch.Tensor:
         """[nb, 1, w, K] mask of the block-local layout (see `local_attention`), cached per batch.
 
@@ -186,6 +193,105 @@ def _sdpa(q, k, v, *, causal: bool, half_window: int | None, scale: float):
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+# Padding a group may cost at most this much more attention work (sum of T^2) than its sequences alone.
+GROUP_SLACK = 1.25
+
+
+@dataclass
+class PaddedGroup:
+    """Sequences of similar length, right-padded to `length` for one attention call."""
+
+    tokens: torch.Tensor  # int64 [n]: their tokens' rows in the flat batch, sequence after sequence
+    gather: torch.Tensor  # int64 [b * length]: flat row of each padded slot (padding: its sequence's first token)
+    real: torch.Tensor  # int64 [n]: the padded slots that hold `tokens`, in the same order
+    valid: torch.Tensor  # bool [b, length]: real (not padding) slots
+    size: int  # b
+    length: int
+    _masks: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def mask(self, half_window: int | None, causal: bool, dtype: torch.dtype) -> torch.Tensor | None:
+        """Additive [b, 1, T, T] (or [b, 1, 1, T]) mask: the window, and for encoders no padded key.
+
+        Under a causal mask no real query sees a padded key (they come after it), so causal global
+        attention needs none. A padding query that would see no key at all sees every key instead
+        (its output is dropped), so no row is all -inf."""
+        key = (half_window, causal, dtype)
+        if key not in self._masks:
+            window = window_mask(self.length, half_window, causal, str(self.valid.device))
+            if window is None and causal:
+                allowed = None
+            elif window is None:
+                allowed = self.valid[:, None, None, :]
+            else:
+                allowed = window[None, None] if causal else window[None, None] & self.valid[:, None, None, :]
+                allowed = allowed | ~allowed.any(-1, keepdim=True)
+            self._masks[key] = (
+                None
+                if allowed is None
+                else torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+                    ~allowed, float("-inf")
+                )
+            )
+        return self._masks[key]
+
+
+def _padded_groups(lengths: list[int], device: torch.device | str) -> list[PaddedGroup]:
+    """Sequences sorted by length (longest first) and cut into groups whose padded attention work
+    stays within GROUP_SLACK of their own."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    starts = [0]
+    for n in lengths[:-1]:
+        starts.append(starts[-1] + n)
+    groups, members, work = [], [], 0
+    for i in order + [None]:
+        if members and (
+            i is None or (len(members) + 1) * lengths[members[0]] ** 2 > GROUP_SLACK * (work + lengths[i] ** 2)
+        ):
+            t = lengths[members[0]]
+            gather = torch.tensor([starts[j] for j in members])[:, None].repeat(1, t)
+            valid = torch.zeros((len(members), t), dtype=torch.bool)
+            for row, j in enumerate(members):
+                gather[row, : lengths[j]] += torch.arange(lengths[j])
+                valid[row, : lengths[j]] = True
+            flat_valid = valid.reshape(-1)
+            gather = gather.reshape(-1)
+            groups.append(
+                PaddedGroup(
+                    tokens=gather[flat_valid].to(device),
+                    gather=gather.to(device),
+                    real=flat_valid.nonzero().squeeze(1).to(device),
+                    valid=valid.to(device),
+                    size=len(members),
+                    length=t,
+                )
+            )
+            members, work = [], 0
+        if i is not None:
+            members.append(i)
+            work += lengths[i] ** 2
+    return groups
+
+
+def grouped_attention(q, k, v, seqs: Varlen, *, causal: bool, half_window: int | None, scale: float) -> torch.Tensor:
+    """Attention over a flat batch with sequences of similar length padded into one call per group
+    (`Varlen.padded_groups`); padded slots repeat a real token (finite values), padded keys are masked
+    out and padded queries dropped, so each real query sees exactly its own sequence's keys. Far fewer,
+    larger kernel calls than one per sequence: on a CPU each call is a parallel region whose threads
+    must meet, which costs more than the arithmetic for short texts, worst on a busy machine.
+    q, k, v: [N, H, D] -> [N, H, D]."""
+    n, h, d = q.shape
+    out = torch.empty_like(q)
+    for g in seqs.padded_groups():
+        qb, kb, vb = (x[g.gather].view(g.size, g.length, h, d).transpose(1, 2) for x in (q, k, v))
+        mask = g.mask(half_window, causal, q.dtype)
+        if mask is None:
+            o = F.scaled_dot_product_attention(qb, kb, vb, is_causal=causal, scale=scale)
+        else:
+            o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale)
+        out[g.tokens] = o.transpose(1, 2).reshape(-1, h, d)[g.real]
+    return out
 
 
 def _block_mask(lengths: list[int], positions: torch.Tensor, w: int, causal: bool) -> torch.Tensor:
@@ -276,6 +382,8 @@ def varlen_attention(
         qb, kb, vb = (x.view(b, t, h, d).transpose(1, 2) for x in (q, k, v))
         out = _sdpa(qb, kb, vb, causal=causal, half_window=half_window, scale=scale)
         return out.transpose(1, 2).reshape(-1, h, d)
+    if q.device.type == "cpu" and not torch.is_grad_enabled():
+        return grouped_attention(q, k, v, seqs, causal=causal, half_window=half_window, scale=scale)
     outs = []
     for qs, ks, vs in zip(q.split(seqs.lengths), k.split(seqs.lengths), v.split(seqs.lengths)):
         # 4-d inputs: PyTorch's fused CPU kernel takes only those (3-d falls back to the slow math path).

@@ -11,7 +11,7 @@ results equal transformers' and sentence-transformers' on the same export:
   text of one row as it comes (it also works as a transformers streamer). Decoders only.
 - `embed`: `[CLS] text [SEP]` for encoders, `[CLS] text` for decoders, cut to the model's positions;
   texts sorted by length into batches of at most `batch_tokens` tokens that run on the varlen path
-  (no padding computed); mean pooling for encoders, the last token for decoders (`ettin.hf.clients`
+  (no padding in the linear layers; on a CPU attention pads only within groups of similar length); mean pooling for encoders, the last token for decoders (`ettin.hf.clients`
   writes the same into every export, for sentence-transformers); float32 out, optionally L2-normalised.
 
 `read_texts` / `write_embeddings` handle the files of `ettin embed` (.txt, .jsonl, .parquet -> .npy,
