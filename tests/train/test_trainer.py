@@ -214,6 +214,46 @@ def test_resume_with_changed_recipe_is_refused_and_says_what_changed(pair_run, t
     assert "phases.2.tokens: 200 -> 300" in msg and "seed: 5 -> 6" in msg and "--force" in msg
 
 
+def _resumed(run, overrides, logs):
+    from ettin.train.setup import release_run
+    from ettin.train.trainer import Trainer
+
+    recipe = load_recipe(run / "recipe.yaml", overrides)
+    trainer = Trainer(recipe, _options(run, resume=True, force=True, log=logs.append))
+    try:
+        trainer.setup()
+        return [dict(g) for m in trainer.members for g in m.optimizer.param_groups]
+    finally:
+        release_run(trainer.run_context)
+
+
+def test_forced_resume_applies_the_recipes_optimizer_settings(pair_run, tmp_path):
+    """torch's load_state_dict puts the checkpoint's group settings back; the recipe's must win."""
+    import shutil
+
+    _, full = pair_run
+    run = tmp_path / "run"
+    shutil.copytree(full.out, run)
+    before = _resumed(run, [], [])
+    logs: list[str] = []
+    after = _resumed(run, ["optimizer.weight_decay=0.02", "optimizer.betas=[0.8, 0.95]"], logs)
+    assert {g["weight_decay"] for g in before if g["weight_decay"]} != {0.02}
+    assert {g["weight_decay"] for g in after if g["weight_decay"]} == {0.02}
+    assert {(g["beta1"], g["beta2"]) for g in after} == {(0.8, 0.95)}
+    assert [g["step"] for g in after] == [g["step"] for g in before]  # the checkpoint's counters stay
+    assert any("optimizer weight_decay" in line and "-> 0.02" in line for line in logs)
+
+
+def test_forced_resume_refuses_a_changed_eps(pair_run, tmp_path):
+    import shutil
+
+    _, full = pair_run
+    run = tmp_path / "run"
+    shutil.copytree(full.out, run)
+    with pytest.raises(EttinError, match=r"optimizer.eps changed from .* to 0.001"):
+        _resumed(run, ["optimizer.eps=1e-3"], [])
+
+
 def test_tokenizer_that_does_not_match_the_data_is_refused(write_recipe, tmp_path, modernbert_tokenizer_dir):
     recipe = load_recipe(write_recipe(tmp_path, {"tokenizer": str(modernbert_tokenizer_dir)}))
     with pytest.raises(EttinError, match="prepared with a different tokenizer"):

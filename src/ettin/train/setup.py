@@ -285,6 +285,29 @@ def common_resume_step(members: list[Member]) -> dict[str, Path] | None:
     return {a: v[step] for a, v in per_arch.items()}
 
 
+# Optimizer group settings that come from the recipe (`build_optimizer`); torch's load_state_dict would
+# put the checkpoint's back, so a `--resume --force` changing them would be silently ignored. The learning
+# rate is set at every step anyway; `step` and the moments are the checkpoint's.
+RECIPE_GROUP_KEYS = ("beta1", "beta2", "weight_decay", "decouple_lr", "max_lr")
+
+
+def recipe_hyperparameters(optimizer, saved: dict, path: Path) -> list[dict]:
+    """The recipe's values of RECIPE_GROUP_KEYS per group of the freshly built `optimizer`, to apply
+    after the checkpoint is loaded. `eps` cannot change on resume (StableAdamW keeps eps^2 in each
+    parameter's state), so a change is refused."""
+    fresh = [{k: g[k] for k in RECIPE_GROUP_KEYS if k in g} for g in optimizer.param_groups]
+    for i, (g, s) in enumerate(zip(optimizer.param_groups, saved.get("param_groups", []))):
+        if "eps" in g and "eps" in s and s["eps"] != g["eps"]:
+            raise EttinError(
+                f"optimizer.eps changed from {s['eps']} to {g['eps']}, which a resumed optimizer cannot take "
+                "(its per-parameter state holds eps^2)",
+                path=path,
+                field=f"param_groups.{i}.eps",
+                fix="keep optimizer.eps, or start a new run from these weights (init.path) with a fresh optimizer",
+            )
+    return fresh
+
+
 def load_resume(run: RunContext, paths: dict[str, Path]) -> dict[str, ck.FullState]:
     """Load every member's full state (weights, optimizer, its counters) and this rank's RNG.
 
@@ -305,7 +328,13 @@ def load_resume(run: RunContext, paths: dict[str, Path]) -> dict[str, ck.FullSta
         ck.check_optimizer_state(
             st.path / ck.OPTIMIZER_FILE, st.optimizer, m.model, m.optimizer, stepped=st.trainer.step > st.trainer.skips
         )
+        recipe_groups = recipe_hyperparameters(m.optimizer, st.optimizer, st.path / ck.OPTIMIZER_FILE)
         load_full_state(m.wrapped, m.optimizer, st.model, st.optimizer, run.strategy)
+        for group, values in zip(m.optimizer.param_groups, recipe_groups):
+            changed = {k: (group[k], v) for k, v in values.items() if group.get(k) != v}
+            group.update(values)
+            for k, (old, new) in changed.items():
+                run.log(f"{m.arch}: optimizer {k} {old} -> {new} (the recipe's, over the checkpoint's)")
         m.order_chain = st.trainer.order_chain
         m.skips = st.trainer.skips
         m.last_loss = st.trainer.loss
