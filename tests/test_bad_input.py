@@ -1125,6 +1125,16 @@ CASES += [
         r"rng.safetensors.*rank0.*torch_cpu",
         chain(copy("run"), edit_latest_rng(lambda sd: sd.pop("rank0.torch_cpu"))),
     ),
+    Case(  # a truncated .gz used to end in gzip's EOFError traceback
+        "prepare-truncated-gzip",
+        "data prepare --source j=jsonl:src --tokenizer tok --out d",
+        r"^error: src/b.jsonl.gz: is not a complete gzip file \(Compressed file ended",
+        chain(
+            copy("tok"),
+            write("src/a.jsonl", '{"text": "fine"}\n'),
+            write("src/b.jsonl.gz", __import__("gzip").compress(b'{"text": "hello"}\n' * 200)[:40]),
+        ),
+    ),
     Case(  # found by the thorough hypothesis profile: str.splitlines() also breaks at \x1e
         "prepare-source-path-with-a-record-separator",
         "data prepare --source 0=text:\x1e0 --tokenizer tok --out d",

@@ -306,3 +306,24 @@ def test_error_in_a_read_task_is_one_line(ray_session, capfd, tmp_path, small_to
     fd_out, fd_err = capfd.readouterr()
     assert fd_out.strip() == "" and fd_err.strip() == "", (fd_out, fd_err)
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_a_damaged_gzip_input_is_one_line_naming_it(engine, ray_session, capfd, tmp_path, small_tokenizer_dir):
+    """A truncated .jsonl.gz: the local engine's gzip and Ray Data's pyarrow both fail on it; both engines
+    give the same line naming the file (Ray's read task names no file: the driver finds it after the
+    failure), and nothing is left behind."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jsonl").write_text('{"text": "fine"}\n')
+    whole = gzip.compress(b'{"text": "hello world"}\n' * 200)
+    (src / "b.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    capfd.readouterr()
+    code, _, err = run_in_process(
+        ["data", "prepare", "-s", f"jsonl:{src}", "--tokenizer", small_tokenizer_dir]
+        + ["--out", tmp_path / "d", "--engine", engine]
+    )
+    assert_one_line_error(code, err, "is not a complete gzip file", str(src / "b.jsonl.gz"))
+    fd_out, fd_err = capfd.readouterr()
+    assert fd_out.strip() == "" and fd_err.strip() == "", (fd_out, fd_err)
+    assert not (tmp_path / "d").exists()

@@ -63,6 +63,7 @@ from ettin.data.sources import (
     SourceReport,
     SourceSpec,
     file_documents,
+    gunzip,
     iter_documents,
     source_files,
     source_fingerprint,
@@ -601,6 +602,23 @@ def _get(ray, refs: list) -> list:
         raise _InfraError(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__) from None
 
 
+def check_gzip_units(units: list[Unit]) -> None:
+    """After a failed read: the first damaged .gz input among `units`, as the local engine reports it.
+
+    Ray Data decompresses .gz files inside its read task (pyarrow), and a damaged one fails that task with
+    pyarrow's message and no file name; only on failure, each unfinished .gz unit is read again here."""
+    for u in units:
+        if u.rel is None or not u.read_path.endswith(".gz"):
+            continue
+        if is_url(u.spec.path):
+            fs, _ = _url_fs(u.spec.path)
+            with fs.open_input_stream(u.read_path, compression=None) as f:
+                raw = f.read()
+        else:
+            raw = Path(u.read_path).read_bytes()
+        gunzip(raw, u.where)
+
+
 class _InfraError(Exception):
     """A task that failed for a reason other than the input (after Ray's retries): the staging is kept."""
 
@@ -722,14 +740,18 @@ def prepare_source_ray(
             }
             done_bytes = sum(u.nbytes for u in units if u.index in entries)
             with quiet_ray_data(), closing(_rows(read_dataset(todo, args, max_retries))) as rows:
-                for row in rows:
-                    if row["error"]:
-                        raise EttinError(row["error"])
-                    entry = json.loads(row["entry"])
-                    entries[entry["unit"]] = entry
-                    done_bytes += units[entry["unit"]].nbytes
-                    if progress:
-                        progress(spec.name, min(done_bytes, total_bytes) // 2, total_bytes)
+                try:
+                    for row in rows:
+                        if row["error"]:
+                            raise EttinError(row["error"])
+                        entry = json.loads(row["entry"])
+                        entries[entry["unit"]] = entry
+                        done_bytes += units[entry["unit"]].nbytes
+                        if progress:
+                            progress(spec.name, min(done_bytes, total_bytes) // 2, total_bytes)
+                except _InfraError:
+                    check_gzip_units([u for u in todo if u.index not in entries])
+                    raise
             if missing := [u.index for u in todo if u.index not in entries]:  # never expected: a lost row
                 raise _InfraError(f"Ray Data returned no result for read unit(s) {missing[:5]}")
         # 2. plan: the same cuts as the local engine, from the lengths in source order

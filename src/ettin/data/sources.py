@@ -19,6 +19,7 @@ import hashlib
 import importlib.util
 import json
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -361,12 +362,20 @@ def _decode(raw: bytes, where: str, spec: SourceSpec, report: SourceReport) -> s
         return _SURROGATE_RE.sub("\ufffd", text)
 
 
+def gunzip(raw: bytes, where: str | Path) -> bytes:
+    """The content of a .gz file (every member), or one clear error naming the file when it is damaged."""
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise EttinError(
+            f"is not a complete gzip file ({exc})", path=where, fix="re-compress it, or move it out of the source"
+        ) from None
+
+
 def _open_bytes(path: Path) -> bytes:
     """A file's content, decompressed when its name ends in .gz."""
-    if path.name.endswith(".gz"):
-        with gzip.open(path, "rb") as f:
-            return f.read()
-    return path.read_bytes()
+    raw = path.read_bytes()
+    return gunzip(raw, path) if path.name.endswith(".gz") else raw
 
 
 def _rel(path: Path, base: Path) -> str:
