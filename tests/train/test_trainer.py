@@ -244,6 +244,20 @@ def test_forced_resume_applies_the_recipes_optimizer_settings(pair_run, tmp_path
     assert any("optimizer weight_decay" in line and "-> 0.02" in line for line in logs)
 
 
+def test_forced_resume_reads_each_state_once(pair_run, tmp_path, monkeypatch):
+    """The states a --resume --force checks before saving its recipe are the ones it loads: not read twice."""
+    import shutil
+
+    _, full = pair_run
+    run = tmp_path / "run"
+    shutil.copytree(full.out, run)
+    read = []
+    real = ck.load_checkpoint
+    monkeypatch.setattr(ck, "load_checkpoint", lambda path: read.append(path) or real(path))
+    _resumed(run, ["optimizer.weight_decay=0.02"], [])
+    assert sorted(p.parent.parent.name for p in read) == ["decoder", "encoder"]
+
+
 def test_forced_resume_refuses_a_changed_eps(pair_run, tmp_path):
     import shutil
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +50,6 @@ class RunContext:
     vocab_size: int  # ids masking's random replacements may draw: what the tokenizer can produce
     members: list[Member]
     strategy: str = "none"
+    # full states a `--resume --force` already read and checked before saving its recipe (arch -> FullState,
+    # rank 0 only); `load_resume` takes them instead of reading the files again
+    preloaded_states: dict = field(default_factory=dict)

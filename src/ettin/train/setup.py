@@ -83,14 +83,15 @@ def _resume_paths(recipe: Recipe, out: Path) -> dict[str, Path] | None:
     return common_resume_step([SimpleNamespace(arch=a, dir=out / a) for a in recipe.archs()])  # type: ignore[list-item]
 
 
-def check_saved_states(recipe: Recipe, out: Path, members: list[Member]) -> None:
+def check_saved_states(recipe: Recipe, out: Path, members: list[Member]) -> dict[str, ck.FullState]:
     """The full states a resume will load (weights, optimizer, rng, counters: `ck.load_checkpoint`), the
     optimizer states checked against optimizers built over the new models as `load_resume` checks them
-    later. Run before a `--resume --force` saves its recipe, so a refused resume leaves the run as it was
-    (it reads the states twice; only `--force` pays for that)."""
+    later. Run before a `--resume --force` saves its recipe, so a refused resume leaves the run as it was;
+    the states read are returned for `load_resume`, which then reads no file again."""
     paths = _resume_paths(recipe, out)
+    states = {}
     for m in members if paths else []:
-        st = ck.load_checkpoint(paths[m.arch])
+        st = states[m.arch] = ck.load_checkpoint(paths[m.arch])
         ck.check_optimizer_state(
             st.path / ck.OPTIMIZER_FILE,
             st.optimizer,
@@ -98,6 +99,7 @@ def check_saved_states(recipe: Recipe, out: Path, members: list[Member]) -> None
             build_optimizer(m.model, recipe.optimizer),
             stepped=st.trainer.step > st.trainer.skips,
         )
+    return states
 
 
 def check_resume_state(recipe: Recipe, out: Path, paths: dict[str, Path]) -> dict[str, TrainState]:
@@ -227,9 +229,10 @@ def build_run(recipe: Recipe, out: Path, dist: DistContext, *, resume: bool, for
             model.to(dist.device).train()
             objective = r.objective.encoder if arch == "encoder" else r.objective.decoder
             members.append(Member(arch, objective, out / arch, model, model, None))  # type: ignore[arg-type]
+        preloaded: dict[str, ck.FullState] = {}
         if resume and force and (out / runs.RECIPE_FILE).is_file():
             # the one resume that rewrites recipe.yaml: the saved states must load and fit first
-            on_main(dist, lambda: check_saved_states(r, out, members))
+            on_main(dist, lambda: preloaded.update(check_saved_states(r, out, members)))
         on_main(dist, save_run_recipe)
 
         num_params = sum(p.numel() for p in members[0].model.parameters())
@@ -251,6 +254,7 @@ def build_run(recipe: Recipe, out: Path, dist: DistContext, *, resume: bool, for
         len(tokenizer),
         members,
         strategy,
+        preloaded_states=preloaded,
     )
     run.lock = lock  # type: ignore[attr-defined]  (released by release_run)
     return run
@@ -312,7 +316,11 @@ def load_resume(run: RunContext, paths: dict[str, Path]) -> dict[str, ck.FullSta
     """Load every member's full state (weights, optimizer, its counters) and this rank's RNG.
 
     Returns arch -> FullState; the pair's states agree on PAIR_FIELDS or this raises."""
-    states = {arch: ck.load_checkpoint(p) for arch, p in paths.items()}
+    pre = run.preloaded_states
+    states = {
+        arch: pre[arch] if arch in pre and pre[arch].path == p else ck.load_checkpoint(p) for arch, p in paths.items()
+    }
+    pre.clear()  # the states are loaded into the models below; keep no second copy
     first: TrainState = next(iter(states.values())).trainer
     for st in states.values():
         mismatch = [k for k in PAIR_FIELDS if getattr(st.trainer, k) != getattr(first, k)]
