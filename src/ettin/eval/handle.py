@@ -169,8 +169,14 @@ def hidden_flat(model: "EttinModel", seqs: Sequence[Sequence[int]]) -> tuple["to
     The model's varlen attention fuses only equal-length sequences and loops over the rest, which on
     CPU costs far more than the arithmetic. A decoder's batch is therefore right-padded to one length
     (under a causal mask no real token sees the padding, so real positions are exact) and an
-    encoder's batch runs as groups of equal length. Gradients flow when enabled.
+    encoder's batch runs as groups of equal length. Gradients flow when enabled. Every value is
+    checked finite (`check_finite`).
     """
+    h, cu = _hidden_flat(model, seqs)
+    return check_finite(h, "hidden states"), cu
+
+
+def _hidden_flat(model: "EttinModel", seqs: Sequence[Sequence[int]]) -> tuple["torch.Tensor", "torch.Tensor"]:
     import torch
 
     device = next(model.parameters()).device
@@ -184,13 +190,13 @@ def hidden_flat(model: "EttinModel", seqs: Sequence[Sequence[int]]) -> tuple["to
         ids = torch.tensor([list(s) + [pad] * (t - len(s)) for s in seqs], dtype=torch.long, device=device)
         h = model.hidden_states(ids)  # [B, T, H], every row a full sequence of length T
         keep = torch.tensor([i * t + j for i, n in enumerate(lengths) for j in range(n)], device=device)
-        return check_finite(h.reshape(-1, h.shape[-1])[keep], "hidden states"), cu
+        return h.reshape(-1, h.shape[-1])[keep], cu
     groups: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
         groups.setdefault(n, []).append(i)
     if len(groups) == 1:
         ids, _, _ = flat_batch(seqs, device)
-        return check_finite(model.hidden_states(ids, cu_seqlens=cu, max_seqlen=lengths[0]), "hidden states"), cu
+        return model.hidden_states(ids, cu_seqlens=cu, max_seqlen=lengths[0]), cu
     parts, order = [], []
     for members in groups.values():
         ids = torch.tensor([seqs[i] for i in members], dtype=torch.long, device=device)
@@ -203,7 +209,7 @@ def hidden_flat(model: "EttinModel", seqs: Sequence[Sequence[int]]) -> tuple["to
         starts_grouped[i] = k
         k += lengths[i]
     index = torch.tensor([starts_grouped[i] + j for i in range(len(seqs)) for j in range(lengths[i])], device=device)
-    return check_finite(h_grouped[index], "hidden states"), cu
+    return h_grouped[index], cu
 
 
 # -------------------------------------------------------------------------------------- loading
